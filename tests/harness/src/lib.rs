@@ -1,0 +1,398 @@
+//! Real `nats-server` processes for tests.
+//!
+//! [`NatsServer::start`] runs `nats-server -js` on a free loopback port with
+//! its own temporary store directory and returns once a client is connected
+//! and JetStream answers. [`NatsCluster::start`] does the same for a 3-node
+//! cluster with routes. Everything is killed and removed on drop, so tests
+//! run in parallel without colliding.
+//!
+//! The binary is `$NATS_SERVER_BIN` if set, else `nats-server` on `PATH`.
+//! `xtask/setup.sh` installs one.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+
+/// How long a server may take to accept clients and serve JetStream.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Why a server could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum HarnessError {
+    /// No `nats-server` binary was found.
+    #[error("nats-server not found: set NATS_SERVER_BIN or put it on PATH (xtask/setup.sh installs it)")]
+    BinaryNotFound,
+    /// The process could not be spawned or exited early.
+    #[error("nats-server {name}: {why}; log:\n{log}")]
+    Start {
+        /// Server name.
+        name: String,
+        /// What happened.
+        why: String,
+        /// The server's log.
+        log: String,
+    },
+    /// I/O on the temp dir or ports file.
+    #[error("harness I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Finds the `nats-server` binary: `$NATS_SERVER_BIN`, then `PATH`.
+pub fn nats_server_bin() -> Result<PathBuf, HarnessError> {
+    if let Some(path) = std::env::var_os("NATS_SERVER_BIN").filter(|p| !p.is_empty()) {
+        let path = PathBuf::from(path);
+        return if path.is_file() { Ok(path) } else { Err(HarnessError::BinaryNotFound) };
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("nats-server"))
+        .find(|candidate| candidate.is_file())
+        .ok_or(HarnessError::BinaryNotFound)
+}
+
+/// Asks the kernel for a loopback port that is free right now.
+fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Ports and names of one node, fixed after its first start so that a
+/// restart comes back at the same address.
+#[derive(Debug, Clone)]
+struct NodeSpec {
+    name: String,
+    client_port: Option<u16>,
+    cluster: Option<ClusterSpec>,
+}
+
+#[derive(Debug, Clone)]
+struct ClusterSpec {
+    name: String,
+    port: u16,
+    routes: Vec<u16>,
+}
+
+/// One running `nats-server -js`.
+///
+/// Killed (SIGKILL) and its store directory removed on drop.
+pub struct NatsServer {
+    spec: NodeSpec,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    port: u16,
+}
+
+impl std::fmt::Debug for NatsServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsServer")
+            .field("name", &self.spec.name)
+            .field("url", &self.url())
+            .field("running", &self.child.is_some())
+            .finish()
+    }
+}
+
+impl NatsServer {
+    /// Starts a single server with JetStream on a free port and waits until
+    /// a client connects and JetStream answers.
+    pub async fn start() -> Result<Self, HarnessError> {
+        let spec = NodeSpec {
+            name: "tm-test".into(),
+            client_port: None,
+            cluster: None,
+        };
+        let mut server = Self::spawn(spec).await?;
+        server.wait_ready(STARTUP_TIMEOUT).await?;
+        Ok(server)
+    }
+
+    async fn spawn(spec: NodeSpec) -> Result<Self, HarnessError> {
+        let dir = tempfile::Builder::new().prefix("tm-nats-").tempdir()?;
+        let mut server = NatsServer {
+            spec,
+            dir,
+            child: None,
+            port: 0,
+        };
+        server.launch().await?;
+        Ok(server)
+    }
+
+    /// Spawns the process and learns its client port (from the ports file
+    /// when the port is chosen by the server).
+    async fn launch(&mut self) -> Result<(), HarnessError> {
+        let bin = nats_server_bin()?;
+        let ports_dir = self.dir.path().join("ports");
+        // A fresh ports dir each launch, so the file found is this process's.
+        let _ = std::fs::remove_dir_all(&ports_dir);
+        std::fs::create_dir_all(&ports_dir)?;
+        let mut cmd = Command::new(bin);
+        cmd.arg("-js")
+            .args(["-a", "127.0.0.1"])
+            .args(["-p", &self.spec.client_port.map_or("-1".to_owned(), |p| p.to_string())])
+            .args(["--server_name", &self.spec.name])
+            .arg("-sd")
+            .arg(self.dir.path().join("store"))
+            .arg("--ports_file_dir")
+            .arg(&ports_dir)
+            .arg("-l")
+            .arg(self.log_path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(cluster) = &self.spec.cluster {
+            let routes: Vec<String> = cluster
+                .routes
+                .iter()
+                .map(|p| format!("nats://127.0.0.1:{p}"))
+                .collect();
+            cmd.args(["--cluster", &format!("nats://127.0.0.1:{}", cluster.port)])
+                .args(["--cluster_name", &cluster.name])
+                .args(["--routes", &routes.join(",")]);
+        }
+        let child = cmd.spawn().map_err(|e| self.start_error(format!("cannot spawn: {e}")))?;
+        self.child = Some(child);
+        self.port = self.read_port(&ports_dir).await?;
+        self.spec.client_port = Some(self.port);
+        Ok(())
+    }
+
+    async fn read_port(&mut self, ports_dir: &Path) -> Result<u16, HarnessError> {
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            self.check_alive()?;
+            if let Some(port) = std::fs::read_dir(ports_dir)?
+                .filter_map(Result::ok)
+                .find_map(|entry| parse_ports_file(&entry.path()))
+            {
+                return Ok(port);
+            }
+            if Instant::now() > deadline {
+                return Err(self.start_error("no ports file appeared".into()));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn check_alive(&mut self) -> Result<(), HarnessError> {
+        if let Some(child) = self.child.as_mut()
+            && let Ok(Some(status)) = child.try_wait()
+        {
+            self.child = None;
+            return Err(self.start_error(format!("exited with {status}")));
+        }
+        Ok(())
+    }
+
+    fn start_error(&self, why: String) -> HarnessError {
+        HarnessError::Start {
+            name: self.spec.name.clone(),
+            why,
+            log: self.log(),
+        }
+    }
+
+    /// Waits until a client connects and JetStream answers an account query.
+    async fn wait_ready(&mut self, timeout: Duration) -> Result<(), HarnessError> {
+        let deadline = Instant::now() + timeout;
+        let mut last = String::from("not tried");
+        while Instant::now() < deadline {
+            self.check_alive()?;
+            match async_nats::connect(self.url()).await {
+                Ok(client) => {
+                    let js = jetstream::new(client);
+                    match js.query_account().await {
+                        Ok(_) => return Ok(()),
+                        Err(e) => last = format!("JetStream not ready: {e}"),
+                    }
+                }
+                Err(e) => last = format!("cannot connect: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(self.start_error(format!("not ready after {timeout:?}: {last}")))
+    }
+
+    /// Client URL, `nats://127.0.0.1:<port>`.
+    #[must_use]
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Client port.
+    #[must_use]
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The server's name (unique within a cluster).
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    /// Path of the server's log file.
+    #[must_use]
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("nats.log")
+    }
+
+    /// The server's log so far (for failure messages).
+    #[must_use]
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Pid of the running process.
+    #[must_use]
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// A new client connection.
+    ///
+    /// # Panics
+    /// If the server does not accept the connection: tests want to stop there.
+    pub async fn client(&self) -> async_nats::Client {
+        async_nats::connect(self.url())
+            .await
+            .unwrap_or_else(|e| panic!("connect to {}: {e}", self.url()))
+    }
+
+    /// A JetStream context on a new client connection.
+    pub async fn jetstream(&self) -> jetstream::Context {
+        jetstream::new(self.client().await)
+    }
+
+    /// Kills the server with SIGKILL (as a crash would), keeping its store.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Restarts a killed server on the same port with the same store, and
+    /// waits until it is ready.
+    pub async fn restart(&mut self) -> Result<(), HarnessError> {
+        self.kill();
+        // The port was ours a moment ago; retry briefly while the kernel frees it.
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            match self.launch().await {
+                Ok(()) => break,
+                Err(e) if Instant::now() > deadline => return Err(e),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        self.wait_ready(STARTUP_TIMEOUT).await
+    }
+
+    /// Sends SIGSTOP: the process freezes, connections stay open but silent.
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// Sends SIGCONT after [`NatsServer::pause`].
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        if let Some(pid) = self.pid() {
+            let status = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+            assert!(matches!(status, Ok(s) if s.success()), "kill -{sig} {pid} failed: {status:?}");
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        if self.pid().is_some() {
+            // A paused process must be resumed to die promptly on some kernels.
+            self.signal("CONT");
+        }
+        self.kill();
+    }
+}
+
+fn parse_ports_file(path: &Path) -> Option<u16> {
+    if path.extension()? != "ports" {
+        return None;
+    }
+    let text = std::fs::read_to_string(path).ok()?;
+    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let url = json.get("nats")?.get(0)?.as_str()?;
+    url.rsplit(':').next()?.parse().ok()
+}
+
+/// A 3-node `nats-server` cluster with JetStream and full routes.
+#[derive(Debug)]
+pub struct NatsCluster {
+    /// The nodes, in start order.
+    pub nodes: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    /// Starts three nodes with routes to each other and waits until
+    /// JetStream has a meta leader and answers on every node.
+    pub async fn start() -> Result<Self, HarnessError> {
+        const ATTEMPTS: usize = 5;
+        let mut last_error = None;
+        // Ports are picked before the servers bind them; another process may
+        // take one in between, so a failed start is retried with new ports.
+        for _ in 0..ATTEMPTS {
+            match Self::try_start().await {
+                Ok(cluster) => return Ok(cluster),
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(last_error.expect("at least one attempt"))
+    }
+
+    async fn try_start() -> Result<Self, HarnessError> {
+        let cluster_ports = [free_port()?, free_port()?, free_port()?];
+        let client_ports = [free_port()?, free_port()?, free_port()?];
+        let cluster_name = format!("tm-test-{}", cluster_ports[0]);
+        let mut nodes = Vec::new();
+        for i in 0..3 {
+            let spec = NodeSpec {
+                name: format!("n{}", i + 1),
+                client_port: Some(client_ports[i]),
+                cluster: Some(ClusterSpec {
+                    name: cluster_name.clone(),
+                    port: cluster_ports[i],
+                    routes: cluster_ports.iter().copied().filter(|&p| p != cluster_ports[i]).collect(),
+                }),
+            };
+            nodes.push(NatsServer::spawn(spec).await?);
+        }
+        for node in &mut nodes {
+            node.wait_ready(Duration::from_secs(30)).await?;
+        }
+        Ok(NatsCluster { nodes })
+    }
+
+    /// All client URLs, comma-separated, for a client that fails over.
+    #[must_use]
+    pub fn urls(&self) -> String {
+        self.nodes.iter().map(NatsServer::url).collect::<Vec<_>>().join(",")
+    }
+
+    /// A client that knows every node and fails over between them.
+    ///
+    /// # Panics
+    /// If no node accepts the connection.
+    pub async fn client(&self) -> async_nats::Client {
+        let addrs: Vec<async_nats::ServerAddr> = self
+            .nodes
+            .iter()
+            .map(|n| n.url().parse().expect("valid url"))
+            .collect();
+        async_nats::connect(addrs)
+            .await
+            .unwrap_or_else(|e| panic!("connect to cluster {}: {e}", self.urls()))
+    }
+}
