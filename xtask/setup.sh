@@ -110,17 +110,17 @@ fi
 # Preferred: rustup's wasm32-unknown-unknown target. Fallback: Debian's
 # rustc 1.63 with libstd-rust-dev-wasm32 (see DESIGN.md §3 and xtask/src/guests.rs).
 rustup_has_wasm() { command -v rustup >/dev/null && rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown; }
-debian_has_wasm() { [ -x /usr/bin/rustc ] && [ -x /usr/bin/cargo ] && have_pkg libstd-rust-dev-wasm32; }
+debian_has_wasm() { [ -x /usr/bin/rustc ] && [ -x /usr/bin/cargo ] && have_pkg libstd-rust-dev-wasm32 && have_pkg lld-14; }
 
 if [ "${TM_GUEST_TOOLCHAIN:-}" = debian ]; then
-  debian_has_wasm || apt_install rustc cargo libstd-rust-dev-wasm32
+  debian_has_wasm || apt_install rustc cargo libstd-rust-dev-wasm32 lld-14
 elif ! rustup_has_wasm; then
   if [ "$CHECK_ONLY" = 0 ] && command -v rustup >/dev/null \
      && timeout 180 rustup target add wasm32-unknown-unknown >/dev/null 2>&1; then
     say "added rustup target wasm32-unknown-unknown"
   elif ! debian_has_wasm; then
     say "rustup cannot add wasm32-unknown-unknown here; using Debian's rustc + libstd-rust-dev-wasm32"
-    apt_install rustc cargo libstd-rust-dev-wasm32
+    apt_install rustc cargo libstd-rust-dev-wasm32 lld-14
   fi
 fi
 

@@ -112,7 +112,11 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
 fn short_type_name<T>() -> &'static str {
     let full = std::any::type_name::<T>();
     // "bus_schema::message::LoadRequest" -> "LoadRequest"; keep generics readable.
-    match full.split('<').next().and_then(|head| head.rsplit("::").next()) {
+    match full
+        .split('<')
+        .next()
+        .and_then(|head| head.rsplit("::").next())
+    {
         Some(short) if !full.contains('<') => short,
         _ => full,
     }
@@ -155,7 +159,13 @@ pub fn validate_token(field: &str, value: &str) -> Result<(), TokenError> {
 pub fn id_from_address(address: &str) -> String {
     address
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
         .take(MAX_TOKEN_LEN)
         .collect()
 }
@@ -168,7 +178,10 @@ mod tests {
     fn tokens_are_checked_with_field_and_value_named() {
         assert!(validate_token("monitor", "mon-1_a").is_ok());
         let err = validate_token("monitor", "a.b").unwrap_err();
-        assert_eq!(err.to_string(), "monitor = \"a.b\" is not a valid id: only letters, digits, '_' and '-' are allowed");
+        assert_eq!(
+            err.to_string(),
+            "monitor = \"a.b\" is not a valid id: only letters, digits, '_' and '-' are allowed"
+        );
         assert!(validate_token("deployment", "").is_err());
         assert!(validate_token("app", "*").is_err());
         assert!(validate_token("app", ">").is_err());
@@ -185,6 +198,10 @@ mod tests {
     #[test]
     fn errors_name_the_type() {
         let err = decode::<LoadRequest>(&[0xc1]).unwrap_err();
-        assert!(err.to_string().starts_with("cannot decode LoadRequest from 1 bytes"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("cannot decode LoadRequest from 1 bytes"),
+            "{err}"
+        );
     }
 }

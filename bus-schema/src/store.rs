@@ -249,7 +249,11 @@ impl BlobMeta {
             }
         };
         let sha256 = get(meta_key::SHA256)?;
-        if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        if sha256.len() != 64
+            || !sha256
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             return Err(MetaError {
                 key: meta_key::SHA256,
                 value: sha256,
@@ -299,16 +303,25 @@ mod tests {
 
         let mut map = meta.to_map();
         map.insert(meta_key::SHA256.into(), "AB".repeat(32));
-        assert_eq!(BlobMeta::from_map(&map).unwrap_err().why, "expected 64 lower-case hex digits");
+        assert_eq!(
+            BlobMeta::from_map(&map).unwrap_err().why,
+            "expected 64 lower-case hex digits"
+        );
     }
 
     #[test]
     fn streams_capture_the_stream_subjects() {
         let specs = streams();
-        for s in subject::catalog().iter().filter(|s| s.kind == subject::SubjectKind::Stream) {
+        for s in subject::catalog()
+            .iter()
+            .filter(|s| s.kind == subject::SubjectKind::Stream)
+        {
             let prefix = s.pattern.split('{').next().unwrap();
             assert!(
-                specs.iter().any(|st| st.subjects.iter().any(|w| prefix.starts_with(w.trim_end_matches('>')))),
+                specs.iter().any(|st| st
+                    .subjects
+                    .iter()
+                    .any(|w| prefix.starts_with(w.trim_end_matches('>')))),
                 "no stream captures {}",
                 s.pattern
             );

@@ -151,7 +151,11 @@ mod tests {
             }
             let under_monitor = spec.pattern.starts_with(&monitor_group("{monitor}"));
             let under_manager = spec.pattern.starts_with(&manager_group("{manager}"));
-            assert!(under_monitor || under_manager, "{} is in no service group", spec.pattern);
+            assert!(
+                under_monitor || under_manager,
+                "{} is in no service group",
+                spec.pattern
+            );
             assert!(spec.reply.is_some(), "{} has no reply type", spec.pattern);
         }
     }
@@ -162,7 +166,11 @@ mod tests {
         let mut seen = std::collections::HashSet::new();
         for spec in &specs {
             assert!(spec.pattern.starts_with("tm.v1."), "{}", spec.pattern);
-            assert!(seen.insert(spec.pattern.clone()), "duplicate {}", spec.pattern);
+            assert!(
+                seen.insert(spec.pattern.clone()),
+                "duplicate {}",
+                spec.pattern
+            );
         }
         assert_eq!(monitor_load("m1"), "tm.v1.mon.m1.load");
         assert_eq!(results("m1", "d7"), "tm.v1.results.m1.d7");

@@ -23,7 +23,10 @@ fn examples(doc: &str) -> Vec<(String, String)> {
     let mut lines = doc.lines();
     while let Some(line) = lines.next() {
         if let Some(tag) = line.strip_prefix("```json ") {
-            let body: Vec<&str> = lines.by_ref().take_while(|l| !l.starts_with("```")).collect();
+            let body: Vec<&str> = lines
+                .by_ref()
+                .take_while(|l| !l.starts_with("```"))
+                .collect();
             out.push((tag.trim().to_owned(), body.join("\n")));
         }
     }
@@ -44,8 +47,8 @@ fn check<T>(name: &str, json: &str, free_form: &'static [&'static str]) -> Check
 where
     T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug,
 {
-    let original: serde_json::Value =
-        serde_json::from_str(json).unwrap_or_else(|e| panic!("example {name} is not JSON: {e}\n{json}"));
+    let original: serde_json::Value = serde_json::from_str(json)
+        .unwrap_or_else(|e| panic!("example {name} is not JSON: {e}\n{json}"));
     let value: T = serde_json::from_value(original.clone())
         .unwrap_or_else(|e| panic!("example {name} does not decode as {name}: {e}\n{json}"));
     let msgpack = encode(&value).unwrap();
@@ -96,15 +99,27 @@ fn checker(name: &str, json: &str) -> Option<Checked> {
 
 /// Types that must have at least one example besides those named in the
 /// subject catalogue.
-const RECORD_TYPES: &[&str] = &["MonitorRecord", "DeploymentRecord", "TopologyRecord", "ErrorBody"];
+const RECORD_TYPES: &[&str] = &[
+    "MonitorRecord",
+    "DeploymentRecord",
+    "TopologyRecord",
+    "ErrorBody",
+];
 
 #[test]
 fn every_documented_example_decodes_with_the_real_type() {
     let doc = doc();
     let examples = examples(&doc);
-    assert!(examples.len() >= 20, "found only {} examples", examples.len());
+    assert!(
+        examples.len() >= 20,
+        "found only {} examples",
+        examples.len()
+    );
     for (name, json) in &examples {
-        assert!(checker(name, json).is_some(), "docs/bus.md has an example of unknown type {name}");
+        assert!(
+            checker(name, json).is_some(),
+            "docs/bus.md has an example of unknown type {name}"
+        );
     }
 }
 
@@ -119,8 +134,14 @@ fn every_message_type_has_an_example() {
         }
         needed.extend(spec.reply);
     }
-    let missing: Vec<_> = needed.iter().filter(|n| !documented.contains(**n)).collect();
-    assert!(missing.is_empty(), "docs/bus.md lacks examples of {missing:?}");
+    let missing: Vec<_> = needed
+        .iter()
+        .filter(|n| !documented.contains(**n))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "docs/bus.md lacks examples of {missing:?}"
+    );
 }
 
 fn kind_name(kind: SubjectKind) -> &'static str {
@@ -135,7 +156,11 @@ fn roles(roles: &[Role]) -> String {
     if roles.is_empty() {
         return "—".into();
     }
-    roles.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", ")
+    roles
+        .iter()
+        .map(|r| r.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[test]
@@ -147,12 +172,19 @@ fn subject_table_matches_the_code_both_ways() {
             "| `{}` | {} | {} | {} | {} | {} |",
             spec.pattern,
             kind_name(spec.kind),
-            if spec.payload.is_empty() { "—" } else { spec.payload },
+            if spec.payload.is_empty() {
+                "—"
+            } else {
+                spec.payload
+            },
             spec.reply.unwrap_or("—"),
             roles(spec.publishers),
             roles(spec.subscribers),
         );
-        assert!(doc.lines().any(|l| l == row), "docs/bus.md lacks the row\n{row}");
+        assert!(
+            doc.lines().any(|l| l == row),
+            "docs/bus.md lacks the row\n{row}"
+        );
     }
     // The reverse: every subject the doc names must exist in the code.
     let known: BTreeSet<String> = catalog.iter().map(|s| s.pattern.clone()).collect();
@@ -164,7 +196,10 @@ fn subject_table_matches_the_code_both_ways() {
         .map(str::to_owned)
         .collect();
     let unknown: Vec<_> = named.difference(&known).collect();
-    assert!(unknown.is_empty(), "docs/bus.md names subjects the code lacks: {unknown:?}");
+    assert!(
+        unknown.is_empty(),
+        "docs/bus.md names subjects the code lacks: {unknown:?}"
+    );
 }
 
 fn age(d: Option<std::time::Duration>) -> String {
@@ -189,7 +224,10 @@ fn bucket_and_stream_tables_match_the_code() {
             roles(b.readers),
             b.description
         );
-        assert!(doc.lines().any(|l| l == row), "docs/bus.md lacks the bucket row\n{row}");
+        assert!(
+            doc.lines().any(|l| l == row),
+            "docs/bus.md lacks the bucket row\n{row}"
+        );
     }
     for s in store::streams() {
         let subjects: Vec<String> = s.subjects.iter().map(|x| format!("`{x}`")).collect();
@@ -202,7 +240,10 @@ fn bucket_and_stream_tables_match_the_code() {
             age(Some(s.duplicate_window)),
             s.description
         );
-        assert!(doc.lines().any(|l| l == row), "docs/bus.md lacks the stream row\n{row}");
+        assert!(
+            doc.lines().any(|l| l == row),
+            "docs/bus.md lacks the stream row\n{row}"
+        );
     }
     for key in [
         store::meta_key::KIND,
@@ -211,7 +252,10 @@ fn bucket_and_stream_tables_match_the_code() {
         store::meta_key::ABI,
         store::meta_key::DESCRIPTION,
     ] {
-        assert!(doc.contains(&format!("| `{key}` |")), "docs/bus.md lacks blob metadata key {key}");
+        assert!(
+            doc.contains(&format!("| `{key}` |")),
+            "docs/bus.md lacks blob metadata key {key}"
+        );
     }
 }
 
@@ -288,7 +332,10 @@ fn wrong_typed_fields_are_refused() {
                 fields.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
             bad.insert(field.clone(), other_type(value));
             let bytes = rmp_serde::to_vec_named(&bad).unwrap();
-            assert!(!decodes_as(&name, &bytes), "{name} accepted a wrong type in field {field}");
+            assert!(
+                !decodes_as(&name, &bytes),
+                "{name} accepted a wrong type in field {field}"
+            );
             tried += 1;
         }
     }
@@ -307,7 +354,9 @@ fn garbage_is_refused_without_panic() {
         &[0xdf, 0xff, 0xff, 0xff, 0xff],
         &[0xdd, 0xff, 0xff, 0xff, 0xff],
         &[0xdb, 0xff, 0xff, 0xff, 0xff, b'a'],
-        &[0x81, 0xa4, b'n', b'a', b'm', b'e', 0xc6, 0xff, 0xff, 0xff, 0xff],
+        &[
+            0x81, 0xa4, b'n', b'a', b'm', b'e', 0xc6, 0xff, 0xff, 0xff, 0xff,
+        ],
     ];
     for name in &names {
         for bytes in fixed {
@@ -333,7 +382,11 @@ fn garbage_is_refused_without_panic() {
 
 #[test]
 fn unknown_error_codes_decode_as_unknown() {
-    let bytes = rmp_serde::to_vec_named(&HashMap::from([("code", "from_the_future"), ("message", "x")])).unwrap();
+    let bytes = rmp_serde::to_vec_named(&HashMap::from([
+        ("code", "from_the_future"),
+        ("message", "x"),
+    ]))
+    .unwrap();
     let body: ErrorBody = decode(&bytes).unwrap();
     assert_eq!(body.code, ErrorCode::Unknown);
 }
@@ -341,9 +394,15 @@ fn unknown_error_codes_decode_as_unknown() {
 #[test]
 fn error_codes_render_as_on_the_wire() {
     let doc = doc();
-    for code in ErrorCode::ALL.into_iter().filter(|c| *c != ErrorCode::Unknown) {
+    for code in ErrorCode::ALL
+        .into_iter()
+        .filter(|c| *c != ErrorCode::Unknown)
+    {
         let json = serde_json::to_value(code).unwrap();
         assert_eq!(json, serde_json::Value::from(code.as_str()));
-        assert!(doc.contains(&format!("`{}`", code.as_str())), "docs/bus.md does not list error code {code}");
+        assert!(
+            doc.contains(&format!("`{}`", code.as_str())),
+            "docs/bus.md does not list error code {code}"
+        );
     }
 }

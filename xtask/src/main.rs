@@ -1,1 +1,181 @@
-fn main() {}
+//! Build and check automation, run as `cargo xtask <command>`.
+//!
+//! `xtask/run <command>` first runs `xtask/setup.sh` (installs what is
+//! missing), then this. See `cargo xtask --help`.
+
+mod guests;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+/// Build and check automation for the traffic monitor.
+#[derive(Parser)]
+#[command(about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build every WebAssembly guest (analyzers/, mgmt-apps/) into
+    /// target/wasm/, printing each module's size and SHA-256.
+    Guests {
+        /// Which toolchain builds the guests.
+        #[arg(long, value_enum, default_value_t = guests::Toolchain::Auto, env = "TM_GUEST_TOOLCHAIN")]
+        toolchain: guests::Toolchain,
+    },
+    /// The whole suite: guests, formatting, clippy, guest unit tests, then
+    /// every workspace test (nextest when installed). Starts its own
+    /// nats-server processes; needs nothing running.
+    Test {
+        /// Which toolchain builds the guests.
+        #[arg(long, value_enum, default_value_t = guests::Toolchain::Auto, env = "TM_GUEST_TOOLCHAIN")]
+        toolchain: guests::Toolchain,
+        /// Skip cargo fmt and clippy.
+        #[arg(long)]
+        no_lint: bool,
+        /// Extra arguments for the test runner (a filter, for example).
+        #[arg(last = true)]
+        runner_args: Vec<String>,
+    },
+    /// cargo fmt --check and clippy with warnings denied, host and guests.
+    Lint,
+    /// The single-machine demo (not implemented yet: issue #6).
+    Demo,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    match cli.command {
+        Cmd::Guests { toolchain } => {
+            guests::build_all(&root, toolchain)?;
+        }
+        Cmd::Test {
+            toolchain,
+            no_lint,
+            runner_args,
+        } => {
+            let wasm_dir = guests::build_all(&root, toolchain)?;
+            if !no_lint {
+                lint(&root)?;
+            }
+            test(&root, &wasm_dir, &runner_args)?;
+        }
+        Cmd::Lint => lint(&root)?,
+        Cmd::Demo => {
+            bail!(
+                "the demo is not implemented yet (issue #6): the monitor, manager and mgmt apps it runs \
+                 are still being built. `xtask/run test` runs what exists."
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The host workspace root (parent of xtask/).
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_owned()
+}
+
+/// Runs a command, failing with its command line if it fails.
+pub(crate) fn run(cmd: &mut Command) -> Result<()> {
+    let line = format!("{cmd:?}");
+    eprintln!("xtask: {line}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {line}"))?;
+    if !status.success() {
+        bail!("{line} failed with {status}");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+fn lint(root: &Path) -> Result<()> {
+    run(cargo()
+        .current_dir(root)
+        .args(["fmt", "--all", "--", "--check"]))?;
+    run(cargo().current_dir(root).args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    for guest in guests::workspaces(root) {
+        run(cargo()
+            .current_dir(&guest)
+            .args(["fmt", "--all", "--", "--check"]))?;
+        run(cargo().current_dir(&guest).args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))?;
+    }
+    Ok(())
+}
+
+/// Finds a nats-server the tests can kill directly (not a pyenv shim).
+fn nats_server() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("NATS_SERVER_BIN").filter(|p| !p.is_empty()) {
+        return Some(p.into());
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .filter(|dir| !dir.to_string_lossy().contains("/shims"))
+        .map(|dir| dir.join("nats-server"))
+        .find(|p| p.is_file())
+}
+
+fn test(root: &Path, wasm_dir: &Path, runner_args: &[String]) -> Result<()> {
+    // Guest crates' own unit tests run natively.
+    for guest in guests::workspaces(root) {
+        run(cargo().current_dir(&guest).args(["test", "--quiet"]))?;
+    }
+    let nats = nats_server().context("nats-server not found: run xtask/setup.sh")?;
+    let nextest = Command::new(cargo_bin("cargo-nextest"))
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if nextest {
+        // nextest does not run doc tests; run them first so the suite's
+        // summary is the last thing printed.
+        run(cargo()
+            .current_dir(root)
+            .args(["test", "--workspace", "--doc", "--quiet"]))?;
+    }
+    let mut cmd = cargo();
+    cmd.current_dir(root)
+        .env("NATS_SERVER_BIN", &nats)
+        .env("TM_WASM_DIR", wasm_dir);
+    if nextest {
+        cmd.args(["nextest", "run", "--workspace", "--no-fail-fast"]);
+    } else {
+        cmd.args(["test", "--workspace", "--no-fail-fast"]);
+    }
+    cmd.args(runner_args);
+    run(&mut cmd)
+}
+
+fn cargo_bin(name: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| name.into())
+}

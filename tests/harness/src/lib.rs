@@ -23,7 +23,9 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
 #[derive(Debug, thiserror::Error)]
 pub enum HarnessError {
     /// No `nats-server` binary was found.
-    #[error("nats-server not found: set NATS_SERVER_BIN or put it on PATH (xtask/setup.sh installs it)")]
+    #[error(
+        "nats-server not found: set NATS_SERVER_BIN or put it on PATH (xtask/setup.sh installs it)"
+    )]
     BinaryNotFound,
     /// The process could not be spawned or exited early.
     #[error("nats-server {name}: {why}; log:\n{log}")]
@@ -44,7 +46,11 @@ pub enum HarnessError {
 pub fn nats_server_bin() -> Result<PathBuf, HarnessError> {
     if let Some(path) = std::env::var_os("NATS_SERVER_BIN").filter(|p| !p.is_empty()) {
         let path = PathBuf::from(path);
-        return if path.is_file() { Ok(path) } else { Err(HarnessError::BinaryNotFound) };
+        return if path.is_file() {
+            Ok(path)
+        } else {
+            Err(HarnessError::BinaryNotFound)
+        };
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
@@ -131,7 +137,13 @@ impl NatsServer {
         let mut cmd = Command::new(bin);
         cmd.arg("-js")
             .args(["-a", "127.0.0.1"])
-            .args(["-p", &self.spec.client_port.map_or("-1".to_owned(), |p| p.to_string())])
+            .args([
+                "-p",
+                &self
+                    .spec
+                    .client_port
+                    .map_or("-1".to_owned(), |p| p.to_string()),
+            ])
             .args(["--server_name", &self.spec.name])
             .arg("-sd")
             .arg(self.dir.path().join("store"))
@@ -152,7 +164,9 @@ impl NatsServer {
                 .args(["--cluster_name", &cluster.name])
                 .args(["--routes", &routes.join(",")]);
         }
-        let child = cmd.spawn().map_err(|e| self.start_error(format!("cannot spawn: {e}")))?;
+        let child = cmd
+            .spawn()
+            .map_err(|e| self.start_error(format!("cannot spawn: {e}")))?;
         self.child = Some(child);
         self.port = self.read_port(&ports_dir).await?;
         self.spec.client_port = Some(self.port);
@@ -302,8 +316,14 @@ impl NatsServer {
 
     fn signal(&self, sig: &str) {
         if let Some(pid) = self.pid() {
-            let status = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
-            assert!(matches!(status, Ok(s) if s.success()), "kill -{sig} {pid} failed: {status:?}");
+            let status = Command::new("kill")
+                .arg(format!("-{sig}"))
+                .arg(pid.to_string())
+                .status();
+            assert!(
+                matches!(status, Ok(s) if s.success()),
+                "kill -{sig} {pid} failed: {status:?}"
+            );
         }
     }
 }
@@ -364,7 +384,11 @@ impl NatsCluster {
                 cluster: Some(ClusterSpec {
                     name: cluster_name.clone(),
                     port: cluster_ports[i],
-                    routes: cluster_ports.iter().copied().filter(|&p| p != cluster_ports[i]).collect(),
+                    routes: cluster_ports
+                        .iter()
+                        .copied()
+                        .filter(|&p| p != cluster_ports[i])
+                        .collect(),
                 }),
             };
             nodes.push(NatsServer::spawn(spec).await?);
@@ -372,13 +396,45 @@ impl NatsCluster {
         for node in &mut nodes {
             node.wait_ready(Duration::from_secs(30)).await?;
         }
-        Ok(NatsCluster { nodes })
+        let cluster = NatsCluster { nodes };
+        cluster.wait_for_peers(Duration::from_secs(30)).await?;
+        Ok(cluster)
+    }
+
+    /// Waits until JetStream can place a 3-replica stream, i.e. every node
+    /// has joined the meta group.
+    async fn wait_for_peers(&self, timeout: Duration) -> Result<(), HarnessError> {
+        let js = jetstream::new(self.client().await);
+        let deadline = Instant::now() + timeout;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            let config = jetstream::stream::Config {
+                name: "HARNESS_PROBE".into(),
+                subjects: vec!["harness.probe".into()],
+                num_replicas: 3,
+                storage: jetstream::stream::StorageType::Memory,
+                ..Default::default()
+            };
+            match js.create_stream(config).await {
+                Ok(_) => {
+                    let _ = js.delete_stream("HARNESS_PROBE").await;
+                    return Ok(());
+                }
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(self.nodes[0].start_error(format!("cluster peers not ready after {timeout:?}: {last}")))
     }
 
     /// All client URLs, comma-separated, for a client that fails over.
     #[must_use]
     pub fn urls(&self) -> String {
-        self.nodes.iter().map(NatsServer::url).collect::<Vec<_>>().join(",")
+        self.nodes
+            .iter()
+            .map(NatsServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// A client that knows every node and fails over between them.

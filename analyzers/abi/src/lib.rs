@@ -1,0 +1,389 @@
+//! Analyzer ABI version 1: the contract between the monitor (host) and an
+//! analyzer (a core WebAssembly module, no WASI).
+//!
+//! Both sides use this crate, so the packet record layout is written once.
+//! `analyzers/abi/tm_abi.h` documents the same contract for C.
+//!
+//! # Guest exports
+//!
+//! | export | signature | meaning |
+//! |---|---|---|
+//! | `tm_abi_version` | `() -> i32` | must return [`ABI_VERSION`] |
+//! | `tm_alloc` | `(len: i32) -> i32` | a guest buffer of `len` bytes for the host to write into; 0 if it cannot |
+//! | `tm_init` | `(ptr: i32, len: i32) -> i32` | MessagePack params; returns a [`Status`] |
+//! | `tm_on_packets` | `(ptr: i32, len: i32, count: i32) -> i32` | a batch of `count` packet records |
+//! | `tm_tick` | `(now_ns: i64) -> i32` | periodic timer, Unix time in ns |
+//! | `tm_configure` | `(ptr: i32, len: i32) -> i32` | new MessagePack params |
+//! | `tm_collect` | `() -> i64` | results as MessagePack: `(ptr << 32) | len`, valid until the next call |
+//! | `tm_last_error` | `() -> i64` | UTF-8 message of the last non-OK status, packed as above |
+//! | `tm_snapshot` (optional) | `() -> i64` | opaque state, packed as above |
+//! | `tm_restore` (optional) | `(ptr: i32, len: i32) -> i32` | state from `tm_snapshot` |
+//!
+//! Buffers passed to `tm_init`, `tm_configure` and `tm_restore` were obtained
+//! from `tm_alloc` and belong to the guest afterwards (it frees them). The
+//! batch buffer is obtained once from `tm_alloc` and reused by the host for
+//! every `tm_on_packets` call; the guest must not free it.
+//!
+//! # Host imports (module `tm`)
+//!
+//! | import | signature | meaning |
+//! |---|---|---|
+//! | `log` | `(level: i32, ptr: i32, len: i32)` | a UTF-8 log line; level 0 error … 4 trace |
+//! | `now` | `() -> i64` | Unix time in ns |
+//! | `emit` | `(ptr: i32, len: i32) -> i32` | publish an alert event (MessagePack) at once; 0 if accepted |
+//!
+//! # Packet records
+//!
+//! A batch is `count` records back to back. Each record is a
+//! [`RECORD_HEADER_LEN`]-byte little-endian header ([`PacketHeader`])
+//! followed by `cap_len` captured bytes, padded with zeros to a multiple of 8.
+#![no_std]
+
+/// The ABI version this crate describes.
+pub const ABI_VERSION: u32 = 1;
+
+/// Name of the host import module.
+pub const IMPORT_MODULE: &str = "tm";
+
+/// Export names.
+pub mod export {
+    /// `() -> i32`
+    pub const ABI_VERSION: &str = "tm_abi_version";
+    /// `(len: i32) -> i32`
+    pub const ALLOC: &str = "tm_alloc";
+    /// `(ptr: i32, len: i32) -> i32`
+    pub const INIT: &str = "tm_init";
+    /// `(ptr: i32, len: i32, count: i32) -> i32`
+    pub const ON_PACKETS: &str = "tm_on_packets";
+    /// `(now_ns: i64) -> i32`
+    pub const TICK: &str = "tm_tick";
+    /// `(ptr: i32, len: i32) -> i32`
+    pub const CONFIGURE: &str = "tm_configure";
+    /// `() -> i64`
+    pub const COLLECT: &str = "tm_collect";
+    /// `() -> i64`
+    pub const LAST_ERROR: &str = "tm_last_error";
+    /// `() -> i64` (optional)
+    pub const SNAPSHOT: &str = "tm_snapshot";
+    /// `(ptr: i32, len: i32) -> i32` (optional)
+    pub const RESTORE: &str = "tm_restore";
+    /// The guest's linear memory.
+    pub const MEMORY: &str = "memory";
+}
+
+/// Import names (in module [`IMPORT_MODULE`]).
+pub mod import {
+    /// `(level: i32, ptr: i32, len: i32)`
+    pub const LOG: &str = "log";
+    /// `() -> i64`
+    pub const NOW: &str = "now";
+    /// `(ptr: i32, len: i32) -> i32`
+    pub const EMIT: &str = "emit";
+}
+
+/// What a guest call returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Status {
+    /// Done.
+    Ok = 0,
+    /// The parameters were refused; `tm_last_error` says which and why.
+    BadParams = 1,
+    /// Anything else went wrong; `tm_last_error` says what.
+    Failed = 2,
+}
+
+impl Status {
+    /// The status for a raw return value (unknown values are `Failed`).
+    pub fn from_raw(raw: u32) -> Status {
+        match raw {
+            0 => Status::Ok,
+            1 => Status::BadParams,
+            _ => Status::Failed,
+        }
+    }
+}
+
+/// Packs a guest pointer and length into the `i64` some exports return.
+pub fn pack(ptr: u32, len: u32) -> u64 {
+    (u64::from(ptr) << 32) | u64::from(len)
+}
+
+/// Splits a packed `(ptr, len)`.
+pub fn unpack(packed: u64) -> (u32, u32) {
+    ((packed >> 32) as u32, packed as u32)
+}
+
+/// Length of a record header in bytes.
+pub const RECORD_HEADER_LEN: usize = 72;
+/// Records start at multiples of this.
+pub const RECORD_ALIGN: usize = 8;
+/// An offset that is absent (no L3, L4 or payload found).
+pub const NO_OFFSET: u16 = 0xffff;
+
+/// Bits of [`PacketHeader::flags`].
+pub mod flag {
+    /// The packet could not be fully parsed; parsed fields may be partial.
+    pub const PARSE_ERROR: u8 = 1;
+    /// The capture was shorter than the packet on the wire.
+    pub const TRUNCATED: u8 = 2;
+    /// An IP fragment other than the first (no L4 header).
+    pub const FRAGMENT: u8 = 4;
+    /// Carried one or more 802.1Q tags.
+    pub const VLAN: u8 = 8;
+}
+
+/// TCP flag bits of [`PacketHeader::tcp_flags`].
+pub mod tcp {
+    /// FIN
+    pub const FIN: u8 = 0x01;
+    /// SYN
+    pub const SYN: u8 = 0x02;
+    /// RST
+    pub const RST: u8 = 0x04;
+    /// PSH
+    pub const PSH: u8 = 0x08;
+    /// ACK
+    pub const ACK: u8 = 0x10;
+    /// URG
+    pub const URG: u8 = 0x20;
+    /// ECE
+    pub const ECE: u8 = 0x40;
+    /// CWR
+    pub const CWR: u8 = 0x80;
+}
+
+/// The host's parsed view of one packet.
+///
+/// | offset | size | field |
+/// |---|---|---|
+/// | 0 | 4 | `record_len` (header + data + padding) |
+/// | 4 | 4 | `link` |
+/// | 8 | 8 | `ts_ns` |
+/// | 16 | 4 | `wire_len` |
+/// | 20 | 4 | `cap_len` |
+/// | 24 | 2 | `l3_offset` |
+/// | 26 | 2 | `l4_offset` |
+/// | 28 | 2 | `payload_offset` |
+/// | 30 | 1 | `ip_version` (0, 4 or 6) |
+/// | 31 | 1 | `ip_proto` |
+/// | 32 | 16 | `src_addr` (IPv4 in the first 4 bytes) |
+/// | 48 | 16 | `dst_addr` |
+/// | 64 | 2 | `src_port` |
+/// | 66 | 2 | `dst_port` |
+/// | 68 | 1 | `tcp_flags` |
+/// | 69 | 1 | `flags` |
+/// | 70 | 2 | `vlan` (outer VLAN id, 0 if none) |
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PacketHeader {
+    /// Link id within the monitor.
+    pub link: u32,
+    /// Capture time, Unix ns.
+    pub ts_ns: u64,
+    /// Length on the wire.
+    pub wire_len: u32,
+    /// Bytes captured (and following the header).
+    pub cap_len: u32,
+    /// Offset of the IP header in the captured bytes, or [`NO_OFFSET`].
+    pub l3_offset: u16,
+    /// Offset of the TCP/UDP/ICMP header, or [`NO_OFFSET`].
+    pub l4_offset: u16,
+    /// Offset of the L4 payload, or [`NO_OFFSET`].
+    pub payload_offset: u16,
+    /// 4, 6, or 0 when not IP.
+    pub ip_version: u8,
+    /// IP protocol number (after IPv6 extension headers), 0 when not IP.
+    pub ip_proto: u8,
+    /// Source address; IPv4 uses the first 4 bytes.
+    pub src_addr: [u8; 16],
+    /// Destination address; IPv4 uses the first 4 bytes.
+    pub dst_addr: [u8; 16],
+    /// TCP/UDP source port, 0 otherwise.
+    pub src_port: u16,
+    /// TCP/UDP destination port, 0 otherwise.
+    pub dst_port: u16,
+    /// TCP flags ([`tcp`]), 0 otherwise.
+    pub tcp_flags: u8,
+    /// [`flag`] bits.
+    pub flags: u8,
+    /// Outer 802.1Q VLAN id, 0 if none.
+    pub vlan: u16,
+}
+
+/// Length of a record holding `cap_len` captured bytes, padding included.
+pub fn record_len(cap_len: usize) -> usize {
+    (RECORD_HEADER_LEN + cap_len + RECORD_ALIGN - 1) / RECORD_ALIGN * RECORD_ALIGN
+}
+
+fn get<const N: usize>(buf: &[u8], at: usize) -> [u8; N] {
+    let mut out = [0u8; N];
+    out.copy_from_slice(&buf[at..at + N]);
+    out
+}
+
+impl PacketHeader {
+    /// Writes the header and `data` as one record at the start of `out`;
+    /// returns the record length, or `None` if `out` is too short or
+    /// `data.len() != cap_len`.
+    pub fn write_record(&self, data: &[u8], out: &mut [u8]) -> Option<usize> {
+        if data.len() != self.cap_len as usize {
+            return None;
+        }
+        let len = record_len(data.len());
+        let out = out.get_mut(..len)?;
+        out[0..4].copy_from_slice(&(len as u32).to_le_bytes());
+        out[4..8].copy_from_slice(&self.link.to_le_bytes());
+        out[8..16].copy_from_slice(&self.ts_ns.to_le_bytes());
+        out[16..20].copy_from_slice(&self.wire_len.to_le_bytes());
+        out[20..24].copy_from_slice(&self.cap_len.to_le_bytes());
+        out[24..26].copy_from_slice(&self.l3_offset.to_le_bytes());
+        out[26..28].copy_from_slice(&self.l4_offset.to_le_bytes());
+        out[28..30].copy_from_slice(&self.payload_offset.to_le_bytes());
+        out[30] = self.ip_version;
+        out[31] = self.ip_proto;
+        out[32..48].copy_from_slice(&self.src_addr);
+        out[48..64].copy_from_slice(&self.dst_addr);
+        out[64..66].copy_from_slice(&self.src_port.to_le_bytes());
+        out[66..68].copy_from_slice(&self.dst_port.to_le_bytes());
+        out[68] = self.tcp_flags;
+        out[69] = self.flags;
+        out[70..72].copy_from_slice(&self.vlan.to_le_bytes());
+        out[RECORD_HEADER_LEN..RECORD_HEADER_LEN + data.len()].copy_from_slice(data);
+        for b in &mut out[RECORD_HEADER_LEN + data.len()..] {
+            *b = 0;
+        }
+        Some(len)
+    }
+
+    /// Reads the record at the start of `buf`: its header, its captured
+    /// bytes and its length. `None` if the record is malformed (a length
+    /// that does not fit `buf` or disagrees with `cap_len`).
+    pub fn read_record(buf: &[u8]) -> Option<(PacketHeader, &[u8], usize)> {
+        if buf.len() < RECORD_HEADER_LEN {
+            return None;
+        }
+        let len = u32::from_le_bytes(get(buf, 0)) as usize;
+        let cap_len = u32::from_le_bytes(get(buf, 20));
+        if len != record_len(cap_len as usize) || len > buf.len() {
+            return None;
+        }
+        let header = PacketHeader {
+            link: u32::from_le_bytes(get(buf, 4)),
+            ts_ns: u64::from_le_bytes(get(buf, 8)),
+            wire_len: u32::from_le_bytes(get(buf, 16)),
+            cap_len,
+            l3_offset: u16::from_le_bytes(get(buf, 24)),
+            l4_offset: u16::from_le_bytes(get(buf, 26)),
+            payload_offset: u16::from_le_bytes(get(buf, 28)),
+            ip_version: buf[30],
+            ip_proto: buf[31],
+            src_addr: get(buf, 32),
+            dst_addr: get(buf, 48),
+            src_port: u16::from_le_bytes(get(buf, 64)),
+            dst_port: u16::from_le_bytes(get(buf, 66)),
+            tcp_flags: buf[68],
+            flags: buf[69],
+            vlan: u16::from_le_bytes(get(buf, 70)),
+        };
+        let data = &buf[RECORD_HEADER_LEN..RECORD_HEADER_LEN + cap_len as usize];
+        Some((header, data, len))
+    }
+}
+
+/// Iterates over the records of a batch; stops at the first malformed one.
+pub struct Records<'a> {
+    buf: &'a [u8],
+    left: u32,
+}
+
+impl<'a> Records<'a> {
+    /// The `count` records in `buf`.
+    pub fn new(buf: &'a [u8], count: u32) -> Self {
+        Records { buf, left: count }
+    }
+}
+
+impl<'a> Iterator for Records<'a> {
+    type Item = (PacketHeader, &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.left == 0 {
+            return None;
+        }
+        let (header, data, len) = PacketHeader::read_record(self.buf)?;
+        self.buf = &self.buf[len..];
+        self.left -= 1;
+        Some((header, data))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_back_to_back() {
+        let mut buf = [0u8; 512];
+        let a = PacketHeader {
+            link: 3,
+            ts_ns: 1_764_108_000_123_456_789,
+            wire_len: 1514,
+            cap_len: 5,
+            l3_offset: 14,
+            l4_offset: 34,
+            payload_offset: 54,
+            ip_version: 4,
+            ip_proto: 6,
+            src_addr: [10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            dst_addr: [10, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            src_port: 43122,
+            dst_port: 80,
+            tcp_flags: tcp::SYN | tcp::ACK,
+            flags: flag::TRUNCATED,
+            vlan: 100,
+        };
+        let b = PacketHeader {
+            cap_len: 0,
+            ..PacketHeader::default()
+        };
+        let n1 = a.write_record(b"hello", &mut buf).unwrap();
+        assert_eq!(n1, 80);
+        let n2 = b.write_record(b"", &mut buf[n1..]).unwrap();
+        assert_eq!(n2, 72);
+        let got: [(PacketHeader, &[u8]); 2] = {
+            let mut it = Records::new(&buf[..n1 + n2], 2);
+            [it.next().unwrap(), it.next().unwrap()]
+        };
+        assert_eq!(got[0], (a, &b"hello"[..]));
+        assert_eq!(got[1], (b, &b""[..]));
+    }
+
+    #[test]
+    fn malformed_records_stop_the_iteration() {
+        let mut buf = [0u8; 128];
+        let h = PacketHeader {
+            cap_len: 8,
+            ..PacketHeader::default()
+        };
+        let n = h.write_record(&[1; 8], &mut buf).unwrap();
+        // Claims more records than there are.
+        assert_eq!(Records::new(&buf[..n], 5).count(), 1);
+        // A corrupted length.
+        buf[0] = 200;
+        assert_eq!(Records::new(&buf[..n], 1).count(), 0);
+        // Too short for a header.
+        assert!(PacketHeader::read_record(&buf[..10]).is_none());
+        // cap_len disagreeing with the data given.
+        assert!(h.write_record(&[1; 3], &mut buf).is_none());
+        // Output too short.
+        assert!(h.write_record(&[1; 8], &mut buf[..40]).is_none());
+    }
+
+    #[test]
+    fn pack_round_trips() {
+        assert_eq!(
+            unpack(pack(0x1234_5678, 0x9abc_def0)),
+            (0x1234_5678, 0x9abc_def0)
+        );
+    }
+}

@@ -1,0 +1,363 @@
+//! Guest SDK for analyzers.
+//!
+//! Implement [`Analyzer`] and call [`export_analyzer!`] once; the macro
+//! generates every ABI v1 export (see `tm-abi`). Parameters and results are
+//! serde types, MessagePack on the wire with field names.
+//!
+//! ```ignore
+//! #[derive(serde::Deserialize, Default)]
+//! #[serde(default)]
+//! struct Params { top_n: u32 }
+//!
+//! struct Counter { packets: u64 }
+//!
+//! impl tm_sdk::Analyzer for Counter {
+//!     type Params = Params;
+//!     type Results = u64;
+//!     fn init(_: Params) -> Result<Self, String> { Ok(Counter { packets: 0 }) }
+//!     fn on_packet(&mut self, _: &tm_sdk::Packet) { self.packets += 1 }
+//!     fn configure(&mut self, _: Params) -> Result<(), String> { Ok(()) }
+//!     fn results(&self) -> u64 { self.packets }
+//! }
+//! tm_sdk::export_analyzer!(Counter);
+//! ```
+
+use std::cell::UnsafeCell;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+pub use serde;
+pub use tm_abi as abi;
+use tm_abi::{PacketHeader, Records, Status, NO_OFFSET};
+
+/// One packet as the host delivers it: its parsed header and captured bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct Packet<'a> {
+    /// The host's parsed view.
+    pub header: PacketHeader,
+    /// Captured bytes (at most the snap length).
+    pub data: &'a [u8],
+}
+
+fn addr(version: u8, raw: &[u8; 16]) -> Option<IpAddr> {
+    match version {
+        4 => Some(IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))),
+        6 => Some(IpAddr::V6(Ipv6Addr::from(*raw))),
+        _ => None,
+    }
+}
+
+impl<'a> Packet<'a> {
+    /// Source IP address, if the packet is IP.
+    pub fn src_ip(&self) -> Option<IpAddr> {
+        addr(self.header.ip_version, &self.header.src_addr)
+    }
+
+    /// Destination IP address, if the packet is IP.
+    pub fn dst_ip(&self) -> Option<IpAddr> {
+        addr(self.header.ip_version, &self.header.dst_addr)
+    }
+
+    /// The L4 payload (TCP/UDP data), empty if there is none or it was not captured.
+    pub fn payload(&self) -> &'a [u8] {
+        let at = self.header.payload_offset;
+        if at == NO_OFFSET {
+            return &[];
+        }
+        self.data.get(at as usize..).unwrap_or(&[])
+    }
+
+    /// True if the host could not fully parse the packet.
+    pub fn parse_error(&self) -> bool {
+        self.header.flags & abi::flag::PARSE_ERROR != 0
+    }
+}
+
+/// An analyzer: state built from parameters, fed packets, asked for results.
+pub trait Analyzer: Sized {
+    /// Parameters for `init` and `configure`. Absent params decode as an
+    /// empty map, so `#[serde(default)]` gives every field a default.
+    type Params: serde::de::DeserializeOwned;
+    /// What `results` returns; encoded as MessagePack with field names.
+    type Results: serde::Serialize;
+
+    /// Builds the analyzer; an `Err` names the bad parameter.
+    fn init(params: Self::Params) -> Result<Self, String>;
+    /// Called for each packet of each batch, in capture order per link.
+    fn on_packet(&mut self, packet: &Packet);
+    /// Periodic timer (Unix ns); expire idle state here.
+    fn tick(&mut self, _now_ns: u64) {}
+    /// New parameters while running; state is kept. An `Err` leaves the
+    /// old parameters in place.
+    fn configure(&mut self, params: Self::Params) -> Result<(), String>;
+    /// Current results; must not reset state.
+    fn results(&self) -> Self::Results;
+}
+
+/// Host imports.
+#[cfg(target_arch = "wasm32")]
+mod host {
+    #[link(wasm_import_module = "tm")]
+    extern "C" {
+        pub fn log(level: u32, ptr: *const u8, len: u32);
+        pub fn now() -> u64;
+        pub fn emit(ptr: *const u8, len: u32) -> u32;
+    }
+}
+
+/// Log levels for [`log`].
+#[derive(Debug, Clone, Copy)]
+pub enum Level {
+    /// Something failed.
+    Error = 0,
+    /// Something is off.
+    Warn = 1,
+    /// Worth knowing.
+    Info = 2,
+    /// For developers.
+    Debug = 3,
+    /// Very chatty.
+    Trace = 4,
+}
+
+/// Writes a line to the monitor's log (rate-limited by the host).
+pub fn log(level: Level, message: &str) {
+    #[cfg(target_arch = "wasm32")]
+    unsafe {
+        host::log(level as u32, message.as_ptr(), message.len() as u32)
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    let _ = (level, message);
+}
+
+/// The host's clock, Unix ns.
+pub fn now_ns() -> u64 {
+    #[cfg(target_arch = "wasm32")]
+    unsafe {
+        host::now()
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    0
+}
+
+/// Publishes an alert event at once (an `Event` of kind `alert` whose
+/// `data` is `alert`). Returns false if the host refused it (rate limit).
+pub fn emit<T: serde::Serialize>(alert: &T) -> bool {
+    let bytes = match rmp_serde::to_vec_named(alert) {
+        Ok(b) => b,
+        Err(_) => return false,
+    };
+    #[cfg(target_arch = "wasm32")]
+    unsafe {
+        host::emit(bytes.as_ptr(), bytes.len() as u32) == 0
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        let _ = bytes;
+        true
+    }
+}
+
+/// Decodes parameters; nil or empty bytes decode as an empty map.
+pub fn decode_params<P: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<P, String> {
+    let bytes = if bytes.is_empty() || bytes == [0xc0] {
+        &[0x80][..]
+    } else {
+        bytes
+    };
+    rmp_serde::from_slice(bytes).map_err(|e| format!("bad params: {}", e))
+}
+
+/// The runtime behind the exports; used by [`export_analyzer!`] only.
+#[doc(hidden)]
+pub mod rt {
+    use super::*;
+
+    /// Guest state: the analyzer, the last output and the last error.
+    pub struct Slot<A> {
+        inner: UnsafeCell<SlotInner<A>>,
+    }
+
+    struct SlotInner<A> {
+        analyzer: Option<A>,
+        output: Vec<u8>,
+        error: String,
+    }
+
+    // WebAssembly guests are single-threaded; the host never re-enters.
+    unsafe impl<A> Sync for Slot<A> {}
+
+    impl<A: Analyzer> Default for Slot<A> {
+        fn default() -> Self {
+            Self::new()
+        }
+    }
+
+    impl<A: Analyzer> Slot<A> {
+        /// An empty slot.
+        pub const fn new() -> Self {
+            Slot {
+                inner: UnsafeCell::new(SlotInner {
+                    analyzer: None,
+                    output: Vec::new(),
+                    error: String::new(),
+                }),
+            }
+        }
+
+        #[allow(clippy::mut_from_ref)]
+        fn get(&self) -> &mut SlotInner<A> {
+            // Single-threaded, and no export calls another: one borrow at a time.
+            unsafe { &mut *self.inner.get() }
+        }
+
+        fn fail(&self, status: Status, error: String) -> u32 {
+            self.get().error = error;
+            status as u32
+        }
+
+        /// `tm_init`
+        pub fn init(&self, ptr: u32, len: u32) -> u32 {
+            let bytes = take_buffer(ptr, len);
+            match decode_params::<A::Params>(&bytes).and_then(A::init) {
+                Ok(a) => {
+                    self.get().analyzer = Some(a);
+                    Status::Ok as u32
+                }
+                Err(e) => self.fail(Status::BadParams, e),
+            }
+        }
+
+        /// `tm_configure`
+        pub fn configure(&self, ptr: u32, len: u32) -> u32 {
+            let bytes = take_buffer(ptr, len);
+            let inner = self.get();
+            let analyzer = match inner.analyzer.as_mut() {
+                Some(a) => a,
+                None => return self.fail(Status::Failed, "configure before init".into()),
+            };
+            match decode_params::<A::Params>(&bytes).and_then(|p| analyzer.configure(p)) {
+                Ok(()) => Status::Ok as u32,
+                Err(e) => self.fail(Status::BadParams, e),
+            }
+        }
+
+        /// `tm_on_packets`
+        pub fn on_packets(&self, ptr: u32, len: u32, count: u32) -> u32 {
+            let inner = self.get();
+            let analyzer = match inner.analyzer.as_mut() {
+                Some(a) => a,
+                None => return self.fail(Status::Failed, "packets before init".into()),
+            };
+            // The host owns this buffer and keeps it alive across calls.
+            let buf =
+                unsafe { std::slice::from_raw_parts(ptr as usize as *const u8, len as usize) };
+            for (header, data) in Records::new(buf, count) {
+                analyzer.on_packet(&Packet { header, data });
+            }
+            Status::Ok as u32
+        }
+
+        /// `tm_tick`
+        pub fn tick(&self, now_ns: u64) -> u32 {
+            match self.get().analyzer.as_mut() {
+                Some(a) => {
+                    a.tick(now_ns);
+                    Status::Ok as u32
+                }
+                None => self.fail(Status::Failed, "tick before init".into()),
+            }
+        }
+
+        /// `tm_collect`
+        pub fn collect(&self) -> u64 {
+            let inner = self.get();
+            let encoded = match inner.analyzer.as_ref() {
+                Some(a) => rmp_serde::to_vec_named(&a.results()),
+                None => return 0,
+            };
+            match encoded {
+                Ok(bytes) => {
+                    inner.output = bytes;
+                    abi::pack(
+                        inner.output.as_ptr() as usize as u32,
+                        inner.output.len() as u32,
+                    )
+                }
+                Err(e) => {
+                    inner.error = format!("cannot encode results: {}", e);
+                    0
+                }
+            }
+        }
+
+        /// `tm_last_error`
+        pub fn last_error(&self) -> u64 {
+            let e = &self.get().error;
+            abi::pack(e.as_ptr() as usize as u32, e.len() as u32)
+        }
+    }
+
+    /// `tm_alloc`: a zeroed buffer the host writes into.
+    pub fn alloc(len: u32) -> u32 {
+        let buf = vec![0u8; len as usize].into_boxed_slice();
+        Box::into_raw(buf) as *mut u8 as usize as u32
+    }
+
+    /// Takes back ownership of a buffer from [`alloc`].
+    fn take_buffer(ptr: u32, len: u32) -> Box<[u8]> {
+        if ptr == 0 {
+            return Box::new([]);
+        }
+        unsafe {
+            Box::from_raw(std::ptr::slice_from_raw_parts_mut(
+                ptr as usize as *mut u8,
+                len as usize,
+            ))
+        }
+    }
+}
+
+/// Generates the ABI v1 exports for an [`Analyzer`] type.
+#[macro_export]
+macro_rules! export_analyzer {
+    ($analyzer:ty) => {
+        #[cfg(target_arch = "wasm32")]
+        mod __tm_exports {
+            use super::*;
+            static SLOT: $crate::rt::Slot<$analyzer> = $crate::rt::Slot::new();
+
+            #[no_mangle]
+            pub extern "C" fn tm_abi_version() -> u32 {
+                $crate::abi::ABI_VERSION
+            }
+            #[no_mangle]
+            pub extern "C" fn tm_alloc(len: u32) -> u32 {
+                $crate::rt::alloc(len)
+            }
+            #[no_mangle]
+            pub extern "C" fn tm_init(ptr: u32, len: u32) -> u32 {
+                SLOT.init(ptr, len)
+            }
+            #[no_mangle]
+            pub extern "C" fn tm_on_packets(ptr: u32, len: u32, count: u32) -> u32 {
+                SLOT.on_packets(ptr, len, count)
+            }
+            #[no_mangle]
+            pub extern "C" fn tm_tick(now_ns: u64) -> u32 {
+                SLOT.tick(now_ns)
+            }
+            #[no_mangle]
+            pub extern "C" fn tm_configure(ptr: u32, len: u32) -> u32 {
+                SLOT.configure(ptr, len)
+            }
+            #[no_mangle]
+            pub extern "C" fn tm_collect() -> u64 {
+                SLOT.collect()
+            }
+            #[no_mangle]
+            pub extern "C" fn tm_last_error() -> u64 {
+                SLOT.last_error()
+            }
+        }
+    };
+}
