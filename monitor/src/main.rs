@@ -1,20 +1,123 @@
-//! `tm-monitor`: taps links and runs WebAssembly analyzers on a manager's
-//! request. Not implemented yet: see issue #3 and README.md "Status".
+//! `tm-monitor`: see `tm-monitor --help`.
 
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
 use clap::Parser;
+use monitor::config::Config;
+use monitor::service::{Monitor, publisher};
 
 /// Taps links (live capture or pcap replay) and runs WebAssembly analyzers
 /// that managers load, configure, collect from and unload over NATS.
 ///
-/// Not implemented yet (issue #3): this binary only prints its status.
+/// Links and limits come from the TOML file (see monitor/src/config.rs or
+/// README.md for every field); the flags below override the file.
+///
+/// Commands it answers: tm.v1.mon.<id>.{load,unload,collect,configure,status}
+/// (also discoverable with the NATS service API as `tm-monitor`). It keeps a
+/// liveness record in the KV bucket tm_monitors and publishes results and
+/// events to the TM_RESULTS and TM_EVENTS streams. SIGTERM or Ctrl-C unloads
+/// every analyzer and publishes its final results before exiting.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about = None)]
-struct Args {}
+#[command(version, about, long_about)]
+struct Args {
+    /// The TOML configuration file.
+    #[arg(short, long, env = "TM_MONITOR_CONFIG")]
+    config: PathBuf,
+    /// Monitor id (default: from the file, else its address with '.' as '-').
+    #[arg(long)]
+    id: Option<String>,
+    /// The monitor's address, as in the topology's first column.
+    #[arg(long)]
+    address: Option<String>,
+    /// NATS server URL(s), comma-separated.
+    #[arg(long, env = "NATS_URL")]
+    nats_url: Option<String>,
+    /// NATS credentials file.
+    #[arg(long, env = "NATS_CREDS")]
+    nats_creds: Option<PathBuf>,
+    /// Validate the configuration and exit: 0 if valid, 1 naming the bad field.
+    #[arg(long)]
+    check_config: bool,
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `monitor=debug`.
+    #[arg(long, env = "RUST_LOG", default_value = "info")]
+    log: String,
+}
 
-fn main() -> anyhow::Result<()> {
-    let _args = Args::parse();
-    anyhow::bail!(
-        "tm-monitor is not implemented yet (protocol v{}); see README.md \"Status\"",
-        bus_schema::PROTOCOL_VERSION
-    )
+fn load_config(args: &Args) -> Result<Config> {
+    let mut config = Config::load(&args.config)?;
+    if let Some(id) = &args.id {
+        config.id = Some(id.clone());
+    }
+    if let Some(a) = &args.address {
+        config.address = a.clone();
+    }
+    if let Some(u) = &args.nats_url {
+        config.nats_url = u.clone();
+    }
+    if let Some(c) = &args.nats_creds {
+        config.nats_credentials = Some(c.clone());
+    }
+    config
+        .validate()
+        .with_context(|| format!("config {}", args.config.display()))?;
+    Ok(config)
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&args.log))
+        .with_writer(std::io::stderr)
+        .init();
+    let config = load_config(&args)?;
+    if args.check_config {
+        println!(
+            "config {} is valid: monitor {} with {} link(s)",
+            args.config.display(),
+            config.monitor_id(),
+            config.links.len()
+        );
+        return Ok(());
+    }
+    let addrs: Vec<async_nats::ServerAddr> = config
+        .nats_url
+        .split(',')
+        .map(|u| u.trim().parse())
+        .collect::<Result<_, _>>()?;
+    let mut options = async_nats::ConnectOptions::new()
+        .name(format!("tm-monitor {}", config.monitor_id()))
+        .retry_on_initial_connect();
+    if let Some(creds) = &config.nats_credentials {
+        options = options
+            .credentials_file(creds)
+            .await
+            .context("nats credentials")?;
+    }
+    let client = options
+        .connect(addrs)
+        .await
+        .context("cannot connect to NATS")?;
+    let js = async_nats::jetstream::new(client.clone());
+    let (monitor, outbox) = Monitor::start(config, js.clone()).await?;
+    let (stop_publisher, stop) = tokio::sync::watch::channel(false);
+    let publisher = tokio::spawn(publisher(js, outbox, stop));
+    let heartbeat = tokio::spawn(monitor.clone().heartbeat());
+    let server = tokio::spawn(monitor.clone().serve(client.clone()));
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: unloading deployments"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: unloading deployments"),
+        r = server => { r??; }
+    }
+    heartbeat.abort();
+    monitor.shutdown().await;
+    // Give the publisher a bounded time to deliver the final windows.
+    let _ = stop_publisher.send(true);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), publisher).await;
+    client.flush().await.ok();
+    tracing::info!("stopped");
+    Ok(())
 }

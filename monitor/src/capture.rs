@@ -1,0 +1,613 @@
+//! Capture: one thread per link, reading a live interface or replaying a
+//! pcap file, parsing each packet once, and handing the packets that pass
+//! each deployment's filter to that deployment in batches.
+//!
+//! Capture never blocks on a deployment: a batch that does not fit the
+//! deployment's queue is dropped and counted as that deployment's drops.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bus_schema::{LinkInfo, LinkState, LinkStatus};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use tm_abi::{PacketHeader, flag, record_len};
+
+use crate::config::{LinkConfig, Replay, Source};
+use crate::deployment::{Batch, DepCounters, DepMsg};
+use crate::filter::{Bpf, CompiledFilter};
+use crate::parse::{LinkType, parse};
+
+/// Partial batches older than this are flushed to their deployments.
+const FLUSH_EVERY: Duration = Duration::from_millis(20);
+/// How long a live capture waits for a packet before checking controls.
+const LIVE_TIMEOUT_MS: i32 = 50;
+/// Largest batch in bytes (records included); the guest's batch buffer.
+pub const BATCH_BYTES: usize = 256 * 1024;
+
+/// Size of the guest buffer that receives batches.
+#[must_use]
+pub fn guest_batch_bytes(snaplen: u32) -> usize {
+    BATCH_BYTES.max(record_len(snaplen as usize))
+}
+
+/// Counters and state of a link, shared with the command handlers.
+pub struct LinkShared {
+    /// The link's configuration.
+    pub config: LinkConfig,
+    packets: AtomicU64,
+    bytes: AtomicU64,
+    parse_errors: AtomicU64,
+    kernel_drops: AtomicU64,
+    interface_drops: AtomicU64,
+    /// pcap datalink type once the source is open, -1 before.
+    dlt: AtomicI32,
+    state: Mutex<(LinkState, Option<String>)>,
+}
+
+impl LinkShared {
+    /// The link as reported on the bus.
+    #[must_use]
+    pub fn info(&self) -> LinkInfo {
+        LinkInfo {
+            id: self.config.id,
+            from_router: self.config.from_router.clone(),
+            to_router: self.config.to_router.clone(),
+            source: self.config.source_label(),
+        }
+    }
+
+    /// The link with its counters.
+    #[must_use]
+    pub fn status(&self) -> LinkStatus {
+        let (state, last_error) = self.state.lock().expect("link state").clone();
+        LinkStatus {
+            link: self.info(),
+            state,
+            packets: self.packets.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+            parse_errors: self.parse_errors.load(Ordering::Relaxed),
+            kernel_drops: self.kernel_drops.load(Ordering::Relaxed),
+            interface_drops: self.interface_drops.load(Ordering::Relaxed),
+            last_error,
+        }
+    }
+
+    /// The pcap datalink type, once the source is open.
+    #[must_use]
+    pub fn dlt(&self) -> Option<i32> {
+        Some(self.dlt.load(Ordering::Acquire)).filter(|d| *d >= 0)
+    }
+
+    fn set_state(&self, state: LinkState, error: Option<String>) {
+        *self.state.lock().expect("link state") = (state, error);
+    }
+}
+
+/// A deployment attached to a link, owned by the link's thread.
+pub struct Tap {
+    /// Deployment id.
+    pub deployment: String,
+    /// Address/port/protocol filter.
+    pub filter: Arc<CompiledFilter>,
+    /// BPF program for this link, if the filter has one.
+    pub bpf: Option<Bpf>,
+    /// The deployment's queue.
+    pub tx: Sender<DepMsg>,
+    /// The deployment's counters (drops are counted here).
+    pub counters: Arc<DepCounters>,
+    /// Packets per batch.
+    pub batch_packets: u32,
+    batch: Batch,
+    dead: bool,
+}
+
+impl Tap {
+    /// A tap with an empty batch.
+    #[must_use]
+    pub fn new(
+        deployment: String,
+        filter: Arc<CompiledFilter>,
+        bpf: Option<Bpf>,
+        tx: Sender<DepMsg>,
+        counters: Arc<DepCounters>,
+        batch_packets: u32,
+    ) -> Self {
+        Tap {
+            deployment,
+            filter,
+            bpf,
+            tx,
+            counters,
+            batch_packets,
+            batch: Batch::default(),
+            dead: false,
+        }
+    }
+
+    fn offer(&mut self, h: &PacketHeader, data: &[u8]) {
+        if !self.filter.matches(h) || self.bpf.as_ref().is_some_and(|b| !b.matches(data)) {
+            return;
+        }
+        let len = record_len(data.len());
+        if self.batch.buf.len() + len > BATCH_BYTES {
+            self.flush();
+        }
+        let at = self.batch.buf.len();
+        if self.batch.buf.capacity() == 0 {
+            self.batch.buf.reserve(BATCH_BYTES.max(len));
+        }
+        self.batch.buf.resize(at + len, 0);
+        h.write_record(data, &mut self.batch.buf[at..])
+            .expect("sized above");
+        self.batch.count += 1;
+        self.batch.wire_bytes += u64::from(h.wire_len);
+        if self.batch.count >= self.batch_packets {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.batch.count == 0 || self.dead {
+            return;
+        }
+        let batch = std::mem::take(&mut self.batch);
+        let count = u64::from(batch.count);
+        match self.tx.try_send(DepMsg::Batch(batch)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                self.counters.dropped.fetch_add(count, Ordering::Relaxed);
+            }
+            Err(TrySendError::Disconnected(_)) => self.dead = true,
+        }
+    }
+}
+
+/// Controls sent to a link thread.
+pub enum LinkCtl {
+    /// Start feeding a deployment.
+    Attach(Box<Tap>),
+    /// Hand every partial batch to its deployment now; answer when done.
+    Flush(Sender<()>),
+    /// Stop capturing and end the thread (after flushing).
+    Stop,
+}
+
+/// A running link thread.
+pub struct LinkHandle {
+    /// Counters and state.
+    pub shared: Arc<LinkShared>,
+    /// Controls.
+    pub ctl: Sender<LinkCtl>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LinkHandle {
+    /// Starts the link's thread. Pcap replays wait for the first deployment.
+    ///
+    /// # Errors
+    /// If the thread cannot be spawned.
+    pub fn start(config: LinkConfig) -> std::io::Result<Self> {
+        let shared = Arc::new(LinkShared {
+            config,
+            packets: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            parse_errors: AtomicU64::new(0),
+            kernel_drops: AtomicU64::new(0),
+            interface_drops: AtomicU64::new(0),
+            dlt: AtomicI32::new(-1),
+            state: Mutex::new((LinkState::Running, None)),
+        });
+        let (ctl, rx) = crossbeam_channel::unbounded();
+        let thread = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name(format!("link-{}", shared.config.id))
+                .spawn(move || LinkThread::new(shared, rx).run())?
+        };
+        // Wait briefly until the source is open, so that loads can compile
+        // BPF for its link type right away.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while shared.dlt().is_none()
+            && shared.state.lock().expect("link state").0 != LinkState::Failed
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Ok(LinkHandle {
+            shared,
+            ctl,
+            thread: Some(thread),
+        })
+    }
+
+    /// Flushes partial batches to their deployments and waits until done
+    /// (bounded: a live capture checks its controls every 50 ms).
+    pub fn flush(&self) {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        if self.ctl.send(LinkCtl::Flush(tx)).is_ok() {
+            let _ = rx.recv_timeout(Duration::from_secs(2));
+        }
+    }
+
+    /// Stops the thread and waits for it.
+    pub fn stop(&mut self) {
+        let _ = self.ctl.send(LinkCtl::Stop);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for LinkHandle {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+enum Next<'a> {
+    Packet {
+        ts_ns: u64,
+        wire_len: u32,
+        data: &'a [u8],
+    },
+    /// Nothing yet (live timeout, or a replay reopened for the next loop).
+    Idle,
+    /// A paced replay's next packet is due after this long.
+    Wait(Duration),
+    /// A looped replay reached the end: reopen and go on.
+    Reopen,
+    End,
+}
+
+enum Capture {
+    File {
+        cap: pcap::Capture<pcap::Offline>,
+        path: PathBuf,
+        replay: Replay,
+        /// Added to timestamps: grows by the file's span each loop.
+        shift_ns: u64,
+        first_ts: Option<u64>,
+        last_ts: u64,
+        /// Wall clock and file time of the first packet, for pacing.
+        pace: Option<(Instant, u64)>,
+        /// A paced packet read but not yet due: (file ts, wire len, bytes).
+        pending: Option<(u64, u32, Vec<u8>)>,
+        /// The bytes of the packet last handed out from `pending`.
+        held: Vec<u8>,
+    },
+    Live {
+        cap: pcap::Capture<pcap::Active>,
+    },
+}
+
+fn open(config: &LinkConfig) -> Result<Capture, String> {
+    match config.source() {
+        Source::Pcap(path, replay) => {
+            let cap = open_file(&path)?;
+            Ok(Capture::File {
+                cap,
+                path,
+                replay,
+                shift_ns: 0,
+                first_ts: None,
+                last_ts: 0,
+                pace: None,
+                pending: None,
+                held: Vec::new(),
+            })
+        }
+        Source::Interface(name) => {
+            let cap = pcap::Capture::from_device(name.as_str())
+                .and_then(|c| {
+                    c.promisc(true)
+                        .immediate_mode(true)
+                        .snaplen(config.snaplen as i32)
+                        .buffer_size((config.buffer_mb as i32) << 20)
+                        .timeout(LIVE_TIMEOUT_MS)
+                        .open()
+                })
+                .map_err(|e| format!("cannot capture on {name}: {e}"))?;
+            Ok(Capture::Live { cap })
+        }
+    }
+}
+
+fn open_file(path: &std::path::Path) -> Result<pcap::Capture<pcap::Offline>, String> {
+    pcap::Capture::from_file_with_precision(path, pcap::Precision::Nano)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))
+}
+
+fn timeval_ns(ts: &libc::timeval, nano: bool) -> u64 {
+    let sub = if nano {
+        ts.tv_usec as u64
+    } else {
+        ts.tv_usec as u64 * 1000
+    };
+    ts.tv_sec as u64 * 1_000_000_000 + sub
+}
+
+impl Capture {
+    fn dlt(&self) -> i32 {
+        match self {
+            Capture::File { cap, .. } => cap.get_datalink().0,
+            Capture::Live { cap } => cap.get_datalink().0,
+        }
+    }
+
+    fn is_replay(&self) -> bool {
+        matches!(self, Capture::File { .. })
+    }
+
+    fn next(&mut self) -> Result<Next<'_>, String> {
+        match self {
+            Capture::Live { cap } => match cap.next_packet() {
+                Ok(p) => Ok(Next::Packet {
+                    ts_ns: timeval_ns(&p.header.ts, false),
+                    wire_len: p.header.len,
+                    data: p.data,
+                }),
+                Err(pcap::Error::TimeoutExpired) => Ok(Next::Idle),
+                Err(e) => Err(format!("capture failed: {e}")),
+            },
+            Capture::File {
+                cap,
+                path,
+                replay,
+                shift_ns,
+                first_ts,
+                last_ts,
+                pace,
+                pending,
+                held,
+            } => {
+                if pending.is_none() {
+                    match cap.next_packet() {
+                        Ok(p) => {
+                            let file_ts = timeval_ns(&p.header.ts, true);
+                            first_ts.get_or_insert(file_ts);
+                            *last_ts = (*last_ts).max(file_ts);
+                            if *replay != Replay::RecordedPace {
+                                return Ok(Next::Packet {
+                                    ts_ns: file_ts + *shift_ns,
+                                    wire_len: p.header.len,
+                                    data: p.data,
+                                });
+                            }
+                            *pending = Some((file_ts, p.header.len, p.data.to_vec()));
+                        }
+                        Err(pcap::Error::NoMorePackets) => {
+                            if *replay != Replay::Loop || first_ts.is_none() {
+                                return Ok(Next::End);
+                            }
+                            return Ok(Next::Reopen);
+                        }
+                        Err(e) => return Err(format!("reading {}: {e}", path.display())),
+                    }
+                }
+                let (file_ts, wire_len, _) = pending.as_ref().expect("set above");
+                let (file_ts, wire_len) = (*file_ts, *wire_len);
+                let (wall, origin) = *pace.get_or_insert((Instant::now(), file_ts));
+                let due = wall + Duration::from_nanos(file_ts.saturating_sub(origin));
+                let now = Instant::now();
+                if due > now {
+                    return Ok(Next::Wait(due - now));
+                }
+                *held = pending.take().expect("set above").2;
+                Ok(Next::Packet {
+                    ts_ns: file_ts + *shift_ns,
+                    wire_len,
+                    data: held,
+                })
+            }
+        }
+    }
+
+    /// Starts the next round of a looped replay, timestamps shifted past
+    /// the previous round.
+    fn reopen(&mut self) -> Result<(), String> {
+        if let Capture::File {
+            cap,
+            path,
+            shift_ns,
+            first_ts,
+            last_ts,
+            ..
+        } = self
+        {
+            *shift_ns += *last_ts - first_ts.unwrap_or(0) + 1_000_000;
+            *cap = open_file(path)?;
+        }
+        Ok(())
+    }
+
+    fn stats(&mut self) -> Option<pcap::Stat> {
+        match self {
+            Capture::Live { cap } => cap.stats().ok(),
+            Capture::File { .. } => None,
+        }
+    }
+}
+
+struct LinkThread {
+    shared: Arc<LinkShared>,
+    ctl: Receiver<LinkCtl>,
+    taps: Vec<Box<Tap>>,
+    last_flush: Instant,
+}
+
+impl LinkThread {
+    fn new(shared: Arc<LinkShared>, ctl: Receiver<LinkCtl>) -> Self {
+        LinkThread {
+            shared,
+            ctl,
+            taps: Vec::new(),
+            last_flush: Instant::now(),
+        }
+    }
+
+    fn flush_all(&mut self) {
+        for tap in &mut self.taps {
+            tap.flush();
+        }
+        self.taps.retain(|t| !t.dead);
+        self.last_flush = Instant::now();
+    }
+
+    /// Handles one control; false on Stop.
+    fn control(&mut self, msg: LinkCtl) -> bool {
+        match msg {
+            LinkCtl::Attach(tap) => {
+                tracing::debug!(link = self.shared.config.id, deployment = %tap.deployment, "tap attached");
+                self.taps.push(tap);
+            }
+            LinkCtl::Flush(ack) => {
+                self.flush_all();
+                let _ = ack.send(());
+            }
+            LinkCtl::Stop => {
+                self.flush_all();
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Drains pending controls; false on Stop.
+    fn poll_controls(&mut self) -> bool {
+        while let Ok(msg) = self.ctl.try_recv() {
+            if !self.control(msg) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// After the source ended or failed: serve controls until Stop.
+    fn serve_controls(&mut self) {
+        while let Ok(msg) = self.ctl.recv() {
+            if !self.control(msg) {
+                return;
+            }
+        }
+    }
+
+    fn run(mut self) {
+        let id = self.shared.config.id;
+        let snaplen = self.shared.config.snaplen as usize;
+        let mut capture = match open(&self.shared.config) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(link = id, error = %e, "link failed to open");
+                self.shared.set_state(LinkState::Failed, Some(e));
+                return self.serve_controls();
+            }
+        };
+        let dlt = capture.dlt();
+        let Some(link_type) = LinkType::from_dlt(dlt) else {
+            self.shared.set_state(
+                LinkState::Failed,
+                Some(format!("unsupported link type {dlt}")),
+            );
+            return self.serve_controls();
+        };
+        self.shared.dlt.store(dlt, Ordering::Release);
+        // A replay into nothing is lost: wait for the first deployment.
+        if capture.is_replay() {
+            while self.taps.is_empty() {
+                let Ok(msg) = self.ctl.recv() else { return };
+                if !self.control(msg) {
+                    return;
+                }
+            }
+        }
+        let mut last_stats = Instant::now();
+        let mut since_poll = 0u32;
+        loop {
+            since_poll += 1;
+            if since_poll >= 64 {
+                since_poll = 0;
+                if !self.poll_controls() {
+                    return;
+                }
+                if self.last_flush.elapsed() >= FLUSH_EVERY {
+                    self.flush_all();
+                }
+            }
+            match capture.next() {
+                Ok(Next::Packet {
+                    ts_ns,
+                    wire_len,
+                    data,
+                }) => {
+                    let data = &data[..data.len().min(snaplen)];
+                    let h = parse(link_type, id, ts_ns, wire_len, data);
+                    self.shared.packets.fetch_add(1, Ordering::Relaxed);
+                    self.shared
+                        .bytes
+                        .fetch_add(u64::from(wire_len), Ordering::Relaxed);
+                    if h.flags & flag::PARSE_ERROR != 0 {
+                        self.shared.parse_errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    for tap in &mut self.taps {
+                        tap.offer(&h, data);
+                    }
+                }
+                Ok(Next::Idle) => {
+                    since_poll = 64;
+                    self.flush_all();
+                }
+                Ok(Next::Wait(d)) => {
+                    // Paced replay: serve controls while waiting for the packet.
+                    if self.last_flush.elapsed() >= FLUSH_EVERY {
+                        self.flush_all();
+                    }
+                    match self.ctl.recv_timeout(d.min(FLUSH_EVERY)) {
+                        Ok(msg) => {
+                            if !self.control(msg) {
+                                return;
+                            }
+                        }
+                        Err(RecvTimeoutError::Timeout) => {}
+                        Err(RecvTimeoutError::Disconnected) => return,
+                    }
+                }
+                Ok(Next::Reopen) => {
+                    if let Err(e) = capture.reopen() {
+                        self.flush_all();
+                        self.shared.set_state(LinkState::Failed, Some(e));
+                        return self.serve_controls();
+                    }
+                }
+                Ok(Next::End) => {
+                    self.flush_all();
+                    tracing::info!(
+                        link = id,
+                        packets = self.shared.packets.load(Ordering::Relaxed),
+                        "replay finished"
+                    );
+                    self.shared.set_state(LinkState::Finished, None);
+                    return self.serve_controls();
+                }
+                Err(e) => {
+                    self.flush_all();
+                    tracing::error!(link = id, error = %e, "link failed");
+                    self.shared.set_state(LinkState::Failed, Some(e));
+                    return self.serve_controls();
+                }
+            }
+            if last_stats.elapsed() >= Duration::from_secs(1) {
+                last_stats = Instant::now();
+                if let Some(s) = capture.stats() {
+                    self.shared
+                        .kernel_drops
+                        .store(u64::from(s.dropped), Ordering::Relaxed);
+                    self.shared
+                        .interface_drops
+                        .store(u64::from(s.if_dropped), Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}

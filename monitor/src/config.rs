@@ -1,0 +1,367 @@
+//! The monitor's configuration: a TOML file, overridden by flags.
+//!
+//! ```toml
+//! address = "133.256.10.1"          # the topology's monitor address
+//! id = "mon-a"                      # default: the address, '.' and ':' as '-'
+//! nats_url = "nats://127.0.0.1:4222" # several: comma-separated
+//! nats_credentials = "/etc/tm/monitor.creds"
+//! replicas = 1            # of streams/buckets it creates (3 on a cluster)
+//!
+//! [limits]
+//! memory_mb = 64          # linear-memory cap per analyzer
+//! call_timeout_ms = 1000  # epoch deadline of every guest call
+//! queue_batches = 64      # batches a deployment may have waiting
+//! batch_packets = 256     # packets per guest call
+//! tick_ms = 1000          # how often analyzers' tick runs
+//!
+//! [[link]]
+//! id = 0
+//! pcap = "captures/l12.pcap"   # or: interface = "tap0"
+//! replay = "instant"           # instant | recorded-pace | loop (pcap only)
+//! snaplen = 65535
+//! buffer_mb = 16               # kernel buffer (interface only)
+//! from_router = "133.129.11.1"
+//! to_router = "133.128.10.1"
+//! ```
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+
+/// How a pcap file is replayed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Replay {
+    /// As fast as the monitor can read.
+    #[default]
+    Instant,
+    /// Paced by the file's timestamps.
+    RecordedPace,
+    /// Instantly, over and over, timestamps shifted forward each round.
+    Loop,
+}
+
+/// Analyzer resource limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Linear-memory cap per analyzer, MiB.
+    pub memory_mb: u32,
+    /// Epoch deadline of every guest call, ms.
+    pub call_timeout_ms: u64,
+    /// Batches a deployment may have waiting before packets are dropped.
+    pub queue_batches: usize,
+    /// Packets per guest call.
+    pub batch_packets: u32,
+    /// Period of analyzers' `tick`, ms.
+    pub tick_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory_mb: 64,
+            call_timeout_ms: 1000,
+            queue_batches: 64,
+            batch_packets: 256,
+            tick_ms: 1000,
+        }
+    }
+}
+
+/// One link: one direction of a physical line.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkConfig {
+    /// Link id, unique within the monitor.
+    pub id: u32,
+    /// Capture live on this interface.
+    #[serde(default)]
+    pub interface: Option<String>,
+    /// Or replay this pcap file (relative to the config file).
+    #[serde(default)]
+    pub pcap: Option<PathBuf>,
+    /// How a pcap file is replayed.
+    #[serde(default)]
+    pub replay: Replay,
+    /// Bytes kept of each packet.
+    #[serde(default = "default_snaplen")]
+    pub snaplen: u32,
+    /// Kernel capture buffer, MiB (interfaces only).
+    #[serde(default = "default_buffer_mb")]
+    pub buffer_mb: u32,
+    /// Router the traffic comes from.
+    pub from_router: String,
+    /// Router the traffic goes to.
+    pub to_router: String,
+}
+
+fn default_snaplen() -> u32 {
+    65535
+}
+
+fn default_buffer_mb() -> u32 {
+    16
+}
+
+/// Where a link's packets come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// Live capture.
+    Interface(String),
+    /// Replay of a file.
+    Pcap(PathBuf, Replay),
+}
+
+impl LinkConfig {
+    /// The link's source, once validated.
+    #[must_use]
+    pub fn source(&self) -> Source {
+        match (&self.interface, &self.pcap) {
+            (Some(i), _) => Source::Interface(i.clone()),
+            (None, Some(p)) => Source::Pcap(p.clone(), self.replay),
+            (None, None) => unreachable!("validated: a link has a source"),
+        }
+    }
+
+    /// `iface:<name>` or `pcap:<path>`, as reported on the bus.
+    #[must_use]
+    pub fn source_label(&self) -> String {
+        match self.source() {
+            Source::Interface(i) => format!("iface:{i}"),
+            Source::Pcap(p, _) => format!("pcap:{}", p.display()),
+        }
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The monitor's address (the topology's first column).
+    pub address: String,
+    /// Monitor id; default derived from the address.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// NATS server URL(s), comma-separated.
+    #[serde(default = "default_nats_url")]
+    pub nats_url: String,
+    /// NATS credentials file.
+    #[serde(default)]
+    pub nats_credentials: Option<PathBuf>,
+    /// Replicas of the streams and buckets the monitor creates when they
+    /// are missing (1 on a single server, 3 on a cluster).
+    #[serde(default = "default_replicas")]
+    pub replicas: usize,
+    /// Analyzer limits.
+    #[serde(default)]
+    pub limits: Limits,
+    /// The links.
+    #[serde(default, rename = "link")]
+    pub links: Vec<LinkConfig>,
+}
+
+fn default_replicas() -> usize {
+    1
+}
+
+fn default_nats_url() -> String {
+    "nats://127.0.0.1:4222".into()
+}
+
+impl Config {
+    /// Reads and parses a TOML file; relative pcap paths are resolved
+    /// against the file's directory. Does not validate (see [`Config::validate`]).
+    ///
+    /// # Errors
+    /// If the file cannot be read or is not valid TOML for this schema.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config {}", path.display()))?;
+        let mut config: Config = toml::from_str(&text)
+            .with_context(|| format!("config {} is invalid", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for link in &mut config.links {
+            if let Some(p) = &link.pcap
+                && p.is_relative()
+            {
+                link.pcap = Some(base.join(p));
+            }
+        }
+        Ok(config)
+    }
+
+    /// The monitor id: `id`, or the address made into a valid token.
+    #[must_use]
+    pub fn monitor_id(&self) -> String {
+        self.id
+            .clone()
+            .unwrap_or_else(|| bus_schema::id_from_address(&self.address))
+    }
+
+    /// Checks every field, naming the first bad one and its value.
+    ///
+    /// # Errors
+    /// A message naming the field (`link[2].pcap`, `limits.memory_mb` …).
+    pub fn validate(&self) -> Result<()> {
+        if self.address.trim().is_empty() {
+            bail!("address = \"\": the monitor needs its address");
+        }
+        bus_schema::validate_token("id", &self.monitor_id())?;
+        for (i, url) in self.nats_url.split(',').enumerate() {
+            let url = url.trim();
+            url.parse::<async_nats::ServerAddr>()
+                .map_err(|e| anyhow::anyhow!("nats_url[{i}] = {url:?}: {e}"))?;
+        }
+        if let Some(c) = &self.nats_credentials
+            && !c.is_file()
+        {
+            bail!(
+                "nats_credentials = {:?}: no such file",
+                c.display().to_string()
+            );
+        }
+        if !(1..=5).contains(&self.replicas) {
+            bail!("replicas = {}: must be 1 to 5", self.replicas);
+        }
+        let l = &self.limits;
+        if !(1..=4096).contains(&l.memory_mb) {
+            bail!("limits.memory_mb = {}: must be 1 to 4096", l.memory_mb);
+        }
+        if !(1..=600_000).contains(&l.call_timeout_ms) {
+            bail!(
+                "limits.call_timeout_ms = {}: must be 1 to 600000",
+                l.call_timeout_ms
+            );
+        }
+        if !(1..=100_000).contains(&l.queue_batches) {
+            bail!(
+                "limits.queue_batches = {}: must be 1 to 100000",
+                l.queue_batches
+            );
+        }
+        if !(1..=65_536).contains(&l.batch_packets) {
+            bail!(
+                "limits.batch_packets = {}: must be 1 to 65536",
+                l.batch_packets
+            );
+        }
+        if !(10..=3_600_000).contains(&l.tick_ms) {
+            bail!("limits.tick_ms = {}: must be 10 to 3600000", l.tick_ms);
+        }
+        if self.links.is_empty() {
+            bail!("link: at least one [[link]] is needed");
+        }
+        let mut ids = HashSet::new();
+        for (i, link) in self.links.iter().enumerate() {
+            let at = format!("link[{i}]");
+            if !ids.insert(link.id) {
+                bail!("{at}.id = {}: used by another link", link.id);
+            }
+            match (&link.interface, &link.pcap) {
+                (Some(_), Some(_)) => bail!("{at}: give either interface or pcap, not both"),
+                (None, None) => bail!("{at}: needs interface = \"NAME\" or pcap = \"FILE\""),
+                (Some(iface), None) => {
+                    if iface.is_empty() {
+                        bail!("{at}.interface = \"\": empty");
+                    }
+                    if link.replay != Replay::Instant {
+                        bail!("{at}.replay: only pcap links are replayed");
+                    }
+                }
+                (None, Some(p)) => {
+                    if !p.is_file() {
+                        bail!("{at}.pcap = {:?}: no such file", p.display().to_string());
+                    }
+                }
+            }
+            if !(64..=262_144).contains(&link.snaplen) {
+                bail!("{at}.snaplen = {}: must be 64 to 262144", link.snaplen);
+            }
+            if !(1..=2048).contains(&link.buffer_mb) {
+                bail!("{at}.buffer_mb = {}: must be 1 to 2048", link.buffer_mb);
+            }
+            if link.from_router.trim().is_empty() {
+                bail!("{at}.from_router: empty");
+            }
+            if link.to_router.trim().is_empty() {
+                bail!("{at}.to_router: empty");
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config> {
+        let c: Config = toml::from_str(text)?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    const GOOD: &str = r#"
+        address = "133.256.10.1"
+        [[link]]
+        id = 0
+        interface = "lo"
+        from_router = "133.129.11.1"
+        to_router = "133.128.10.1"
+    "#;
+
+    #[test]
+    fn a_minimal_config_gets_defaults() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.monitor_id(), "133-256-10-1");
+        assert_eq!(c.nats_url, "nats://127.0.0.1:4222");
+        assert_eq!(c.limits.memory_mb, 64);
+        assert_eq!(c.links[0].snaplen, 65535);
+        assert_eq!(c.links[0].source_label(), "iface:lo");
+    }
+
+    #[test]
+    fn bad_fields_are_named_with_their_value() {
+        let cases = [
+            (
+                GOOD.replace("id = 0", "id = 0\nsnaplen = 10"),
+                "link[0].snaplen = 10",
+            ),
+            (
+                GOOD.replace("interface = \"lo\"", "pcap = \"/nonexistent.pcap\""),
+                "link[0].pcap = \"/nonexistent.pcap\"",
+            ),
+            (
+                GOOD.replace("interface = \"lo\"", ""),
+                "link[0]: needs interface",
+            ),
+            (format!("id = \"a.b\"\n{GOOD}"), "id = \"a.b\""),
+            (
+                format!("nats_url = \"nats://x:notaport\"\n{GOOD}"),
+                "nats_url[0]",
+            ),
+            (
+                format!("{GOOD}\n[limits]\nmemory_mb = 0"),
+                "limits.memory_mb = 0",
+            ),
+            (
+                format!(
+                    "{GOOD}\n[[link]]\nid = 0\ninterface = \"lo\"\nfrom_router = \"a\"\nto_router = \"b\""
+                ),
+                "link[1].id = 0",
+            ),
+        ];
+        for (text, expected) in cases {
+            let err = format!("{:#}", parse(&text).unwrap_err());
+            assert!(err.contains(expected), "expected {expected:?} in {err:?}");
+        }
+        let err = format!(
+            "{:#}",
+            toml::from_str::<Config>(&GOOD.replace("id = 0", "id = 0\nspeed = 1")).unwrap_err()
+        );
+        assert!(err.contains("speed"), "{err}");
+    }
+}

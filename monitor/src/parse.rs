@@ -1,0 +1,295 @@
+//! Lenient packet parsing into the ABI's [`PacketHeader`].
+//!
+//! Never fails: what cannot be parsed is flagged ([`flag::PARSE_ERROR`]) and
+//! the fields found so far are kept. Link types: Ethernet (with 802.1Q/QinQ),
+//! raw IP, Linux cooked capture v1 and v2, BSD loopback.
+
+use etherparse::{EtherType, LaxNetSlice, LaxSlicedPacket, TransportSlice};
+use tm_abi::{NO_OFFSET, PacketHeader, flag};
+
+/// The link-layer types the monitor understands (pcap `DLT_*` values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkType {
+    /// DLT_EN10MB
+    Ethernet,
+    /// DLT_RAW (12 on Linux; 14 on OpenBSD), LINKTYPE_RAW (101), IPV4 (228), IPV6 (229)
+    RawIp,
+    /// DLT_LINUX_SLL (113)
+    LinuxSll,
+    /// DLT_LINUX_SLL2 (276)
+    LinuxSll2,
+    /// DLT_NULL (0) and DLT_LOOP (108): 4-byte address family, then IP
+    Null,
+}
+
+impl LinkType {
+    /// The type for a pcap datalink value, if supported.
+    #[must_use]
+    pub fn from_dlt(dlt: i32) -> Option<LinkType> {
+        Some(match dlt {
+            1 => LinkType::Ethernet,
+            12 | 14 | 101 | 228 | 229 => LinkType::RawIp,
+            113 => LinkType::LinuxSll,
+            276 => LinkType::LinuxSll2,
+            0 | 108 => LinkType::Null,
+            _ => return None,
+        })
+    }
+}
+
+fn offset(base: &[u8], part: &[u8]) -> u16 {
+    let at = part.as_ptr() as usize - base.as_ptr() as usize;
+    u16::try_from(at).unwrap_or(NO_OFFSET)
+}
+
+fn put_addr(dst: &mut [u8; 16], src: &[u8]) {
+    dst[..src.len()].copy_from_slice(src);
+}
+
+/// Parses one captured packet. `data` is what was captured, `wire_len` the
+/// length on the wire.
+#[must_use]
+pub fn parse(
+    link_type: LinkType,
+    link: u32,
+    ts_ns: u64,
+    wire_len: u32,
+    data: &[u8],
+) -> PacketHeader {
+    let mut h = PacketHeader {
+        link,
+        ts_ns,
+        wire_len,
+        cap_len: data.len() as u32,
+        l3_offset: NO_OFFSET,
+        l4_offset: NO_OFFSET,
+        payload_offset: NO_OFFSET,
+        ..PacketHeader::default()
+    };
+    let truncated = (data.len() as u32) < wire_len;
+    if truncated {
+        h.flags |= flag::TRUNCATED;
+    }
+    let sliced = match link_type {
+        LinkType::Ethernet => LaxSlicedPacket::from_ethernet(data).ok(),
+        LinkType::RawIp => LaxSlicedPacket::from_ip(data).ok(),
+        LinkType::LinuxSll => after_header(data, 16, |d| u16::from_be_bytes([d[14], d[15]])),
+        LinkType::LinuxSll2 => after_header(data, 20, |d| u16::from_be_bytes([d[0], d[1]])),
+        LinkType::Null => null_family(data),
+    };
+    let Some(p) = sliced else {
+        h.flags |= flag::PARSE_ERROR;
+        return h;
+    };
+    // A packet cut by the snap length is expected to stop early; anything
+    // else that stops parsing is a malformed packet.
+    if p.stop_err.is_some() && !truncated {
+        h.flags |= flag::PARSE_ERROR;
+    }
+    for ext in &p.link_exts {
+        if let etherparse::LaxLinkExtSlice::Vlan(v) = ext {
+            if h.flags & flag::VLAN == 0 {
+                h.vlan = v.vlan_identifier().value();
+            }
+            h.flags |= flag::VLAN;
+        }
+    }
+    match &p.net {
+        Some(LaxNetSlice::Ipv4(ip)) => {
+            let hdr = ip.header();
+            h.ip_version = 4;
+            h.l3_offset = offset(data, hdr.slice());
+            put_addr(&mut h.src_addr, &hdr.source());
+            put_addr(&mut h.dst_addr, &hdr.destination());
+            h.ip_proto = ip.payload().ip_number.0;
+            if ip.payload().fragmented && hdr.fragments_offset().value() != 0 {
+                h.flags |= flag::FRAGMENT;
+            }
+        }
+        Some(LaxNetSlice::Ipv6(ip)) => {
+            let hdr = ip.header();
+            h.ip_version = 6;
+            h.l3_offset = offset(data, hdr.slice());
+            put_addr(&mut h.src_addr, &hdr.source());
+            put_addr(&mut h.dst_addr, &hdr.destination());
+            h.ip_proto = ip.payload().ip_number.0;
+            if ip.payload().fragmented && p.transport.is_none() {
+                h.flags |= flag::FRAGMENT;
+            }
+        }
+        Some(LaxNetSlice::Arp(_)) | None => {}
+    }
+    match &p.transport {
+        Some(TransportSlice::Tcp(t)) => {
+            h.l4_offset = offset(data, t.slice());
+            h.payload_offset = offset(data, t.payload());
+            h.src_port = t.source_port();
+            h.dst_port = t.destination_port();
+            h.tcp_flags = t.slice()[13];
+        }
+        Some(TransportSlice::Udp(u)) => {
+            h.l4_offset = offset(data, u.slice());
+            h.payload_offset = offset(data, u.payload());
+            h.src_port = u.source_port();
+            h.dst_port = u.destination_port();
+        }
+        Some(TransportSlice::Icmpv4(i)) => {
+            h.l4_offset = offset(data, i.slice());
+            h.payload_offset = offset(data, i.payload());
+        }
+        Some(TransportSlice::Icmpv6(i)) => {
+            h.l4_offset = offset(data, i.slice());
+            h.payload_offset = offset(data, i.payload());
+        }
+        Some(TransportSlice::Igmp(i)) => {
+            h.l4_offset = offset(data, i.slice());
+        }
+        None => {}
+    }
+    h
+}
+
+fn after_header(
+    data: &[u8],
+    len: usize,
+    proto: impl Fn(&[u8]) -> u16,
+) -> Option<LaxSlicedPacket<'_>> {
+    if data.len() < len {
+        return None;
+    }
+    Some(LaxSlicedPacket::from_ether_type(
+        EtherType(proto(data)),
+        &data[len..],
+    ))
+}
+
+fn null_family(data: &[u8]) -> Option<LaxSlicedPacket<'_>> {
+    if data.len() < 4 {
+        return None;
+    }
+    // The family is in the capturing host's byte order; IPv4 is 2 everywhere,
+    // IPv6 is 24, 28 or 30 depending on the OS.
+    let le = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
+    let be = u32::from_be_bytes([data[0], data[1], data[2], data[3]]);
+    let ether = match le.min(be) {
+        2 => EtherType::IPV4,
+        24 | 28 | 30 => EtherType::IPV6,
+        _ => return None,
+    };
+    Some(LaxSlicedPacket::from_ether_type(ether, &data[4..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etherparse::PacketBuilder;
+
+    fn tcp_v4(vlan: Option<u16>) -> Vec<u8> {
+        let payload = b"GET / HTTP/1.1\r\n";
+        let mut out = Vec::new();
+        let eth = PacketBuilder::ethernet2([1; 6], [2; 6]);
+        match vlan {
+            Some(id) => eth
+                .single_vlan(id.try_into().unwrap())
+                .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+                .tcp(43122, 80, 1000, 65535)
+                .syn()
+                .ack(1)
+                .write(&mut out, payload),
+            None => eth
+                .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+                .tcp(43122, 80, 1000, 65535)
+                .syn()
+                .ack(1)
+                .write(&mut out, payload),
+        }
+        .unwrap();
+        out
+    }
+
+    #[test]
+    fn ethernet_ipv4_tcp_is_fully_parsed() {
+        let pkt = tcp_v4(None);
+        let h = parse(LinkType::Ethernet, 3, 7, pkt.len() as u32, &pkt);
+        assert_eq!(
+            (h.ip_version, h.ip_proto, h.src_port, h.dst_port),
+            (4, 6, 43122, 80)
+        );
+        assert_eq!((h.l3_offset, h.l4_offset, h.payload_offset), (14, 34, 54));
+        assert_eq!(&h.src_addr[..4], &[10, 0, 0, 1]);
+        assert_eq!(h.tcp_flags, tm_abi::tcp::SYN | tm_abi::tcp::ACK);
+        assert_eq!(h.flags, 0);
+        assert_eq!(&pkt[h.payload_offset as usize..], b"GET / HTTP/1.1\r\n");
+    }
+
+    #[test]
+    fn vlan_tags_are_skipped_and_recorded() {
+        let pkt = tcp_v4(Some(100));
+        let h = parse(LinkType::Ethernet, 0, 0, pkt.len() as u32, &pkt);
+        assert_eq!(h.vlan, 100);
+        assert_ne!(h.flags & flag::VLAN, 0);
+        assert_eq!((h.l3_offset, h.dst_port), (18, 80));
+    }
+
+    #[test]
+    fn ipv6_udp_raw_and_sll2() {
+        let mut pkt = Vec::new();
+        PacketBuilder::ipv6([1; 16], [2; 16], 64)
+            .udp(5353, 53)
+            .write(&mut pkt, b"dns")
+            .unwrap();
+        let h = parse(LinkType::RawIp, 0, 0, pkt.len() as u32, &pkt);
+        assert_eq!(
+            (
+                h.ip_version,
+                h.ip_proto,
+                h.src_port,
+                h.dst_port,
+                h.l3_offset
+            ),
+            (6, 17, 5353, 53, 0)
+        );
+        // SLL2: protocol 0x86dd, then 18 more header bytes.
+        let mut sll2 = vec![0x86, 0xdd];
+        sll2.extend_from_slice(&[0; 18]);
+        sll2.extend_from_slice(&pkt);
+        let h = parse(LinkType::LinuxSll2, 0, 0, sll2.len() as u32, &sll2);
+        assert_eq!((h.ip_version, h.dst_port, h.l3_offset), (6, 53, 20));
+    }
+
+    #[test]
+    fn truncated_and_garbage_packets_never_panic() {
+        let pkt = tcp_v4(None);
+        for cut in 0..pkt.len() {
+            let h = parse(LinkType::Ethernet, 0, 0, pkt.len() as u32, &pkt[..cut]);
+            assert_ne!(h.flags & flag::TRUNCATED, 0);
+            assert_eq!(h.cap_len as usize, cut);
+        }
+        // Deterministic random bytes on every link type.
+        let mut x: u32 = 12345;
+        for len in 0..300 {
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    x as u8
+                })
+                .collect();
+            for lt in [
+                LinkType::Ethernet,
+                LinkType::RawIp,
+                LinkType::LinuxSll,
+                LinkType::LinuxSll2,
+                LinkType::Null,
+            ] {
+                let _ = parse(lt, 0, 0, len as u32, &bytes);
+            }
+        }
+        // A corrupted IPv4 header (bad IHL) is flagged as a parse error.
+        let mut bad = tcp_v4(None);
+        bad[14] = 0x41;
+        let h = parse(LinkType::Ethernet, 0, 0, bad.len() as u32, &bad);
+        assert_ne!(h.flags & flag::PARSE_ERROR, 0);
+    }
+}

@@ -1,0 +1,791 @@
+//! The monitor on the bus: command handlers (registered with the NATS
+//! service API), result/event publishing, and the liveness record.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, kv, stream};
+use async_nats::service::ServiceExt;
+use bus_schema::store::{self, BucketKind};
+use bus_schema::{
+    CollectRequest, ConfigureReply, ConfigureRequest, DeploymentState, ErrorBody, ErrorCode,
+    EventKind, LoadReply, LoadRequest, MonitorRecord, MonitorStatus, Reply, ResultWindow,
+    StatusRequest, UnloadReply, UnloadRequest, Value, subject,
+};
+use futures::StreamExt;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::io::AsyncReadExt;
+use tokio::sync::{mpsc, oneshot};
+use wasm_host::Sandbox;
+
+use crate::capture::{LinkCtl, LinkHandle, Tap, guest_batch_bytes};
+use crate::config::Config;
+use crate::deployment::{self, DepMsg, DeploymentInfo, Outgoing, Shared, Timers, unix_ms};
+use crate::filter::{CompiledFilter, compile_bpf};
+use crate::guest::{Analyzer, InstanceConfig};
+
+/// Largest analyzer blob a monitor accepts.
+pub const MAX_BLOB_BYTES: usize = 64 << 20;
+/// How long a command waits for a deployment thread.
+const DEPLOYMENT_REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+
+struct Deployment {
+    shared: Arc<Shared>,
+    tx: crossbeam_channel::Sender<DepMsg>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// A running monitor.
+pub struct Monitor {
+    /// Monitor id.
+    pub id: String,
+    config: Config,
+    sandbox: Sandbox,
+    links: BTreeMap<u32, LinkHandle>,
+    deployments: Mutex<HashMap<String, Deployment>>,
+    js: jetstream::Context,
+    outbox: mpsc::UnboundedSender<Outgoing>,
+    started: Instant,
+}
+
+fn err<T>(code: ErrorCode, message: impl Into<String>) -> Result<T, ErrorBody> {
+    Err(ErrorBody::new(code, message))
+}
+
+fn decode_request<T: DeserializeOwned + Default>(payload: &[u8]) -> Result<T, ErrorBody> {
+    if payload.is_empty() {
+        return Ok(T::default());
+    }
+    bus_schema::decode(payload).map_err(|e| ErrorBody::new(ErrorCode::BadRequest, e.to_string()))
+}
+
+fn decode_required<T: DeserializeOwned>(payload: &[u8]) -> Result<T, ErrorBody> {
+    bus_schema::decode(payload).map_err(|e| ErrorBody::new(ErrorCode::BadRequest, e.to_string()))
+}
+
+fn encode_reply<T: Serialize>(reply: &Reply<T>) -> bytes::Bytes {
+    match bus_schema::encode(reply) {
+        Ok(b) => b.into(),
+        Err(e) => bus_schema::encode(&Reply::<()>::error(ErrorCode::Internal, e.to_string()))
+            .expect("an error reply encodes")
+            .into(),
+    }
+}
+
+fn token(field: &str, value: &str) -> Result<(), ErrorBody> {
+    bus_schema::validate_token(field, value)
+        .map_err(|e| ErrorBody::new(ErrorCode::BadRequest, e.to_string()))
+}
+
+/// Creates a stream or KV bucket if missing, with the contract's settings.
+async fn ensure_stores(js: &jetstream::Context, replicas: usize) -> anyhow::Result<()> {
+    for spec in store::streams() {
+        js.get_or_create_stream(stream::Config {
+            name: spec.name.into(),
+            subjects: spec.subjects.clone(),
+            description: Some(spec.description.into()),
+            max_age: spec.max_age,
+            duplicate_window: spec.duplicate_window,
+            storage: stream::StorageType::File,
+            num_replicas: replicas,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("stream {}: {e}", spec.name))?;
+    }
+    for spec in store::buckets()
+        .into_iter()
+        .filter(|b| b.kind == BucketKind::KeyValue)
+    {
+        if js.get_key_value(spec.name).await.is_ok() {
+            continue;
+        }
+        let created = js
+            .create_key_value(kv::Config {
+                bucket: spec.name.into(),
+                description: spec.description.into(),
+                history: spec.history,
+                max_age: spec.max_age.unwrap_or_default(),
+                storage: stream::StorageType::File,
+                num_replicas: replicas,
+                ..Default::default()
+            })
+            .await;
+        // Another process may have created it in between.
+        if let Err(e) = created
+            && js.get_key_value(spec.name).await.is_err()
+        {
+            anyhow::bail!("bucket {}: {e}", spec.name);
+        }
+    }
+    Ok(())
+}
+
+impl Monitor {
+    /// Starts links, connects the stores and returns the monitor with the
+    /// receiving end of its outbox.
+    ///
+    /// # Errors
+    /// If streams or buckets cannot be created, or the sandbox fails.
+    pub async fn start(
+        config: Config,
+        js: jetstream::Context,
+    ) -> anyhow::Result<(Arc<Monitor>, mpsc::UnboundedReceiver<Outgoing>)> {
+        ensure_stores(&js, config.replicas).await?;
+        let sandbox = Sandbox::new(&wasm_host::SandboxConfig::default())?;
+        let mut links = BTreeMap::new();
+        for link in &config.links {
+            links.insert(link.id, LinkHandle::start(link.clone())?);
+        }
+        let (outbox, rx) = mpsc::unbounded_channel();
+        let monitor = Arc::new(Monitor {
+            id: config.monitor_id(),
+            config,
+            sandbox,
+            links,
+            deployments: Mutex::default(),
+            js,
+            outbox,
+            started: Instant::now(),
+        });
+        Ok((monitor, rx))
+    }
+
+    /// Registers the command endpoints with the NATS service API and serves
+    /// them until the client closes.
+    ///
+    /// # Errors
+    /// If the service cannot be registered.
+    pub async fn serve(self: Arc<Self>, client: async_nats::Client) -> anyhow::Result<()> {
+        let service = client
+            .service_builder()
+            .description(format!("tm-monitor {} at {}", self.id, self.config.address))
+            .metadata(HashMap::from([
+                ("monitor".to_owned(), self.id.clone()),
+                ("address".to_owned(), self.config.address.clone()),
+            ]))
+            .start("tm-monitor", env!("CARGO_PKG_VERSION"))
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot register the service: {e}"))?;
+        let id = self.id.clone();
+        let endpoints = [
+            ("load", subject::monitor_load(&id)),
+            ("unload", subject::monitor_unload(&id)),
+            ("collect", subject::monitor_collect(&id)),
+            ("configure", subject::monitor_configure(&id)),
+            ("status", subject::monitor_status(&id)),
+        ];
+        let mut tasks = Vec::new();
+        for (name, subj) in endpoints {
+            let mut endpoint = service
+                .endpoint_builder()
+                .name(name)
+                .add(subj)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot add endpoint {name}: {e}"))?;
+            let monitor = self.clone();
+            tasks.push(tokio::spawn(async move {
+                while let Some(request) = endpoint.next().await {
+                    let monitor = monitor.clone();
+                    tokio::spawn(async move {
+                        let payload = request.message.payload.clone();
+                        let reply = monitor.handle(name, &payload).await;
+                        if let Err(e) = request.respond(Ok(reply)).await {
+                            tracing::warn!(command = name, error = %e, "cannot send reply");
+                        }
+                    });
+                }
+            }));
+        }
+        tracing::info!(monitor = %self.id, "serving commands");
+        for t in tasks {
+            let _ = t.await;
+        }
+        Ok(())
+    }
+
+    /// Decodes and runs one command, returning the encoded reply envelope.
+    pub async fn handle(self: &Arc<Self>, command: &str, payload: &[u8]) -> bytes::Bytes {
+        let started = Instant::now();
+        let reply = match command {
+            "load" => encode_reply(&Reply::from(self.load(payload).await)),
+            "unload" => encode_reply(&Reply::from(self.unload(payload).await)),
+            "collect" => encode_reply(&Reply::from(self.collect(payload).await)),
+            "configure" => encode_reply(&Reply::from(self.configure(payload).await)),
+            "status" => encode_reply(&Reply::from(self.status(payload))),
+            other => encode_reply(&Reply::<()>::error(
+                ErrorCode::BadRequest,
+                format!("unknown command {other}"),
+            )),
+        };
+        tracing::debug!(
+            command,
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "command handled"
+        );
+        reply
+    }
+
+    async fn fetch_blob(&self, name: &str) -> Result<Vec<u8>, ErrorBody> {
+        let bucket = store::BLOBS_BUCKET;
+        let objects = self.js.get_object_store(bucket).await.map_err(|e| {
+            ErrorBody::new(
+                ErrorCode::BlobNotFound,
+                format!("object store {bucket} is not available: {e}"),
+            )
+        })?;
+        let mut object = objects.get(name).await.map_err(|e| match e.kind() {
+            async_nats::jetstream::object_store::GetErrorKind::NotFound => ErrorBody::new(
+                ErrorCode::BlobNotFound,
+                format!("analyzer.name = {name:?}: no such blob in {bucket}"),
+            ),
+            _ => ErrorBody::new(
+                ErrorCode::Unavailable,
+                format!("cannot fetch blob {name:?}: {e}"),
+            ),
+        })?;
+        if object.info.size > MAX_BLOB_BYTES {
+            return err(
+                ErrorCode::BadModule,
+                format!(
+                    "blob {name:?} is {} bytes, more than the {MAX_BLOB_BYTES} allowed",
+                    object.info.size
+                ),
+            );
+        }
+        let mut bytes = Vec::with_capacity(object.info.size);
+        object.read_to_end(&mut bytes).await.map_err(|e| {
+            ErrorBody::new(
+                ErrorCode::Unavailable,
+                format!("cannot read blob {name:?}: {e}"),
+            )
+        })?;
+        Ok(bytes)
+    }
+
+    async fn load(self: &Arc<Self>, payload: &[u8]) -> Result<LoadReply, ErrorBody> {
+        let req: LoadRequest = decode_required(payload)?;
+        token("deployment", &req.deployment)?;
+        token("owner", &req.owner)?;
+        if self
+            .deployments
+            .lock()
+            .expect("deployments")
+            .contains_key(&req.deployment)
+        {
+            return err(
+                ErrorCode::DeploymentExists,
+                format!(
+                    "deployment = {:?} already exists on monitor {}",
+                    req.deployment, self.id
+                ),
+            );
+        }
+        let links: Vec<u32> = if req.links.is_empty() {
+            self.links.keys().copied().collect()
+        } else {
+            req.links.clone()
+        };
+        for (i, l) in links.iter().enumerate() {
+            if !self.links.contains_key(l) {
+                return err(
+                    ErrorCode::UnknownLink,
+                    format!(
+                        "links[{i}] = {l}: monitor {} has links {:?}",
+                        self.id,
+                        self.links.keys().collect::<Vec<_>>()
+                    ),
+                );
+            }
+        }
+        let filter = Arc::new(
+            CompiledFilter::new(&req.filter)
+                .map_err(|e| ErrorBody::new(ErrorCode::BadFilter, e.0))?,
+        );
+        if let Some(every) = req.report_every_ms
+            && every < 100
+        {
+            return err(
+                ErrorCode::BadRequest,
+                format!("report_every_ms = {every}: must be at least 100"),
+            );
+        }
+        let want = req.analyzer.sha256.to_ascii_lowercase();
+        if want.len() != 64 || !want.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return err(
+                ErrorCode::BadRequest,
+                format!(
+                    "analyzer.sha256 = {:?}: expected 64 hex digits",
+                    req.analyzer.sha256
+                ),
+            );
+        }
+        let params = bus_schema::encode(&req.params)
+            .map_err(|e| ErrorBody::new(ErrorCode::BadParams, e.to_string()))?;
+        let bytes = self.fetch_blob(&req.analyzer.name).await?;
+        let got = wasm_host::sha256_hex(&bytes);
+        if got != want {
+            return err(
+                ErrorCode::DigestMismatch,
+                format!(
+                    "blob {:?} has sha256 {got}, the request asked for {want}",
+                    req.analyzer.name
+                ),
+            );
+        }
+        // Compiling and instantiating are CPU work: keep them off the runtime.
+        let monitor = self.clone();
+        tokio::task::spawn_blocking(move || {
+            monitor.start_deployment(req, links, filter, &got, &bytes, &params)
+        })
+        .await
+        .map_err(|e| ErrorBody::new(ErrorCode::Internal, format!("load task: {e}")))?
+    }
+
+    fn start_deployment(
+        self: &Arc<Self>,
+        req: LoadRequest,
+        links: Vec<u32>,
+        filter: Arc<CompiledFilter>,
+        sha256: &str,
+        bytes: &[u8],
+        params: &[u8],
+    ) -> Result<LoadReply, ErrorBody> {
+        // BPF is compiled per link, for that link's link type.
+        let mut bpfs = Vec::new();
+        for l in &links {
+            let bpf = match &filter.bpf {
+                Some(expr) => {
+                    let dlt = self.links[l].shared.dlt().ok_or_else(|| {
+                        ErrorBody::new(
+                            ErrorCode::BadFilter,
+                            format!("filter.bpf: link {l} is not capturing"),
+                        )
+                    })?;
+                    Some(
+                        compile_bpf(expr, dlt)
+                            .map_err(|e| ErrorBody::new(ErrorCode::BadFilter, e.0))?,
+                    )
+                }
+                None => None,
+            };
+            bpfs.push(bpf);
+        }
+        let module = self.sandbox.module(sha256, bytes).map_err(|e| {
+            ErrorBody::new(
+                ErrorCode::BadModule,
+                format!("blob {:?}: {e}", req.analyzer.name),
+            )
+        })?;
+        let shared = Shared::new(
+            DeploymentInfo {
+                monitor: self.id.clone(),
+                deployment: req.deployment.clone(),
+                analyzer: bus_schema::BlobRef {
+                    name: req.analyzer.name.clone(),
+                    sha256: sha256.to_owned(),
+                },
+                owner: req.owner.clone(),
+                links: links.clone(),
+                started_unix_ms: unix_ms(),
+            },
+            self.outbox.clone(),
+        );
+        let limits = &self.config.limits;
+        let snaplen = links
+            .iter()
+            .map(|l| self.links[l].shared.config.snaplen)
+            .max()
+            .unwrap_or(65535);
+        let emit_shared = Arc::downgrade(&shared);
+        let analyzer = Analyzer::new(
+            &self.sandbox,
+            &module,
+            &InstanceConfig {
+                memory_bytes: (limits.memory_mb as usize) << 20,
+                call_timeout: Duration::from_millis(limits.call_timeout_ms),
+                batch_bytes: guest_batch_bytes(snaplen),
+                deployment: req.deployment.clone(),
+            },
+            params,
+            Box::new(move |value: Value| {
+                if let Some(shared) = emit_shared.upgrade() {
+                    let message = value["message"].as_str().unwrap_or("alert").to_owned();
+                    shared.event(EventKind::Alert, message, value);
+                }
+            }),
+        )
+        .map_err(|e| ErrorBody::new(e.code, e.message))?;
+        let abi_version = tm_abi::ABI_VERSION;
+        let (tx, rx) = crossbeam_channel::bounded(limits.queue_batches);
+        let timers = Timers {
+            tick: Duration::from_millis(limits.tick_ms),
+            report: req.report_every_ms.map(Duration::from_millis),
+        };
+        let thread = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name(format!("dep-{}", req.deployment))
+                .spawn(move || deployment::run(analyzer, rx, shared, timers))
+                .map_err(|e| {
+                    ErrorBody::new(ErrorCode::Internal, format!("cannot start thread: {e}"))
+                })?
+        };
+        {
+            let mut deployments = self.deployments.lock().expect("deployments");
+            if deployments.contains_key(&req.deployment) {
+                return err(
+                    ErrorCode::DeploymentExists,
+                    format!("deployment = {:?} already exists", req.deployment),
+                );
+            }
+            deployments.insert(
+                req.deployment.clone(),
+                Deployment {
+                    shared: shared.clone(),
+                    tx: tx.clone(),
+                    thread: Some(thread),
+                },
+            );
+        }
+        for (l, bpf) in links.iter().zip(bpfs) {
+            let tap = Tap::new(
+                req.deployment.clone(),
+                filter.clone(),
+                bpf,
+                tx.clone(),
+                shared.counters.clone(),
+                limits.batch_packets,
+            );
+            let _ = self.links[l].ctl.send(LinkCtl::Attach(Box::new(tap)));
+        }
+        tracing::info!(deployment = %req.deployment, analyzer = %req.analyzer.name, links = ?links, owner = %req.owner, "deployment loaded");
+        shared.event(
+            EventKind::Loaded,
+            format!("{} loaded on links {links:?}", req.analyzer.name),
+            Value::Nil,
+        );
+        Ok(LoadReply {
+            deployment: req.deployment,
+            monitor: self.id.clone(),
+            links,
+            abi_version,
+        })
+    }
+
+    fn find(
+        &self,
+        deployment: &str,
+    ) -> Result<(Arc<Shared>, crossbeam_channel::Sender<DepMsg>), ErrorBody> {
+        let deployments = self.deployments.lock().expect("deployments");
+        let d = deployments.get(deployment).ok_or_else(|| {
+            ErrorBody::new(
+                ErrorCode::UnknownDeployment,
+                format!(
+                    "deployment = {deployment:?}: no such deployment on monitor {}",
+                    self.id
+                ),
+            )
+        })?;
+        Ok((d.shared.clone(), d.tx.clone()))
+    }
+
+    fn check_owner(shared: &Shared, requester: &str, force: bool) -> Result<(), ErrorBody> {
+        if !force && shared.info.owner != requester {
+            return err(
+                ErrorCode::NotOwner,
+                format!(
+                    "requester = {requester:?}: deployment {:?} is owned by {:?} (use force to override)",
+                    shared.info.deployment, shared.info.owner
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// Hands partial batches of the deployment's links to it.
+    async fn flush_links(self: &Arc<Self>, links: &[u32]) {
+        let monitor = self.clone();
+        let links = links.to_vec();
+        let _ = tokio::task::spawn_blocking(move || {
+            for l in links {
+                if let Some(link) = monitor.links.get(&l) {
+                    link.flush();
+                }
+            }
+        })
+        .await;
+    }
+
+    /// Sends a message to a deployment thread and awaits its answer.
+    async fn ask<T>(
+        tx: &crossbeam_channel::Sender<DepMsg>,
+        make: impl FnOnce(oneshot::Sender<T>) -> DepMsg,
+    ) -> Option<T> {
+        let (reply, rx) = oneshot::channel();
+        let msg = make(reply);
+        // The queue may be full of batches: wait for room off the runtime.
+        let tx = tx.clone();
+        let sent = tokio::task::spawn_blocking(move || {
+            tx.send_timeout(msg, DEPLOYMENT_REPLY_TIMEOUT).is_ok()
+        })
+        .await
+        .unwrap_or(false);
+        if !sent {
+            return None;
+        }
+        tokio::time::timeout(DEPLOYMENT_REPLY_TIMEOUT, rx)
+            .await
+            .ok()?
+            .ok()
+    }
+
+    async fn collect(self: &Arc<Self>, payload: &[u8]) -> Result<ResultWindow, ErrorBody> {
+        let req: CollectRequest = decode_required(payload)?;
+        let (shared, tx) = self.find(&req.deployment)?;
+        if shared.state().0 == DeploymentState::Running {
+            self.flush_links(&shared.info.links).await;
+            if let Some(answer) = Self::ask(&tx, DepMsg::Collect).await {
+                return answer;
+            }
+        }
+        // Failed (now or meanwhile): the last good results.
+        Ok(shared.last_window(false))
+    }
+
+    async fn configure(self: &Arc<Self>, payload: &[u8]) -> Result<ConfigureReply, ErrorBody> {
+        let req: ConfigureRequest = decode_required(payload)?;
+        let (shared, tx) = self.find(&req.deployment)?;
+        Self::check_owner(&shared, &req.requester, req.force)?;
+        if let (DeploymentState::Failed, why) = shared.state() {
+            return err(
+                ErrorCode::GuestTrap,
+                format!(
+                    "deployment {:?} failed: {}",
+                    req.deployment,
+                    why.unwrap_or_default()
+                ),
+            );
+        }
+        let params = bus_schema::encode(&req.params)
+            .map_err(|e| ErrorBody::new(ErrorCode::BadParams, e.to_string()))?;
+        self.flush_links(&shared.info.links).await;
+        match Self::ask(&tx, |r| DepMsg::Configure(params, r)).await {
+            Some(answer) => answer.map(|config_revision| ConfigureReply {
+                deployment: req.deployment,
+                config_revision,
+            }),
+            None => err(
+                ErrorCode::GuestTrap,
+                format!(
+                    "deployment {:?} failed: {}",
+                    req.deployment,
+                    shared.state().1.unwrap_or_default()
+                ),
+            ),
+        }
+    }
+
+    async fn unload(self: &Arc<Self>, payload: &[u8]) -> Result<UnloadReply, ErrorBody> {
+        let req: UnloadRequest = decode_required(payload)?;
+        let (shared, _) = self.find(&req.deployment)?;
+        Self::check_owner(&shared, &req.requester, req.force)?;
+        let final_results = self.unload_deployment(&req.deployment).await?;
+        Ok(UnloadReply {
+            deployment: req.deployment,
+            final_results,
+        })
+    }
+
+    /// Stops a deployment after the packets captured so far, and removes it.
+    async fn unload_deployment(self: &Arc<Self>, id: &str) -> Result<ResultWindow, ErrorBody> {
+        let (shared, tx) = self.find(id)?;
+        let mut window = None;
+        if shared.state().0 == DeploymentState::Running {
+            self.flush_links(&shared.info.links).await;
+            window = Self::ask(&tx, DepMsg::Unload).await;
+        }
+        let window = match window {
+            Some(w) => w,
+            None => shared.last_window(true),
+        };
+        let removed = self.deployments.lock().expect("deployments").remove(id);
+        if let Some(mut d) = removed {
+            drop(d.tx);
+            if let Some(t) = d.thread.take() {
+                let _ = tokio::task::spawn_blocking(move || t.join()).await;
+            }
+        }
+        shared.event(
+            EventKind::Unloaded,
+            format!("unloaded after {} packets", window.stats.packets_in),
+            Value::Nil,
+        );
+        tracing::info!(deployment = %id, packets = window.stats.packets_in, "deployment unloaded");
+        Ok(window)
+    }
+
+    fn status(&self, payload: &[u8]) -> Result<MonitorStatus, ErrorBody> {
+        let req: StatusRequest = decode_request(payload)?;
+        let deployments = self.deployments.lock().expect("deployments");
+        if let Some(d) = &req.deployment
+            && !deployments.contains_key(d)
+        {
+            return err(
+                ErrorCode::UnknownDeployment,
+                format!(
+                    "deployment = {d:?}: no such deployment on monitor {}",
+                    self.id
+                ),
+            );
+        }
+        let mut list: Vec<_> = deployments
+            .values()
+            .filter(|d| {
+                req.deployment
+                    .as_ref()
+                    .is_none_or(|want| *want == d.shared.info.deployment)
+            })
+            .map(|d| d.shared.status_report())
+            .collect();
+        list.sort_by(|a, b| a.deployment.cmp(&b.deployment));
+        Ok(MonitorStatus {
+            monitor: self.id.clone(),
+            address: self.config.address.clone(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            uptime_s: self.started.elapsed().as_secs(),
+            links: self.links.values().map(|l| l.shared.status()).collect(),
+            deployments: list,
+        })
+    }
+
+    /// The liveness record.
+    #[must_use]
+    pub fn record(&self, started_unix_ms: u64) -> MonitorRecord {
+        MonitorRecord {
+            monitor: self.id.clone(),
+            address: self.config.address.clone(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            protocol: bus_schema::PROTOCOL_VERSION,
+            links: self.links.values().map(|l| l.shared.info()).collect(),
+            started_unix_ms,
+            heartbeat_unix_ms: unix_ms(),
+        }
+    }
+
+    /// Refreshes the liveness record every heartbeat until cancelled.
+    pub async fn heartbeat(self: Arc<Self>) {
+        let started = unix_ms();
+        let mut kv = None;
+        loop {
+            if kv.is_none() {
+                kv = self.js.get_key_value(store::MONITORS_BUCKET).await.ok();
+            }
+            if let Some(bucket) = &kv {
+                match bus_schema::encode(&self.record(started)) {
+                    Ok(bytes) => {
+                        if let Err(e) = bucket.put(&self.id, bytes.into()).await {
+                            tracing::warn!(error = %e, "cannot refresh the liveness record");
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "cannot encode the liveness record"),
+                }
+            }
+            tokio::time::sleep(store::HEARTBEAT_EVERY).await;
+        }
+    }
+
+    /// Unloads every deployment (publishing final results), removes the
+    /// liveness record and stops the links.
+    pub async fn shutdown(self: &Arc<Self>) {
+        let ids: Vec<String> = self
+            .deployments
+            .lock()
+            .expect("deployments")
+            .keys()
+            .cloned()
+            .collect();
+        for id in ids {
+            if let Err(e) = self.unload_deployment(&id).await {
+                tracing::warn!(deployment = %id, error = %e, "unload at shutdown failed");
+            }
+        }
+        if let Ok(kv) = self.js.get_key_value(store::MONITORS_BUCKET).await {
+            let _ = kv.delete(&self.id).await;
+        }
+    }
+}
+
+/// Publishes results and events to their streams in order, each with a
+/// stable message id, retrying until JetStream acknowledges it. When `stop`
+/// turns true it publishes what is queued and returns.
+pub async fn publisher(
+    js: jetstream::Context,
+    mut rx: mpsc::UnboundedReceiver<Outgoing>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let out = tokio::select! {
+            out = rx.recv() => match out {
+                Some(out) => out,
+                None => return,
+            },
+            _ = stop.changed() => {
+                while let Ok(out) = rx.try_recv() {
+                    publish_one(&js, out).await;
+                }
+                return;
+            }
+        };
+        publish_one(&js, out).await;
+    }
+}
+
+async fn publish_one(js: &jetstream::Context, out: Outgoing) {
+    {
+        let (subject, id, bytes) = match &out {
+            Outgoing::Result(w) => (
+                subject::results(&w.monitor, &w.deployment),
+                format!("{}:{}:{}", w.deployment, w.monitor, w.seq),
+                bus_schema::encode(w),
+            ),
+            Outgoing::Event(e) => (
+                subject::events(&e.monitor, &e.deployment),
+                format!("{}:{}:e{}", e.deployment, e.monitor, e.seq),
+                bus_schema::encode(e),
+            ),
+        };
+        let bytes: bytes::Bytes = match bytes {
+            Ok(b) => b.into(),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode outgoing message");
+                return;
+            }
+        };
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let sent = js
+                .send_publish(
+                    subject.clone(),
+                    jetstream::message::PublishMessage::build()
+                        .payload(bytes.clone())
+                        .message_id(&id),
+                )
+                .await;
+            let acked = match sent {
+                Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match acked {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(subject = %subject, id = %id, error = %e, "publish not acknowledged; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
