@@ -1,0 +1,217 @@
+//! Helpers for monitor tests: a real tm-monitor process against a harness
+//! nats-server, real analyzer modules from target/wasm/, generated pcaps.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, object_store};
+use bus_schema::store::{self, BlobKind, BlobMeta};
+use bus_schema::{MonitorStatus, Reply, StatusRequest, subject};
+use harness::NatsServer;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// A module built by `cargo xtask guests`.
+pub fn wasm(name: &str) -> Vec<u8> {
+    let dir = std::env::var_os("TM_WASM_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/wasm"));
+    let path = dir.join(format!("{name}.wasm"));
+    std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; build the guests first with `cargo xtask guests`",
+            path.display()
+        )
+    })
+}
+
+/// Puts a blob into tm_blobs with its metadata; returns its SHA-256.
+pub async fn put_blob(js: &jetstream::Context, name: &str, bytes: &[u8]) -> String {
+    let objects = match js.get_object_store(store::BLOBS_BUCKET).await {
+        Ok(o) => o,
+        Err(_) => js
+            .create_object_store(object_store::Config {
+                bucket: store::BLOBS_BUCKET.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap(),
+    };
+    let sha256 = wasm_host::sha256_hex(bytes);
+    let meta = BlobMeta {
+        kind: BlobKind::Analyzer,
+        version: "test".into(),
+        sha256: sha256.clone(),
+        abi_version: 1,
+        description: format!("{name} for tests"),
+    };
+    objects
+        .put(
+            object_store::ObjectMetadata {
+                name: name.into(),
+                metadata: meta.to_map(),
+                ..Default::default()
+            },
+            &mut &bytes[..],
+        )
+        .await
+        .unwrap();
+    sha256
+}
+
+/// Sends a command and decodes the reply envelope.
+pub async fn request<Q: Serialize, R: DeserializeOwned>(
+    client: &async_nats::Client,
+    subject: String,
+    q: &Q,
+) -> Reply<R> {
+    let payload = bus_schema::encode(q).unwrap();
+    request_raw(client, subject, payload).await
+}
+
+/// Sends raw bytes as a command and decodes the reply envelope.
+pub async fn request_raw<R: DeserializeOwned>(
+    client: &async_nats::Client,
+    subject: String,
+    payload: Vec<u8>,
+) -> Reply<R> {
+    let msg = tokio::time::timeout(
+        Duration::from_secs(30),
+        client.request(subject.clone(), payload.into()),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("no reply on {subject} within 30 s"))
+    .unwrap_or_else(|e| panic!("request on {subject}: {e}"));
+    bus_schema::decode(&msg.payload).unwrap_or_else(|e| panic!("reply on {subject}: {e}"))
+}
+
+/// A tm-monitor process, killed on drop.
+pub struct MonitorProc {
+    pub id: String,
+    pub child: Child,
+    pub dir: tempfile::TempDir,
+}
+
+impl MonitorProc {
+    /// Writes `config` (TOML, with `nats_url` added) and starts the monitor;
+    /// returns once it answers `status`.
+    pub async fn start(
+        nats: &NatsServer,
+        client: &async_nats::Client,
+        id: &str,
+        config: &str,
+    ) -> MonitorProc {
+        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(nats, client, id, config, dir).await
+    }
+
+    pub async fn start_in(
+        nats: &NatsServer,
+        client: &async_nats::Client,
+        id: &str,
+        config: &str,
+        dir: tempfile::TempDir,
+    ) -> MonitorProc {
+        let path = dir.path().join("monitor.toml");
+        std::fs::write(
+            &path,
+            format!("id = \"{id}\"\nnats_url = \"{}\"\n{config}", nats.url()),
+        )
+        .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_tm-monitor"))
+            .arg("--config")
+            .arg(&path)
+            .args(["--log", "info,monitor=debug"])
+            .stdin(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("monitor.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let mut m = MonitorProc {
+            id: id.into(),
+            child,
+            dir,
+        };
+        m.wait_ready(client).await;
+        m
+    }
+
+    async fn wait_ready(&mut self, client: &async_nats::Client) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("tm-monitor exited with {status}:\n{}", self.log());
+            }
+            let q = bus_schema::encode(&StatusRequest::default()).unwrap();
+            if let Ok(Ok(msg)) = tokio::time::timeout(
+                Duration::from_millis(500),
+                client.request(subject::monitor_status(&self.id), q.into()),
+            )
+            .await
+                && bus_schema::decode::<Reply<MonitorStatus>>(&msg.payload).is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!(
+            "tm-monitor {} did not answer status in 30 s:\n{}",
+            self.id,
+            self.log()
+        );
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("monitor.log")).unwrap_or_default()
+    }
+
+    pub async fn status(&self, client: &async_nats::Client) -> MonitorStatus {
+        request::<_, MonitorStatus>(
+            client,
+            subject::monitor_status(&self.id),
+            &StatusRequest::default(),
+        )
+        .await
+        .into_result()
+        .unwrap()
+    }
+
+    /// Waits until `check` holds on the status (bounded).
+    pub async fn wait_status(
+        &self,
+        client: &async_nats::Client,
+        what: &str,
+        check: impl Fn(&MonitorStatus) -> bool,
+    ) -> MonitorStatus {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let s = self.status(client).await;
+            if check(&s) {
+                return s;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out waiting for {what}; last status {s:#?}\n{}",
+                    self.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+    }
+}
+
+impl Drop for MonitorProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
