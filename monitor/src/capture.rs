@@ -308,6 +308,7 @@ fn open(config: &LinkConfig) -> Result<Capture, String> {
                         .timeout(LIVE_TIMEOUT_MS)
                         .open()
                 })
+                .and_then(pcap::Capture::setnonblock)
                 .map_err(|e| format!("cannot capture on {name}: {e}"))?;
             Ok(Capture::Live { cap })
         }
@@ -342,15 +343,30 @@ impl Capture {
 
     fn next(&mut self) -> Result<Next<'_>, String> {
         match self {
-            Capture::Live { cap } => match cap.next_packet() {
-                Ok(p) => Ok(Next::Packet {
-                    ts_ns: timeval_ns(&p.header.ts, false),
-                    wire_len: p.header.len,
-                    data: p.data,
-                }),
-                Err(pcap::Error::TimeoutExpired) => Ok(Next::Idle),
-                Err(e) => Err(format!("capture failed: {e}")),
-            },
+            Capture::Live { cap } => {
+                use std::os::fd::AsRawFd;
+                let fd = cap.as_raw_fd();
+                match cap.next_packet() {
+                    Ok(p) => Ok(Next::Packet {
+                        ts_ns: timeval_ns(&p.header.ts, false),
+                        wire_len: p.header.len,
+                        data: p.data,
+                    }),
+                    Err(pcap::Error::TimeoutExpired) => {
+                        // Non-blocking: wait for the descriptor, bounded, so that
+                        // controls and partial batches are served while idle.
+                        let mut pfd = libc::pollfd {
+                            fd,
+                            events: libc::POLLIN,
+                            revents: 0,
+                        };
+                        // SAFETY: one valid pollfd, for the duration of the call.
+                        unsafe { libc::poll(&raw mut pfd, 1, LIVE_TIMEOUT_MS) };
+                        Ok(Next::Idle)
+                    }
+                    Err(e) => Err(format!("capture failed: {e}")),
+                }
+            }
             Capture::File {
                 cap,
                 path,
@@ -435,6 +451,10 @@ struct LinkThread {
     ctl: Receiver<LinkCtl>,
     taps: Vec<Box<Tap>>,
     last_flush: Instant,
+    /// The taps changed since the kernel filter was last computed.
+    taps_changed: bool,
+    /// The BPF expression installed in the kernel, if any.
+    kernel_filter: Option<String>,
 }
 
 impl LinkThread {
@@ -444,6 +464,38 @@ impl LinkThread {
             ctl,
             taps: Vec::new(),
             last_flush: Instant::now(),
+            taps_changed: false,
+            kernel_filter: None,
+        }
+    }
+
+    /// On a live capture, pushes the deployments' BPF into the kernel when
+    /// every deployment has one (their union); otherwise captures everything.
+    /// Deployments still apply their own filters in the host.
+    fn update_kernel_filter(&mut self, capture: &mut Capture) {
+        if !std::mem::take(&mut self.taps_changed) {
+            return;
+        }
+        let Capture::Live { cap } = capture else {
+            return;
+        };
+        let exprs: Option<Vec<String>> = self
+            .taps
+            .iter()
+            .map(|t| t.filter.bpf.as_ref().map(|e| format!("({e})")))
+            .collect();
+        let wanted = exprs.filter(|e| !e.is_empty()).map(|e| e.join(" or "));
+        if wanted == self.kernel_filter {
+            return;
+        }
+        match cap.filter(wanted.as_deref().unwrap_or(""), true) {
+            Ok(()) => {
+                tracing::info!(link = self.shared.config.id, filter = ?wanted, "kernel filter set");
+                self.kernel_filter = wanted;
+            }
+            Err(e) => {
+                tracing::warn!(link = self.shared.config.id, error = %e, "cannot set the kernel filter")
+            }
         }
     }
 
@@ -451,7 +503,9 @@ impl LinkThread {
         for tap in &mut self.taps {
             tap.flush();
         }
+        let before = self.taps.len();
         self.taps.retain(|t| !t.dead);
+        self.taps_changed |= self.taps.len() != before;
         self.last_flush = Instant::now();
     }
 
@@ -461,6 +515,7 @@ impl LinkThread {
             LinkCtl::Attach(tap) => {
                 tracing::debug!(link = self.shared.config.id, deployment = %tap.deployment, "tap attached");
                 self.taps.push(tap);
+                self.taps_changed = true;
             }
             LinkCtl::Flush(ack) => {
                 self.flush_all();
@@ -534,6 +589,7 @@ impl LinkThread {
                 if self.last_flush.elapsed() >= FLUSH_EVERY {
                     self.flush_all();
                 }
+                self.update_kernel_filter(&mut capture);
             }
             match capture.next() {
                 Ok(Next::Packet {

@@ -408,6 +408,16 @@ async fn traps_and_limits_unload_only_the_guilty_deployment() {
     let trap_sha = put_blob(&s.js, "trapper", &wat_analyzer(1, "unreachable")).await;
     let spin_sha = put_blob(&s.js, "spinner", &wat_analyzer(1, "(loop (br 0))")).await;
     let abi2_sha = put_blob(&s.js, "abi2", &wat_analyzer(2, "")).await;
+    // Grows memory far past the 64 MiB cap, then traps when refused.
+    let hog_sha = put_blob(
+        &s.js,
+        "hog",
+        &wat_analyzer(
+            1,
+            "(if (i32.lt_s (memory.grow (i32.const 2000)) (i32.const 0)) (then unreachable))",
+        ),
+    )
+    .await;
 
     let req = |d: &str, name: &str, sha: &str| LoadRequest {
         analyzer: BlobRef {
@@ -440,6 +450,7 @@ async fn traps_and_limits_unload_only_the_guilty_deployment() {
     for (d, name, sha) in [
         ("trap", "trapper", &trap_sha),
         ("spin", "spinner", &spin_sha),
+        ("hog", "hog", &hog_sha),
     ] {
         request::<_, LoadReply>(&s.client, subject::monitor_load("m1"), &req(d, name, sha))
             .await
@@ -458,6 +469,7 @@ async fn traps_and_limits_unload_only_the_guilty_deployment() {
             };
             state("trap") == Some(DeploymentState::Failed)
                 && state("spin") == Some(DeploymentState::Failed)
+                && state("hog") == Some(DeploymentState::Failed)
                 && st
                     .deployments
                     .iter()
@@ -487,7 +499,7 @@ async fn traps_and_limits_unload_only_the_guilty_deployment() {
     // Failed events were published for both.
     let mut failed = HashMap::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while failed.len() < 2 {
+    while failed.len() < 3 {
         let msg = tokio::time::timeout_at(deadline, events.next())
             .await
             .expect("failed events")
@@ -601,4 +613,45 @@ async fn sigterm_publishes_final_results_and_leaves() {
         "liveness record left behind"
     );
     drop(s.nats);
+}
+
+/// A deliberately slow analyzer behind a tiny queue: capture never waits,
+/// and every packet is either analyzed or counted as dropped.
+#[tokio::test]
+async fn a_slow_analyzer_drops_and_counts_instead_of_blocking_capture() {
+    let s = setup(
+        "[limits]\nqueue_batches = 2\nbatch_packets = 4\n",
+        "instant",
+    )
+    .await;
+    let slow = wat_analyzer(
+        1,
+        "(local $i i32) (loop (local.set $i (i32.add (local.get $i) (i32.const 1))) \
+         (br_if 0 (i32.lt_u (local.get $i) (i32.const 3000000))))",
+    );
+    let sha = put_blob(&s.js, "slow", &slow).await;
+    let req = LoadRequest {
+        analyzer: BlobRef {
+            name: "slow".into(),
+            sha256: sha.clone(),
+        },
+        params: Value::Nil,
+        ..load_req("slow", &sha, vec![0], Filter::default())
+    };
+    request::<_, LoadReply>(&s.client, subject::monitor_load("m1"), &req)
+        .await
+        .into_result()
+        .unwrap();
+    let (all, _) = count(&s.frames, |_| true);
+    let st = s
+        .monitor
+        .wait_status(&s.client, "every packet analyzed or dropped", |st| {
+            let d = &st.deployments[0].stats;
+            st.links[0].state == LinkState::Finished && d.packets_in + d.dropped == all
+        })
+        .await;
+    let d = &st.deployments[0].stats;
+    assert!(d.dropped > 0, "nothing dropped: {d:?}");
+    assert!(d.packets_in > 0, "nothing analyzed: {d:?}");
+    assert_eq!(st.links[0].packets, all, "capture must see every packet");
 }
