@@ -449,7 +449,7 @@ impl Capture {
 struct LinkThread {
     shared: Arc<LinkShared>,
     ctl: Receiver<LinkCtl>,
-    taps: Vec<Box<Tap>>,
+    taps: Vec<Tap>,
     last_flush: Instant,
     /// The taps changed since the kernel filter was last computed.
     taps_changed: bool,
@@ -514,7 +514,7 @@ impl LinkThread {
         match msg {
             LinkCtl::Attach(tap) => {
                 tracing::debug!(link = self.shared.config.id, deployment = %tap.deployment, "tap attached");
-                self.taps.push(tap);
+                self.taps.push(*tap);
                 self.taps_changed = true;
             }
             LinkCtl::Flush(ack) => {

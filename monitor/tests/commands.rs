@@ -255,10 +255,30 @@ async fn load_collect_configure_unload_give_exact_figures() {
     assert_eq!(published, fin);
 }
 
-/// Every malformed or impossible request gets a typed error naming the cause.
+/// Every malformed or impossible request gets a typed error naming the cause;
+/// the monitor is discoverable through the NATS service API.
 #[tokio::test]
 async fn bad_requests_get_typed_errors() {
     let s = setup("", "instant").await;
+    let info = s
+        .client
+        .request("$SRV.INFO.tm-monitor", "".into())
+        .await
+        .unwrap();
+    let info: serde_json::Value = serde_json::from_slice(&info.payload).unwrap();
+    assert_eq!(info["name"], "tm-monitor");
+    assert_eq!(info["metadata"]["monitor"], "m1");
+    let subjects: Vec<&str> = info["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["subject"].as_str().unwrap())
+        .collect();
+    assert!(
+        subjects.contains(&subject::monitor_load("m1").as_str()),
+        "{subjects:?}"
+    );
+    assert_eq!(subjects.len(), 5);
     let sub = |c: &str| match c {
         "load" => subject::monitor_load("m1"),
         "collect" => subject::monitor_collect("m1"),
@@ -377,11 +397,27 @@ async fn bad_requests_get_typed_errors() {
 
 /// A minimal ABI v1 analyzer in WAT whose `on_packets` body is given.
 fn wat_analyzer(abi: u32, on_packets: &str) -> Vec<u8> {
+    wat_module(abi, on_packets, "(i64.const 0x0000001000000001)", true)
+}
+
+/// A hand-written analyzer: it imports the host's `log` and `emit`, has a
+/// recursive `$deep`, and its `tm_collect` returns `collect`; with
+/// `with_collect` false the export is missing.
+fn wat_module(abi: u32, on_packets: &str, collect: &str, with_collect: bool) -> Vec<u8> {
+    let collect_fn = if with_collect {
+        format!(r#"(func (export "tm_collect") (result i64) {collect})"#)
+    } else {
+        String::new()
+    };
     wat::parse_str(format!(
         r#"(module
+          (import "tm" "log" (func $log (param i32 i32 i32)))
+          (import "tm" "emit" (func $emit (param i32 i32) (result i32)))
           (memory (export "memory") 16)
           (global $bump (mut i32) (i32.const 4096))
           (data (i32.const 16) "\c0")
+          (data (i32.const 31) "\92\7f\7f")
+          (func $deep (param i32) (result i32) (i32.add (call $deep (local.get 0)) (i32.const 1)))
           (func (export "tm_abi_version") (result i32) (i32.const {abi}))
           (func (export "tm_alloc") (param $n i32) (result i32) (local $p i32)
             (local.set $p (global.get $bump))
@@ -391,10 +427,84 @@ fn wat_analyzer(abi: u32, on_packets: &str) -> Vec<u8> {
           (func (export "tm_on_packets") (param i32 i32 i32) (result i32) {on_packets} (i32.const 0))
           (func (export "tm_tick") (param i64) (result i32) (i32.const 0))
           (func (export "tm_configure") (param i32 i32) (result i32) (i32.const 0))
-          (func (export "tm_collect") (result i64) (i64.const 0x0000001000000001))
+          {collect_fn}
           (func (export "tm_last_error") (result i64) (i64.const 0)))"#
     ))
     .unwrap()
+}
+
+/// Host imports called with out-of-bounds pointers and huge lengths answer
+/// with error codes (the guest reports them in its results); a missing
+/// export is refused at load; the guest keeps running.
+#[tokio::test]
+async fn hostile_import_calls_get_error_codes_and_missing_exports_are_refused() {
+    let s = setup("", "instant").await;
+    // Stores emit's return codes for a pointer past memory and a huge length
+    // at 32 and 33, behind the array marker at 31; collect returns [c1, c2].
+    let prober = wat_module(
+        1,
+        "(i32.store8 (i32.const 32) (call $emit (i32.const -16) (i32.const 100))) \
+         (i32.store8 (i32.const 33) (call $emit (i32.const 16) (i32.const 0x7fffffff))) \
+         (call $log (i32.const 0) (i32.const -16) (i32.const 100)) \
+         (call $log (i32.const 0) (i32.const 16) (i32.const 0x7fffffff))",
+        "(i64.const 0x0000001f00000003)",
+        true,
+    );
+    let sha = put_blob(&s.js, "prober", &prober).await;
+    let req = LoadRequest {
+        analyzer: BlobRef {
+            name: "prober".into(),
+            sha256: sha.clone(),
+        },
+        params: Value::Nil,
+        ..load_req("probe", &sha, vec![0], Filter::default())
+    };
+    request::<_, LoadReply>(&s.client, subject::monitor_load("m1"), &req)
+        .await
+        .into_result()
+        .unwrap();
+    let (all, _) = count(&s.frames, |_| true);
+    let st = s
+        .monitor
+        .wait_status(&s.client, "prober fed", |st| {
+            st.deployments[0].stats.packets_in == all
+        })
+        .await;
+    assert_eq!(st.deployments[0].state, DeploymentState::Running);
+    let w = collect(&s, "probe").await;
+    assert_eq!(
+        w.results,
+        Value::Array(vec![Value::from(2), Value::from(2)])
+    );
+
+    let no_collect = wat_module(1, "", "", false);
+    let sha = put_blob(&s.js, "incomplete", &no_collect).await;
+    let req = LoadRequest {
+        analyzer: BlobRef {
+            name: "incomplete".into(),
+            sha256: sha.clone(),
+        },
+        ..load_req("x", &sha, vec![0], Filter::default())
+    };
+    let e = error_of(request::<_, LoadReply>(&s.client, subject::monitor_load("m1"), &req).await);
+    assert_eq!(e.code, ErrorCode::BadModule);
+    assert!(e.message.contains("lacks the export tm_collect"), "{e}");
+    let e = error_of(
+        request::<_, LoadReply>(
+            &s.client,
+            subject::monitor_load("m1"),
+            &LoadRequest {
+                analyzer: BlobRef {
+                    name: "garbage".into(),
+                    sha256: put_blob(&s.js, "garbage", b"\0asm\x01\0\0\0garbage").await,
+                },
+                ..load_req("y", &sha, vec![0], Filter::default())
+            },
+        )
+        .await,
+    );
+    assert_eq!(e.code, ErrorCode::BadModule);
+    assert!(e.message.contains("not a valid WebAssembly module"), "{e}");
 }
 
 /// A guest that traps, one that spins forever and one that speaks another
@@ -408,6 +518,12 @@ async fn traps_and_limits_unload_only_the_guilty_deployment() {
     let trap_sha = put_blob(&s.js, "trapper", &wat_analyzer(1, "unreachable")).await;
     let spin_sha = put_blob(&s.js, "spinner", &wat_analyzer(1, "(loop (br 0))")).await;
     let abi2_sha = put_blob(&s.js, "abi2", &wat_analyzer(2, "")).await;
+    let deep_sha = put_blob(
+        &s.js,
+        "deep",
+        &wat_analyzer(1, "(drop (call $deep (i32.const 0)))"),
+    )
+    .await;
     // Grows memory far past the 64 MiB cap, then traps when refused.
     let hog_sha = put_blob(
         &s.js,
@@ -451,6 +567,7 @@ async fn traps_and_limits_unload_only_the_guilty_deployment() {
         ("trap", "trapper", &trap_sha),
         ("spin", "spinner", &spin_sha),
         ("hog", "hog", &hog_sha),
+        ("deep", "deep", &deep_sha),
     ] {
         request::<_, LoadReply>(&s.client, subject::monitor_load("m1"), &req(d, name, sha))
             .await
@@ -470,6 +587,7 @@ async fn traps_and_limits_unload_only_the_guilty_deployment() {
             state("trap") == Some(DeploymentState::Failed)
                 && state("spin") == Some(DeploymentState::Failed)
                 && state("hog") == Some(DeploymentState::Failed)
+                && state("deep") == Some(DeploymentState::Failed)
                 && st
                     .deployments
                     .iter()
@@ -495,11 +613,15 @@ async fn traps_and_limits_unload_only_the_guilty_deployment() {
         "{}",
         err_of("spin")
     );
+    let hog = err_of("hog");
+    assert!(hog.contains("memory limit of 67108864 bytes"), "{hog}");
+    let deep = err_of("deep");
+    assert!(deep.contains("call stack exhausted"), "{deep}");
 
-    // Failed events were published for both.
+    // Failed events were published for each.
     let mut failed = HashMap::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while failed.len() < 3 {
+    while failed.len() < 4 {
         let msg = tokio::time::timeout_at(deadline, events.next())
             .await
             .expect("failed events")
@@ -510,7 +632,9 @@ async fn traps_and_limits_unload_only_the_guilty_deployment() {
         }
     }
     assert!(
-        failed.contains_key("trap") && failed.contains_key("spin"),
+        ["trap", "spin", "hog", "deep"]
+            .iter()
+            .all(|d| failed.contains_key(*d)),
         "{failed:?}"
     );
 
@@ -654,4 +778,76 @@ async fn a_slow_analyzer_drops_and_counts_instead_of_blocking_capture() {
     assert!(d.dropped > 0, "nothing dropped: {d:?}");
     assert!(d.packets_in > 0, "nothing analyzed: {d:?}");
     assert_eq!(st.links[0].packets, all, "capture must see every packet");
+}
+
+/// Packet and byte counts of a pcap as capinfos and tcpdump report them.
+fn reference_counts(path: &std::path::Path) -> (u64, u64, u64) {
+    let out = std::process::Command::new("capinfos")
+        .args(["-T", "-r", "-M", "-c", "-d"])
+        .arg(path)
+        .output()
+        .expect("capinfos (wireshark-common) is installed by xtask/setup.sh");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let cols: Vec<&str> = text.trim().split('\t').collect();
+    let tcpdump = std::process::Command::new("tcpdump")
+        .args(["-nn", "-r"])
+        .arg(path)
+        .output()
+        .expect("tcpdump is installed by xtask/setup.sh");
+    let lines = String::from_utf8_lossy(&tcpdump.stdout).lines().count() as u64;
+    (cols[1].parse().unwrap(), cols[2].parse().unwrap(), lines)
+}
+
+/// A replay through the counting guest gives exactly what capinfos and
+/// tcpdump report for the same file; configure mid-run (paced replay)
+/// switches the label without losing a packet: before + after = total.
+#[tokio::test]
+async fn replay_matches_reference_tools_and_configure_loses_nothing() {
+    let s = setup("", "recorded-pace").await;
+    let load = |d: &str, link| LoadRequest {
+        params: Value::Map(vec![("label".into(), "before".into())]),
+        ..load_req(d, &s.sha, vec![link], Filter::default())
+    };
+    for (d, link) in [("paced", 0), ("instant", 1)] {
+        request::<_, LoadReply>(&s.client, subject::monitor_load("m1"), &load(d, link))
+            .await
+            .into_result()
+            .unwrap();
+    }
+    let (packets, bytes, lines) = reference_counts(&s.monitor.dir.path().join("l1.pcap"));
+    assert_eq!(packets, lines);
+    // Half-way through the paced replay (≈1.4 s long), switch the label.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    request::<_, ConfigureReply>(
+        &s.client,
+        subject::monitor_configure("m1"),
+        &ConfigureRequest {
+            deployment: "paced".into(),
+            requester: "mgr-a".into(),
+            params: Value::Map(vec![("label".into(), "after".into())]),
+            force: false,
+        },
+    )
+    .await
+    .into_result()
+    .unwrap();
+    s.monitor
+        .wait_status(&s.client, "both replays done", |st| {
+            st.links.iter().all(|l| l.state == LinkState::Finished)
+                && st.deployments.iter().all(|d| d.stats.packets_in == packets)
+        })
+        .await;
+    let w = collect(&s, "instant").await;
+    assert_eq!(field(&w.results, "packets").as_u64(), Some(packets));
+    assert_eq!(field(&w.results, "bytes").as_u64(), Some(bytes));
+    let w = collect(&s, "paced").await;
+    let by_label = field(&w.results, "by_label");
+    let before = field(by_label, "before").as_u64().unwrap();
+    let after = field(by_label, "after").as_u64().unwrap();
+    assert!(
+        before > 0 && after > 0,
+        "configure did not land mid-run: {before} + {after}"
+    );
+    assert_eq!(before + after, packets);
+    assert_eq!(field(&w.results, "bytes").as_u64(), Some(bytes));
 }

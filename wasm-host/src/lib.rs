@@ -304,7 +304,7 @@ impl GuestMemory {
     ///
     /// # Errors
     /// A message naming the range.
-    pub fn slice<'a>(data: &'a [u8], ptr: u32, len: u32, max: usize) -> Result<&'a [u8], String> {
+    pub fn slice(data: &[u8], ptr: u32, len: u32, max: usize) -> Result<&[u8], String> {
         if len as usize > max {
             return Err(format!("length {len} exceeds the limit of {max} bytes"));
         }

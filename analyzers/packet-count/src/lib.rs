@@ -1,11 +1,14 @@
 //! `packet-count`: packets and bytes per link and per IP protocol.
 //!
-//! Params: `{"label": string}` (default `""`), echoed in the results so a
-//! `configure` is visible; counts are kept across `configure`.
+//! Params: `{"label": string}` (default `""`). Packets are also counted per
+//! label in force when they arrived (`by_label`), so a `configure` mid-run
+//! shows exactly which packets came before and after it; other counts are
+//! kept across `configure`.
 //!
 //! Results:
 //! `{"label", "packets", "bytes", "parse_errors", "first_ts_ns", "last_ts_ns",
-//!   "ticks", "links": {link: {"packets", "bytes"}}, "protocols": {proto: packets}}`
+//!   "ticks", "links": {link: {"packets", "bytes"}}, "protocols": {proto: packets},
+//!   "by_label": {label: packets}}`
 //! where `bytes` are wire lengths and `protocols` keys are IP protocol numbers
 //! (0 for non-IP).
 
@@ -52,6 +55,8 @@ pub struct Results {
     pub links: BTreeMap<u32, LinkCount>,
     /// Packets per IP protocol number.
     pub protocols: BTreeMap<u8, u64>,
+    /// Packets per label in force when they arrived.
+    pub by_label: BTreeMap<String, u64>,
 }
 
 /// The analyzer.
@@ -86,6 +91,13 @@ impl Analyzer for PacketCount {
         link.packets += 1;
         link.bytes += u64::from(h.wire_len);
         *r.protocols.entry(h.ip_proto).or_default() += 1;
+        // Look up before inserting: no allocation on the per-packet path.
+        match r.by_label.get_mut(&r.label) {
+            Some(n) => *n += 1,
+            None => {
+                r.by_label.insert(r.label.clone(), 1);
+            }
+        }
     }
 
     fn tick(&mut self, _now_ns: u64) {
@@ -143,6 +155,12 @@ mod tests {
         );
         assert_eq!(r.protocols[&6], 2);
         assert_eq!(r.label, "after");
+        assert_eq!(r.by_label[""], 3);
+        a.on_packet(&Packet {
+            header: h(0, 6, 100, 8),
+            data: &[],
+        });
+        assert_eq!(a.results().by_label["after"], 1);
     }
 
     #[test]
