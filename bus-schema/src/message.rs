@@ -733,3 +733,29 @@ pub struct TopologyRecord {
     /// Who imported it.
     pub imported_by: String,
 }
+
+/// A running deployment as its monitor last saved it in `tm_snapshots`
+/// (key `{monitor}.{deployment}`): written at load, after each configure and
+/// periodically; removed at unload. A monitor restarted after a crash
+/// reloads each of its snapshots: the same request, then the analyzer's
+/// saved state through its `tm_restore`, counters and sequence numbers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeploymentSnapshot {
+    /// Monitor id.
+    pub monitor: String,
+    /// The load request, with `params` as last configured and `links` resolved.
+    pub request: LoadRequest,
+    /// Times configured.
+    pub config_revision: u64,
+    /// Last published result window.
+    pub published_seq: u64,
+    /// Last published event.
+    pub event_seq: u64,
+    /// Counters when the snapshot was taken.
+    pub stats: DeploymentStats,
+    /// The analyzer's own state from `tm_snapshot` (nil if it has none).
+    #[serde(default = "nil")]
+    pub state: Value,
+    /// When it was taken, Unix ms.
+    pub taken_unix_ms: u64,
+}

@@ -17,6 +17,9 @@ pub const MONITORS_BUCKET: &str = "tm_monitors";
 pub const DEPLOYMENTS_BUCKET: &str = "tm_deployments";
 /// KV bucket holding the topology ([`crate::TopologyRecord`]).
 pub const TOPOLOGY_BUCKET: &str = "tm_topology";
+/// KV bucket of running deployments' snapshots ([`crate::DeploymentSnapshot`]),
+/// from which a restarted monitor reloads them.
+pub const SNAPSHOTS_BUCKET: &str = "tm_snapshots";
 /// Key of the current topology in [`TOPOLOGY_BUCKET`].
 pub const TOPOLOGY_KEY: &str = "current";
 
@@ -29,6 +32,18 @@ pub const REPORTS_STREAM: &str = "TM_REPORTS";
 
 /// How often a monitor refreshes its [`crate::MonitorRecord`].
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
+
+/// Key of a deployment's snapshot in [`SNAPSHOTS_BUCKET`].
+#[must_use]
+pub fn snapshot_key(monitor: &str, deployment: &str) -> String {
+    format!("{monitor}.{deployment}")
+}
+
+/// Prefix of every snapshot key of one monitor.
+#[must_use]
+pub fn snapshot_prefix(monitor: &str) -> String {
+    format!("{monitor}.")
+}
 
 /// What a bucket holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,6 +122,15 @@ pub fn buckets() -> Vec<BucketSpec> {
             max_age: None,
             writers: &[Role::Manager, Role::Operator],
             readers: &[Role::Manager, Role::Operator, Role::Monitor],
+        },
+        BucketSpec {
+            name: SNAPSHOTS_BUCKET,
+            kind: BucketKind::KeyValue,
+            description: "DeploymentSnapshot per `{monitor}.{deployment}`; a restarted monitor reloads its own",
+            history: 1,
+            max_age: None,
+            writers: &[Role::Monitor],
+            readers: &[Role::Monitor, Role::Operator],
         },
         BucketSpec {
             name: TOPOLOGY_BUCKET,

@@ -13,6 +13,7 @@
 //! queue_batches = 64      # batches a deployment may have waiting
 //! batch_packets = 256     # packets per guest call
 //! tick_ms = 1000          # how often analyzers' tick runs
+//! snapshot_ms = 5000      # how often deployments are saved for restart recovery
 //!
 //! [[link]]
 //! id = 0
@@ -57,6 +58,8 @@ pub struct Limits {
     pub batch_packets: u32,
     /// Period of analyzers' `tick`, ms.
     pub tick_ms: u64,
+    /// Period of deployment snapshots (for restart recovery), ms.
+    pub snapshot_ms: u64,
 }
 
 impl Default for Limits {
@@ -67,6 +70,7 @@ impl Default for Limits {
             queue_batches: 64,
             batch_packets: 256,
             tick_ms: 1000,
+            snapshot_ms: 5000,
         }
     }
 }
@@ -250,6 +254,12 @@ impl Config {
         }
         if !(10..=3_600_000).contains(&l.tick_ms) {
             bail!("limits.tick_ms = {}: must be 10 to 3600000", l.tick_ms);
+        }
+        if !(100..=3_600_000).contains(&l.snapshot_ms) {
+            bail!(
+                "limits.snapshot_ms = {}: must be 100 to 3600000",
+                l.snapshot_ms
+            );
         }
         if self.links.is_empty() {
             bail!("link: at least one [[link]] is needed");

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bus_schema::{
-    BlobRef, DeploymentState, DeploymentStats, DeploymentStatus, ErrorBody, ErrorCode, Event,
-    EventKind, ResultWindow, Value,
+    BlobRef, DeploymentSnapshot, DeploymentState, DeploymentStats, DeploymentStatus, ErrorBody,
+    ErrorCode, Event, EventKind, LoadRequest, ResultWindow, Value,
 };
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use tokio::sync::{mpsc, oneshot};
@@ -64,8 +64,8 @@ pub enum DepMsg {
     Batch(Batch),
     /// Current results.
     Collect(oneshot::Sender<Result<ResultWindow, ErrorBody>>),
-    /// New params (MessagePack); answers the new config revision.
-    Configure(Vec<u8>, oneshot::Sender<Result<u64, ErrorBody>>),
+    /// New params (as given, and encoded); answers the new config revision.
+    Configure(Value, Vec<u8>, oneshot::Sender<Result<u64, ErrorBody>>),
     /// Final results, then stop.
     Unload(oneshot::Sender<ResultWindow>),
 }
@@ -77,6 +77,15 @@ pub enum Outgoing {
     Result(ResultWindow),
     /// An event for `TM_EVENTS`.
     Event(Event),
+    /// A snapshot to put in `tm_snapshots`.
+    Snapshot(Box<DeploymentSnapshot>),
+    /// Remove a deployment's snapshot (unloaded or failed).
+    Forget {
+        /// Monitor id.
+        monitor: String,
+        /// Deployment id.
+        deployment: String,
+    },
 }
 
 /// Fixed facts about a deployment.
@@ -104,6 +113,8 @@ struct Status {
     config_revision: u64,
     published_seq: u64,
     event_seq: u64,
+    /// The load request with the params in force.
+    request: LoadRequest,
 }
 
 /// State shared between a deployment's thread and the command handlers.
@@ -125,9 +136,14 @@ pub fn unix_ms() -> u64 {
 }
 
 impl Shared {
-    /// New shared state for a deployment that is starting.
+    /// New shared state for a deployment that is starting from `request`
+    /// (links resolved).
     #[must_use]
-    pub fn new(info: DeploymentInfo, outbox: mpsc::UnboundedSender<Outgoing>) -> Arc<Self> {
+    pub fn new(
+        info: DeploymentInfo,
+        request: LoadRequest,
+        outbox: mpsc::UnboundedSender<Outgoing>,
+    ) -> Arc<Self> {
         Arc::new(Shared {
             info,
             counters: Arc::default(),
@@ -138,9 +154,48 @@ impl Shared {
                 config_revision: 0,
                 published_seq: 0,
                 event_seq: 0,
+                request,
             }),
             outbox,
         })
+    }
+
+    /// Takes over counters and sequence numbers from a snapshot.
+    pub fn restore_from(&self, snap: &DeploymentSnapshot) {
+        let c = &self.counters;
+        c.packets_in.store(snap.stats.packets_in, Ordering::Relaxed);
+        c.bytes_in.store(snap.stats.bytes_in, Ordering::Relaxed);
+        c.dropped.store(snap.stats.dropped, Ordering::Relaxed);
+        let mut s = self.status();
+        s.config_revision = snap.config_revision;
+        s.published_seq = snap.published_seq;
+        s.event_seq = snap.event_seq;
+    }
+
+    /// Saves a snapshot with the analyzer's `state`.
+    fn save(&self, state: Value) {
+        let snap = {
+            let s = self.status();
+            DeploymentSnapshot {
+                monitor: self.info.monitor.clone(),
+                request: s.request.clone(),
+                config_revision: s.config_revision,
+                published_seq: s.published_seq,
+                event_seq: s.event_seq,
+                stats: self.counters.stats(),
+                state,
+                taken_unix_ms: unix_ms(),
+            }
+        };
+        let _ = self.outbox.send(Outgoing::Snapshot(Box::new(snap)));
+    }
+
+    /// Removes the deployment's snapshot.
+    pub fn forget(&self) {
+        let _ = self.outbox.send(Outgoing::Forget {
+            monitor: self.info.monitor.clone(),
+            deployment: self.info.deployment.clone(),
+        });
     }
 
     fn status(&self) -> std::sync::MutexGuard<'_, Status> {
@@ -228,6 +283,7 @@ impl Shared {
             s.last_error = Some(why.clone());
         }
         self.event(EventKind::Failed, why, Value::Nil);
+        self.forget();
     }
 }
 
@@ -238,6 +294,8 @@ pub struct Timers {
     pub tick: Duration,
     /// Period of published result windows, if any.
     pub report: Option<Duration>,
+    /// Period of snapshots.
+    pub snapshot: Duration,
 }
 
 fn sync_counters(a: &Analyzer, c: &DepCounters) {
@@ -252,9 +310,18 @@ pub fn run(mut analyzer: Analyzer, rx: Receiver<DepMsg>, shared: Arc<Shared>, ti
     let counters = shared.counters.clone();
     let mut next_tick = Instant::now() + timers.tick;
     let mut next_report = timers.report.map(|r| Instant::now() + r);
+    let mut next_snapshot = Instant::now() + timers.snapshot;
     sync_counters(&analyzer, &counters);
+    // The first snapshot records the deployment itself, so that a crash
+    // right after the load still brings it back.
+    match analyzer.snapshot() {
+        Ok(state) => shared.save(state),
+        Err(f) => return shared.fail(f.to_string()),
+    }
     loop {
-        let due = next_report.map_or(next_tick, |r| r.min(next_tick));
+        let due = next_report
+            .map_or(next_tick, |r| r.min(next_tick))
+            .min(next_snapshot);
         let msg = rx.recv_timeout(due.saturating_duration_since(Instant::now()));
         let outcome: Result<bool, String> = match msg {
             Ok(DepMsg::Batch(b)) => analyzer
@@ -279,11 +346,12 @@ pub fn run(mut analyzer: Analyzer, rx: Receiver<DepMsg>, shared: Arc<Shared>, ti
                     Err(f.to_string())
                 }
             },
-            Ok(DepMsg::Configure(params, reply)) => match analyzer.configure(&params) {
+            Ok(DepMsg::Configure(value, params, reply)) => match analyzer.configure(&params) {
                 Ok(()) => {
                     let revision = {
                         let mut s = shared.status();
                         s.config_revision += 1;
+                        s.request.params = value;
                         s.config_revision
                     };
                     let _ = reply.send(Ok(revision));
@@ -292,7 +360,11 @@ pub fn run(mut analyzer: Analyzer, rx: Receiver<DepMsg>, shared: Arc<Shared>, ti
                         format!("configuration revision {revision}"),
                         Value::Nil,
                     );
-                    Ok(true)
+                    analyzer
+                        .snapshot()
+                        .map(|state| shared.save(state))
+                        .map(|()| true)
+                        .map_err(|f| f.to_string())
                 }
                 Err(ConfigureError::BadParams(why)) => {
                     let _ = reply.send(Err(ErrorBody::new(ErrorCode::BadParams, why)));
@@ -326,6 +398,7 @@ pub fn run(mut analyzer: Analyzer, rx: Receiver<DepMsg>, shared: Arc<Shared>, ti
                     }
                 };
                 let _ = reply.send(window);
+                shared.forget();
                 return;
             }
             Err(RecvTimeoutError::Timeout) => {
@@ -335,6 +408,14 @@ pub fn run(mut analyzer: Analyzer, rx: Receiver<DepMsg>, shared: Arc<Shared>, ti
                     next_tick = now + timers.tick;
                     result = analyzer
                         .tick(unix_ms() * 1_000_000)
+                        .map(|()| true)
+                        .map_err(|f| f.to_string());
+                }
+                if result.is_ok() && now >= next_snapshot {
+                    next_snapshot = now + timers.snapshot;
+                    result = analyzer
+                        .snapshot()
+                        .map(|state| shared.save(state))
                         .map(|()| true)
                         .map_err(|f| f.to_string());
                 }

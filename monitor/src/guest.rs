@@ -86,6 +86,8 @@ pub struct Analyzer {
     configure: TypedFunc<(i32, i32), i32>,
     collect: TypedFunc<(), i64>,
     last_error: TypedFunc<(), i64>,
+    snapshot: Option<TypedFunc<(), i64>>,
+    restore: Option<TypedFunc<(i32, i32), i32>>,
     batch_ptr: u32,
     batch_cap: usize,
     deadline_ticks: u64,
@@ -150,6 +152,27 @@ pub fn check_module(module: &Module) -> Result<(), LoadError> {
                 ErrorCode::BadModule,
                 format!("export {name} has the wrong type {ty:?} for ABI v{ABI_VERSION}"),
             ));
+        }
+    }
+    let optional: [(&str, &[ValType], &[ValType]); 2] = [
+        (export::SNAPSHOT, &[], &[I64]),
+        (export::RESTORE, &[I32, I32], &[I32]),
+    ];
+    for (name, params, results) in optional {
+        if let Some(ExternType::Func(f)) = module.get_export(name) {
+            let ok = f
+                .params()
+                .map(|p| p.to_string())
+                .eq(params.iter().map(ToString::to_string))
+                && f.results()
+                    .map(|p| p.to_string())
+                    .eq(results.iter().map(ToString::to_string));
+            if !ok {
+                return Err(load_err(
+                    ErrorCode::BadModule,
+                    format!("export {name} has the wrong type {f:?} for ABI v{ABI_VERSION}"),
+                ));
+            }
         }
     }
     for imp in module.imports() {
@@ -310,6 +333,8 @@ impl Analyzer {
             configure: func!(export::CONFIGURE),
             collect: func!(export::COLLECT),
             last_error: func!(export::LAST_ERROR),
+            snapshot: instance.get_typed_func(&mut store, export::SNAPSHOT).ok(),
+            restore: instance.get_typed_func(&mut store, export::RESTORE).ok(),
             store,
             memory,
             batch_ptr: 0,
@@ -383,10 +408,13 @@ impl Analyzer {
         self.memory
             .write(&mut self.store, ptr, bytes)
             .map_err(|e| Self::abi(name, e))?;
-        let f = if name == export::INIT {
-            self.init.clone()
-        } else {
-            self.configure.clone()
+        let f = match name {
+            export::INIT => self.init.clone(),
+            export::RESTORE => self
+                .restore
+                .clone()
+                .ok_or_else(|| Self::abi(name, "not exported"))?,
+            _ => self.configure.clone(),
         };
         let raw = self.call(name, |s| f.call(s, (ptr as i32, bytes.len() as i32)))?;
         Ok(Status::from_raw(raw as u32))
@@ -493,6 +521,50 @@ impl Analyzer {
             ));
         }
         Ok(value)
+    }
+
+    /// The analyzer's state for a restart (nil if it keeps none).
+    ///
+    /// # Errors
+    /// The failure; the instance is dead afterwards.
+    pub fn snapshot(&mut self) -> Result<bus_schema::Value, Failure> {
+        let Some(f) = self.snapshot.clone() else {
+            return Ok(bus_schema::Value::Nil);
+        };
+        let packed = self.call(export::SNAPSHOT, |s| f.call(s, ()))?;
+        if packed == 0 {
+            return Ok(bus_schema::Value::Nil);
+        }
+        let (ptr, len) = tm_abi::unpack(packed as u64);
+        let bytes = self
+            .memory
+            .read(&self.store, ptr, len, MAX_GUEST_OUTPUT)
+            .map_err(|e| Self::abi(export::SNAPSHOT, e))?;
+        bus_schema::rmpv::decode::read_value(&mut &bytes[..])
+            .map_err(|e| Self::abi(export::SNAPSHOT, format!("state is not MessagePack: {e}")))
+    }
+
+    /// Gives back saved state.
+    ///
+    /// # Errors
+    /// Refused state (instance still good) or a failure (instance dead).
+    pub fn restore(&mut self, state: &bus_schema::Value) -> Result<(), ConfigureError> {
+        if self.restore.is_none() {
+            return Err(ConfigureError::BadParams(
+                "the analyzer does not export tm_restore".into(),
+            ));
+        }
+        let bytes =
+            bus_schema::encode(state).map_err(|e| ConfigureError::BadParams(e.to_string()))?;
+        match self
+            .call_with_buffer(export::RESTORE, &bytes)
+            .map_err(ConfigureError::Failed)?
+        {
+            Status::Ok => Ok(()),
+            Status::BadParams | Status::Failed => {
+                Err(ConfigureError::BadParams(self.guest_error()))
+            }
+        }
     }
 
     /// Current size of the guest's linear memory.

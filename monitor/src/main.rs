@@ -104,6 +104,11 @@ async fn main() -> Result<()> {
     let (stop_publisher, stop) = tokio::sync::watch::channel(false);
     let publisher = tokio::spawn(publisher(js, outbox, stop));
     let heartbeat = tokio::spawn(monitor.clone().heartbeat());
+    match monitor.recover().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(deployments = n, "recovered deployments from snapshots"),
+        Err(e) => tracing::error!(error = %e, "cannot read snapshots; starting without them"),
+    }
     let server = tokio::spawn(monitor.clone().serve(client.clone()));
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

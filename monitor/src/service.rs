@@ -267,6 +267,58 @@ impl Monitor {
 
     async fn load(self: &Arc<Self>, payload: &[u8]) -> Result<LoadReply, ErrorBody> {
         let req: LoadRequest = decode_required(payload)?;
+        self.load_request(req, None).await
+    }
+
+    /// Reloads every deployment this monitor saved in `tm_snapshots` (after
+    /// a crash: a clean shutdown leaves none). Returns how many came back.
+    ///
+    /// # Errors
+    /// If the bucket cannot be read.
+    pub async fn recover(self: &Arc<Self>) -> anyhow::Result<usize> {
+        let kv = self.js.get_key_value(store::SNAPSHOTS_BUCKET).await?;
+        let prefix = store::snapshot_prefix(&self.id);
+        let mut keys = kv.keys().await?;
+        let mut mine = Vec::new();
+        while let Some(key) = keys.next().await {
+            let key = key?;
+            if key.starts_with(&prefix) {
+                mine.push(key);
+            }
+        }
+        let mut restored = 0;
+        for key in mine {
+            let Some(bytes) = kv.get(&key).await? else {
+                continue;
+            };
+            let snap: bus_schema::DeploymentSnapshot = match bus_schema::decode(&bytes) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(key, error = %e, "unreadable snapshot; removing it");
+                    let _ = kv.delete(&key).await;
+                    continue;
+                }
+            };
+            let id = snap.request.deployment.clone();
+            match self.load_request(snap.request.clone(), Some(snap)).await {
+                Ok(_) => {
+                    tracing::info!(deployment = %id, "deployment recovered from its snapshot");
+                    restored += 1;
+                }
+                Err(e) => {
+                    tracing::error!(deployment = %id, error = %e, "cannot recover deployment; removing its snapshot");
+                    let _ = kv.delete(&key).await;
+                }
+            }
+        }
+        Ok(restored)
+    }
+
+    async fn load_request(
+        self: &Arc<Self>,
+        req: LoadRequest,
+        restore: Option<bus_schema::DeploymentSnapshot>,
+    ) -> Result<LoadReply, ErrorBody> {
         token("deployment", &req.deployment)?;
         token("owner", &req.owner)?;
         if self
@@ -338,7 +390,7 @@ impl Monitor {
         // Compiling and instantiating are CPU work: keep them off the runtime.
         let monitor = self.clone();
         tokio::task::spawn_blocking(move || {
-            monitor.start_deployment(req, links, filter, &got, &bytes, &params)
+            monitor.start_deployment(req, links, filter, &got, &bytes, &params, restore)
         })
         .await
         .map_err(|e| ErrorBody::new(ErrorCode::Internal, format!("load task: {e}")))?
@@ -352,6 +404,7 @@ impl Monitor {
         sha256: &str,
         bytes: &[u8],
         params: &[u8],
+        restore: Option<bus_schema::DeploymentSnapshot>,
     ) -> Result<LoadReply, ErrorBody> {
         // BPF is compiled per link, for that link's link type.
         let mut bpfs = Vec::new();
@@ -391,6 +444,10 @@ impl Monitor {
                 links: links.clone(),
                 started_unix_ms: unix_ms(),
             },
+            LoadRequest {
+                links: links.clone(),
+                ..req.clone()
+            },
             self.outbox.clone(),
         );
         let limits = &self.config.limits;
@@ -418,11 +475,21 @@ impl Monitor {
             }),
         )
         .map_err(|e| ErrorBody::new(e.code, e.message))?;
+        let mut analyzer = analyzer;
+        if let Some(snap) = &restore {
+            if snap.state != Value::Nil
+                && let Err(e) = analyzer.restore(&snap.state)
+            {
+                tracing::warn!(deployment = %req.deployment, error = ?e, "analyzer state not restored; it starts afresh");
+            }
+            shared.restore_from(snap);
+        }
         let abi_version = tm_abi::ABI_VERSION;
         let (tx, rx) = crossbeam_channel::bounded(limits.queue_batches);
         let timers = Timers {
             tick: Duration::from_millis(limits.tick_ms),
             report: req.report_every_ms.map(Duration::from_millis),
+            snapshot: Duration::from_millis(limits.snapshot_ms),
         };
         let thread = {
             let shared = shared.clone();
@@ -462,9 +529,14 @@ impl Monitor {
             let _ = self.links[l].ctl.send(LinkCtl::Attach(Box::new(tap)));
         }
         tracing::info!(deployment = %req.deployment, analyzer = %req.analyzer.name, links = ?links, owner = %req.owner, "deployment loaded");
+        let how = if restore.is_some() {
+            "recovered"
+        } else {
+            "loaded"
+        };
         shared.event(
             EventKind::Loaded,
-            format!("{} loaded on links {links:?}", req.analyzer.name),
+            format!("{} {how} on links {links:?}", req.analyzer.name),
             Value::Nil,
         );
         Ok(LoadReply {
@@ -572,7 +644,7 @@ impl Monitor {
         let params = bus_schema::encode(&req.params)
             .map_err(|e| ErrorBody::new(ErrorCode::BadParams, e.to_string()))?;
         self.flush_links(&shared.info.links).await;
-        match Self::ask(&tx, |r| DepMsg::Configure(params, r)).await {
+        match Self::ask(&tx, |r| DepMsg::Configure(req.params.clone(), params, r)).await {
             Some(answer) => answer.map(|config_revision| ConfigureReply {
                 deployment: req.deployment,
                 config_revision,
@@ -609,7 +681,10 @@ impl Monitor {
         }
         let window = match window {
             Some(w) => w,
-            None => shared.last_window(true),
+            None => {
+                shared.forget();
+                shared.last_window(true)
+            }
         };
         let removed = self.deployments.lock().expect("deployments").remove(id);
         if let Some(mut d) = removed {
@@ -744,6 +819,25 @@ pub async fn publisher(
 }
 
 async fn publish_one(js: &jetstream::Context, out: Outgoing) {
+    match out {
+        Outgoing::Snapshot(snap) => return save_snapshot(js, &snap).await,
+        Outgoing::Forget {
+            monitor,
+            deployment,
+        } => {
+            let key = store::snapshot_key(&monitor, &deployment);
+            match js.get_key_value(store::SNAPSHOTS_BUCKET).await {
+                Ok(kv) => {
+                    if let Err(e) = kv.purge(&key).await {
+                        tracing::warn!(key, error = %e, "cannot remove snapshot");
+                    }
+                }
+                Err(e) => tracing::warn!(key, error = %e, "cannot remove snapshot"),
+            }
+            return;
+        }
+        Outgoing::Result(_) | Outgoing::Event(_) => {}
+    }
     {
         let (subject, id, bytes) = match &out {
             Outgoing::Result(w) => (
@@ -756,6 +850,7 @@ async fn publish_one(js: &jetstream::Context, out: Outgoing) {
                 format!("{}:{}:e{}", e.deployment, e.monitor, e.seq),
                 bus_schema::encode(e),
             ),
+            Outgoing::Snapshot(_) | Outgoing::Forget { .. } => unreachable!("handled above"),
         };
         let bytes: bytes::Bytes = match bytes {
             Ok(b) => b.into(),
@@ -787,5 +882,22 @@ async fn publish_one(js: &jetstream::Context, out: Outgoing) {
                 }
             }
         }
+    }
+}
+
+/// Puts a snapshot; a failure is logged (the next snapshot retries).
+async fn save_snapshot(js: &jetstream::Context, snap: &bus_schema::DeploymentSnapshot) {
+    let key = store::snapshot_key(&snap.monitor, &snap.request.deployment);
+    let bytes = match bus_schema::encode(snap) {
+        Ok(b) => b,
+        Err(e) => return tracing::error!(key, error = %e, "cannot encode snapshot"),
+    };
+    match js.get_key_value(store::SNAPSHOTS_BUCKET).await {
+        Ok(kv) => {
+            if let Err(e) = kv.put(&key, bytes.into()).await {
+                tracing::warn!(key, error = %e, "cannot save snapshot");
+            }
+        }
+        Err(e) => tracing::warn!(key, error = %e, "cannot save snapshot"),
     }
 }

@@ -851,3 +851,119 @@ async fn replay_matches_reference_tools_and_configure_loses_nothing() {
     assert_eq!(before + after, packets);
     assert_eq!(field(&w.results, "bytes").as_u64(), Some(bytes));
 }
+
+/// kill -9 mid-run and a restart: the deployment comes back by itself, and
+/// its results include what was snapshotted before the kill.
+#[tokio::test]
+async fn a_crashed_monitor_recovers_its_deployments_from_snapshots() {
+    let mut s = setup("[limits]\nsnapshot_ms = 100\n", "recorded-pace").await;
+    let kv =
+        s.js.get_key_value(bus_schema::store::SNAPSHOTS_BUCKET)
+            .await
+            .unwrap();
+    let key = bus_schema::store::snapshot_key("m1", "d1");
+    let load = LoadRequest {
+        params: Value::Map(vec![("label".into(), "first".into())]),
+        ..load_req("d1", &s.sha, vec![0], Filter::default())
+    };
+    request::<_, LoadReply>(&s.client, subject::monitor_load("m1"), &load)
+        .await
+        .into_result()
+        .unwrap();
+    // A configure before the crash must survive it too.
+    request::<_, ConfigureReply>(
+        &s.client,
+        subject::monitor_configure("m1"),
+        &ConfigureRequest {
+            deployment: "d1".into(),
+            requester: "mgr-a".into(),
+            params: Value::Map(vec![("label".into(), "second".into())]),
+            force: false,
+        },
+    )
+    .await
+    .into_result()
+    .unwrap();
+    // Wait for a snapshot taken mid-replay.
+    let (all, all_bytes) = count(&s.frames, |_| true);
+    let mut saved = None;
+    for _ in 0..200 {
+        if let Some(bytes) = kv.get(&key).await.unwrap() {
+            let snap: bus_schema::DeploymentSnapshot = bus_schema::decode(&bytes).unwrap();
+            if snap.stats.packets_in > 100 && snap.state != Value::Nil {
+                saved = Some(snap);
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let saved = saved.expect("a snapshot with packets");
+    assert!(
+        saved.stats.packets_in < all,
+        "the replay ended before the crash"
+    );
+    let saved_packets = field(&saved.state, "packets").as_u64().unwrap();
+    assert_eq!(saved.config_revision, 1);
+
+    s.monitor.crash_and_restart(&s.client).await;
+
+    // Back by itself; the replay starts over, so the count ends at the saved
+    // packets plus one whole replay.
+    let st = s
+        .monitor
+        .wait_status(&s.client, "recovered deployment fed again", |st| {
+            st.links[0].state == LinkState::Finished
+                && st
+                    .deployments
+                    .iter()
+                    .any(|d| d.deployment == "d1" && d.stats.packets_in >= all)
+        })
+        .await;
+    let d = st
+        .deployments
+        .iter()
+        .find(|d| d.deployment == "d1")
+        .unwrap();
+    assert_eq!(
+        (d.state, d.owner.as_str(), d.config_revision),
+        (DeploymentState::Running, "mgr-a", 1)
+    );
+    let w = collect(&s, "d1").await;
+    assert_eq!(
+        field(&w.results, "packets").as_u64(),
+        Some(saved_packets + all),
+        "{}",
+        s.monitor.log()
+    );
+    assert_eq!(field(&w.results, "label").as_str(), Some("second"));
+    let saved_bytes = field(&saved.state, "bytes").as_u64().unwrap();
+    assert_eq!(
+        field(&w.results, "bytes").as_u64(),
+        Some(saved_bytes + all_bytes)
+    );
+
+    // Unload removes the snapshot, so a later restart brings nothing back.
+    request::<_, UnloadReply>(
+        &s.client,
+        subject::monitor_unload("m1"),
+        &UnloadRequest {
+            deployment: "d1".into(),
+            requester: "mgr-a".into(),
+            force: false,
+        },
+    )
+    .await
+    .into_result()
+    .unwrap();
+    let mut gone = false;
+    for _ in 0..100 {
+        if kv.get(&key).await.unwrap().is_none() {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(gone, "snapshot left after unload");
+    s.monitor.crash_and_restart(&s.client).await;
+    assert!(s.monitor.status(&s.client).await.deployments.is_empty());
+}

@@ -16,8 +16,8 @@
 //! | `tm_configure` | `(ptr: i32, len: i32) -> i32` | new MessagePack params |
 //! | `tm_collect` | `() -> i64` | results as MessagePack: `(ptr << 32) | len`, valid until the next call |
 //! | `tm_last_error` | `() -> i64` | UTF-8 message of the last non-OK status, packed as above |
-//! | `tm_snapshot` (optional) | `() -> i64` | opaque state, packed as above |
-//! | `tm_restore` (optional) | `(ptr: i32, len: i32) -> i32` | state from `tm_snapshot` |
+//! | `tm_snapshot` (optional) | `() -> i64` | state to save for a restart, MessagePack, packed as above; 0 for none |
+//! | `tm_restore` (optional) | `(ptr: i32, len: i32) -> i32` | state from `tm_snapshot`, called right after `tm_init` |
 //!
 //! Buffers passed to `tm_init`, `tm_configure` and `tm_restore` were obtained
 //! from `tm_alloc` and belong to the guest afterwards (it frees them). The

@@ -26,7 +26,7 @@ pub struct Params {
 }
 
 /// Counters of one link.
-#[derive(Debug, Default, Clone, PartialEq, Serialize)]
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LinkCount {
     /// Packets.
     pub packets: u64,
@@ -34,8 +34,8 @@ pub struct LinkCount {
     pub bytes: u64,
 }
 
-/// The results.
-#[derive(Debug, Default, Clone, PartialEq, Serialize)]
+/// The results, which are also the state saved for a restart.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Results {
     /// The `label` parameter in force.
     pub label: String,
@@ -112,6 +112,18 @@ impl Analyzer for PacketCount {
     fn results(&self) -> Results {
         self.results.clone()
     }
+
+    fn snapshot(&self) -> Option<Vec<u8>> {
+        tm_sdk::encode_state(&self.results)
+    }
+
+    fn restore(&mut self, state: &[u8]) -> Result<(), String> {
+        // The label comes from the params `init` just applied.
+        let label = std::mem::take(&mut self.results.label);
+        self.results = tm_sdk::decode_state(state)?;
+        self.results.label = label;
+        Ok(())
+    }
 }
 
 tm_sdk::export_analyzer!(PacketCount);
@@ -161,6 +173,24 @@ mod tests {
             data: &[],
         });
         assert_eq!(a.results().by_label["after"], 1);
+    }
+
+    #[test]
+    fn snapshot_restores_counts_under_the_current_label() {
+        let mut a = PacketCount::init(Params { label: "x".into() }).unwrap();
+        a.on_packet(&Packet {
+            header: PacketHeader {
+                wire_len: 60,
+                ..PacketHeader::default()
+            },
+            data: &[],
+        });
+        let saved = a.snapshot().unwrap();
+        let mut b = PacketCount::init(Params { label: "y".into() }).unwrap();
+        b.restore(&saved).unwrap();
+        let r = b.results();
+        assert_eq!((r.packets, r.bytes, r.label.as_str()), (1, 60, "y"));
+        assert!(b.restore(b"\xc1").is_err());
     }
 
     #[test]

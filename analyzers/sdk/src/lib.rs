@@ -91,6 +91,26 @@ pub trait Analyzer: Sized {
     fn configure(&mut self, params: Self::Params) -> Result<(), String>;
     /// Current results; must not reset state.
     fn results(&self) -> Self::Results;
+    /// State to save for a restart, as MessagePack ([`encode_state`] does it
+    /// for any serde type); `None` keeps nothing (the default).
+    fn snapshot(&self) -> Option<Vec<u8>> {
+        None
+    }
+    /// Takes back what [`Analyzer::snapshot`] saved, after `init` with the
+    /// same parameters.
+    fn restore(&mut self, _state: &[u8]) -> Result<(), String> {
+        Err("this analyzer does not restore state".into())
+    }
+}
+
+/// Encodes state for [`Analyzer::snapshot`].
+pub fn encode_state<T: serde::Serialize>(state: &T) -> Option<Vec<u8>> {
+    rmp_serde::to_vec_named(state).ok()
+}
+
+/// Decodes state for [`Analyzer::restore`].
+pub fn decode_state<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    rmp_serde::from_slice(bytes).map_err(|e| format!("bad saved state: {}", e))
 }
 
 /// Host imports.
@@ -290,6 +310,35 @@ pub mod rt {
             }
         }
 
+        /// `tm_snapshot`: packed MessagePack state, or 0 for none.
+        pub fn snapshot(&self) -> u64 {
+            let inner = self.get();
+            match inner.analyzer.as_ref().and_then(|a| a.snapshot()) {
+                Some(bytes) => {
+                    inner.output = bytes;
+                    abi::pack(
+                        inner.output.as_ptr() as usize as u32,
+                        inner.output.len() as u32,
+                    )
+                }
+                None => 0,
+            }
+        }
+
+        /// `tm_restore`
+        pub fn restore(&self, ptr: u32, len: u32) -> u32 {
+            let bytes = take_buffer(ptr, len);
+            let inner = self.get();
+            let analyzer = match inner.analyzer.as_mut() {
+                Some(a) => a,
+                None => return self.fail(Status::Failed, "restore before init".into()),
+            };
+            match analyzer.restore(&bytes) {
+                Ok(()) => Status::Ok as u32,
+                Err(e) => self.fail(Status::Failed, e),
+            }
+        }
+
         /// `tm_last_error`
         pub fn last_error(&self) -> u64 {
             let e = &self.get().error;
@@ -353,6 +402,14 @@ macro_rules! export_analyzer {
             #[no_mangle]
             pub extern "C" fn tm_collect() -> u64 {
                 SLOT.collect()
+            }
+            #[no_mangle]
+            pub extern "C" fn tm_snapshot() -> u64 {
+                SLOT.snapshot()
+            }
+            #[no_mangle]
+            pub extern "C" fn tm_restore(ptr: u32, len: u32) -> u32 {
+                SLOT.restore(ptr, len)
             }
             #[no_mangle]
             pub extern "C" fn tm_last_error() -> u64 {

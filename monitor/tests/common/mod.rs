@@ -120,14 +120,7 @@ impl MonitorProc {
             format!("id = \"{id}\"\nnats_url = \"{}\"\n{config}", nats.url()),
         )
         .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_tm-monitor"))
-            .arg("--config")
-            .arg(&path)
-            .args(["--log", "info,monitor=debug"])
-            .stdin(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("monitor.log")).unwrap())
-            .spawn()
-            .unwrap();
+        let child = Self::spawn(dir.path());
         let mut m = MonitorProc {
             id: id.into(),
             child,
@@ -135,6 +128,32 @@ impl MonitorProc {
         };
         m.wait_ready(client).await;
         m
+    }
+
+    fn spawn(dir: &Path) -> Child {
+        // Appends, so a restarted monitor's log follows the first one's.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("monitor.log"))
+            .unwrap();
+        Command::new(env!("CARGO_BIN_EXE_tm-monitor"))
+            .arg("--config")
+            .arg(dir.join("monitor.toml"))
+            .args(["--log", "info,monitor=debug"])
+            .stdin(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
+
+    /// Kills the monitor with SIGKILL (a crash) and starts it again with the
+    /// same configuration.
+    pub async fn crash_and_restart(&mut self, client: &async_nats::Client) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        self.child = Self::spawn(self.dir.path());
+        self.wait_ready(client).await;
     }
 
     async fn wait_ready(&mut self, client: &async_nats::Client) {
