@@ -31,6 +31,12 @@ pub const MAX_BLOB_BYTES: usize = 64 << 20;
 /// How long a command waits for a deployment thread.
 const DEPLOYMENT_REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A blob whose SHA-256 was checked against the request.
+struct VerifiedBlob {
+    sha256: String,
+    bytes: Vec<u8>,
+}
+
 struct Deployment {
     shared: Arc<Shared>,
     tx: crossbeam_channel::Sender<DepMsg>,
@@ -390,7 +396,8 @@ impl Monitor {
         // Compiling and instantiating are CPU work: keep them off the runtime.
         let monitor = self.clone();
         tokio::task::spawn_blocking(move || {
-            monitor.start_deployment(req, links, filter, &got, &bytes, &params, restore)
+            let blob = VerifiedBlob { sha256: got, bytes };
+            monitor.start_deployment(req, links, filter, &blob, &params, restore)
         })
         .await
         .map_err(|e| ErrorBody::new(ErrorCode::Internal, format!("load task: {e}")))?
@@ -401,11 +408,11 @@ impl Monitor {
         req: LoadRequest,
         links: Vec<u32>,
         filter: Arc<CompiledFilter>,
-        sha256: &str,
-        bytes: &[u8],
+        blob: &VerifiedBlob,
         params: &[u8],
         restore: Option<bus_schema::DeploymentSnapshot>,
     ) -> Result<LoadReply, ErrorBody> {
+        let (sha256, bytes) = (blob.sha256.as_str(), blob.bytes.as_slice());
         // BPF is compiled per link, for that link's link type.
         let mut bpfs = Vec::new();
         for l in &links {
