@@ -15,7 +15,7 @@ CHECK_ONLY=0
 [ "${1:-}" = "--check" ] && CHECK_ONLY=1
 
 # Debian packages: capture library, capture and traffic tools for tests and the lab.
-APT_PACKAGES=(libpcap-dev tcpdump tshark iperf3 iproute2 python3-pip)
+APT_PACKAGES=(libpcap-dev tcpdump tshark iperf3 iproute2 iputils-ping python3-pip)
 NATS_MIN_MAJOR=2
 NATS_MIN_MINOR=10
 
