@@ -148,6 +148,39 @@ pub fn mixed(n: usize, start_ns: u64) -> Vec<Frame> {
     frames
 }
 
+/// `packets` TCP packets spread round-robin over `flows` flows (10.a.b.1 →
+/// 10.200.a.b, ports from the flow number), payloads of 0 to 1399 bytes
+/// chosen by a fixed pseudo-random sequence, 1 µs apart: a benchmark
+/// capture with a known flow count.
+#[must_use]
+pub fn flows(packets: usize, flows: usize, start_ns: u64) -> Vec<Frame> {
+    let payload = [0x5au8; 1400];
+    let mut x: u32 = 0x1234_5678;
+    (0..packets)
+        .map(|i| {
+            let f = (i % flows.max(1)) as u32;
+            let (hi, lo) = ((f >> 8) as u8, f as u8);
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            let len = (x % 1400) as usize;
+            Frame {
+                ts_ns: start_ns + i as u64 * 1000,
+                data: tcp(
+                    Ipv4Addr::new(10, hi, lo, 1),
+                    Ipv4Addr::new(10, 200, hi, lo),
+                    10_000 + (f % 50_000) as u16,
+                    443,
+                    i as u32,
+                    "A",
+                    &payload[..len],
+                ),
+                wire_len: None,
+            }
+        })
+        .collect()
+}
+
 /// Summary of a frame list: packets and wire bytes, in total and for a
 /// predicate.
 #[must_use]
