@@ -68,7 +68,14 @@ struct Run {
 }
 
 /// Replays `path` through one deployment; `filter` decides what reaches it.
-fn monitor_run(path: &Path, sandbox: &Sandbox, module: &wasmtime::Module, filter: Filter, expect_in: u64, total: u64) -> Run {
+fn monitor_run(
+    path: &Path,
+    sandbox: &Sandbox,
+    module: &wasmtime::Module,
+    filter: Filter,
+    expect_in: u64,
+    total: u64,
+) -> Run {
     let link = LinkHandle::start(LinkConfig {
         id: 0,
         interface: None,
@@ -164,15 +171,21 @@ fn monitor_run(path: &Path, sandbox: &Sandbox, module: &wasmtime::Module, filter
 
 fn main() {
     // `cargo bench` passes `--bench`; positional numbers are ours.
-    let nums: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let nums: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
     let packets = nums.first().copied().unwrap_or(2_000_000);
     let flows = nums.get(1).copied().unwrap_or(10_000);
     let runs = nums.get(2).copied().unwrap_or(3);
     let path = capture_file(packets, flows);
     let wasm = root().join("target/wasm/packet-count.wasm");
-    let bytes = std::fs::read(&wasm).unwrap_or_else(|e| panic!("{}: {e}; run `cargo xtask guests`", wasm.display()));
+    let bytes = std::fs::read(&wasm)
+        .unwrap_or_else(|e| panic!("{}: {e}; run `cargo xtask guests`", wasm.display()));
     let sandbox = Sandbox::new(&SandboxConfig::default()).unwrap();
-    let module = sandbox.module(&wasm_host::sha256_hex(&bytes), &bytes).unwrap();
+    let module = sandbox
+        .module(&wasm_host::sha256_hex(&bytes), &bytes)
+        .unwrap();
     let total = packets as u64;
 
     let t_tcpdump = best(runs, || tcpdump(&path));
@@ -180,11 +193,16 @@ fn main() {
         protocols: vec![255],
         ..Filter::default()
     };
-    let t_parse = best(runs, || monitor_run(&path, &sandbox, &module, nothing.clone(), 0, total).elapsed);
+    let t_parse = best(runs, || {
+        monitor_run(&path, &sandbox, &module, nothing.clone(), 0, total).elapsed
+    });
     let mut guest = None;
     let t_guest = best(runs, || {
         let r = monitor_run(&path, &sandbox, &module, Filter::default(), total, total);
-        assert_eq!(r.packets_in, total, "the guest must see every packet (no drops) for this figure");
+        assert_eq!(
+            r.packets_in, total,
+            "the guest must see every packet (no drops) for this figure"
+        );
         let e = r.elapsed;
         guest = Some(r);
         e
@@ -192,9 +210,15 @@ fn main() {
     let g = guest.unwrap();
     let pps = |d: Duration| total as f64 / d.as_secs_f64();
     let ratio = |d: Duration| t_tcpdump.as_secs_f64() / d.as_secs_f64();
-    println!("| loop ({packets} packets, {flows} flows, best of {runs}) | time | packets/s | vs tcpdump |");
+    println!(
+        "| loop ({packets} packets, {flows} flows, best of {runs}) | time | packets/s | vs tcpdump |"
+    );
     println!("|---|---|---|---|");
-    println!("| `tcpdump -r FILE -w /dev/null` | {:.3} s | {:.2} M | 1.00× |", t_tcpdump.as_secs_f64(), pps(t_tcpdump) / 1e6);
+    println!(
+        "| `tcpdump -r FILE -w /dev/null` | {:.3} s | {:.2} M | 1.00× |",
+        t_tcpdump.as_secs_f64(),
+        pps(t_tcpdump) / 1e6
+    );
     println!(
         "| monitor: capture + parse + filter, no guest | {:.3} s | {:.2} M | {:.2}× |",
         t_parse.as_secs_f64(),

@@ -258,6 +258,56 @@ mod tests {
     }
 
     #[test]
+    fn qinq_sll_null_and_ipv6_extension_headers() {
+        // QinQ: two tags; the outer VLAN id is reported.
+        let mut qinq = Vec::new();
+        PacketBuilder::ethernet2([1; 6], [2; 6])
+            .double_vlan(10.try_into().unwrap(), 20.try_into().unwrap())
+            .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+            .udp(1, 2)
+            .write(&mut qinq, b"x")
+            .unwrap();
+        let h = parse(LinkType::Ethernet, 0, 0, qinq.len() as u32, &qinq);
+        assert_eq!((h.vlan, h.l3_offset, h.dst_port), (10, 22, 2));
+
+        // IPv6 with a hop-by-hop extension header before TCP.
+        let mut ip6 = Vec::new();
+        PacketBuilder::ipv6([1; 16], [2; 16], 64)
+            .tcp(1000, 443, 1, 100)
+            .write(&mut ip6, b"")
+            .unwrap();
+        ip6[6] = 0; // next header: hop-by-hop
+        let mut with_ext = ip6[..40].to_vec();
+        with_ext.extend_from_slice(&[6, 0, 1, 4, 0, 0, 0, 0]); // next: TCP, 8 bytes, PadN
+        with_ext.extend_from_slice(&ip6[40..]);
+        let payload_len = (with_ext.len() - 40) as u16;
+        with_ext[4..6].copy_from_slice(&payload_len.to_be_bytes());
+        let h = parse(LinkType::RawIp, 0, 0, with_ext.len() as u32, &with_ext);
+        assert_eq!(
+            (h.ip_version, h.ip_proto, h.l4_offset, h.dst_port),
+            (6, 6, 48, 443)
+        );
+
+        // Linux cooked v1 (16-byte header, protocol at 14) and BSD loopback.
+        let mut v4 = Vec::new();
+        PacketBuilder::ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+            .udp(5, 53)
+            .write(&mut v4, b"q")
+            .unwrap();
+        let mut sll = vec![0; 14];
+        sll.extend_from_slice(&[0x08, 0x00]);
+        sll.extend_from_slice(&v4);
+        let h = parse(LinkType::LinuxSll, 0, 0, sll.len() as u32, &sll);
+        assert_eq!((h.ip_version, h.l3_offset, h.dst_port), (4, 16, 53));
+        let mut null = 2u32.to_le_bytes().to_vec();
+        null.extend_from_slice(&v4);
+        let h = parse(LinkType::Null, 0, 0, null.len() as u32, &null);
+        assert_eq!((h.ip_version, h.l3_offset, h.dst_port), (4, 4, 53));
+        assert_eq!(LinkType::from_dlt(276), Some(LinkType::LinuxSll2));
+        assert_eq!(LinkType::from_dlt(9999), None);
+    }
+
+    #[test]
     fn truncated_and_garbage_packets_never_panic() {
         let pkt = tcp_v4(None);
         for cut in 0..pkt.len() {
