@@ -46,7 +46,17 @@ async fn setup(extra: &str, replay0: &str) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let frames = mixed(ROUNDS, 1_764_000_000_000_000_000);
     let (p0, p1) = (dir.path().join("l0.pcap"), dir.path().join("l1.pcap"));
-    write_pcap(&p0, linktype::ETHERNET, &frames).unwrap();
+    // Link 0's copy is spaced 3 ms apart: paced, it lasts ≈2.7 s, long
+    // enough for the tests that act while it runs, even on a busy machine.
+    let spaced: Vec<Frame> = frames
+        .iter()
+        .enumerate()
+        .map(|(i, f)| Frame {
+            ts_ns: frames[0].ts_ns + i as u64 * 3_000_000,
+            ..f.clone()
+        })
+        .collect();
+    write_pcap(&p0, linktype::ETHERNET, &spaced).unwrap();
     write_pcap(&p1, linktype::ETHERNET, &frames).unwrap();
     let config = format!(
         "address = \"10.9.9.9\"\n{extra}\n{}{}",
@@ -61,6 +71,36 @@ async fn setup(extra: &str, replay0: &str) -> Setup {
         monitor,
         frames,
         sha,
+    }
+}
+
+impl Setup {
+    async fn load(&self, req: &LoadRequest) -> Reply<LoadReply> {
+        request(&self.client, subject::monitor_load("m1"), req).await
+    }
+
+    async fn configure(
+        &self,
+        deployment: &str,
+        requester: &str,
+        params: Value,
+    ) -> Reply<ConfigureReply> {
+        let req = ConfigureRequest {
+            deployment: deployment.into(),
+            requester: requester.into(),
+            params,
+            force: false,
+        };
+        request(&self.client, subject::monitor_configure("m1"), &req).await
+    }
+
+    async fn unload(&self, deployment: &str, requester: &str) -> Reply<UnloadReply> {
+        let req = UnloadRequest {
+            deployment: deployment.into(),
+            requester: requester.into(),
+            force: false,
+        };
+        request(&self.client, subject::monitor_unload("m1"), &req).await
     }
 }
 
@@ -119,14 +159,11 @@ async fn load_collect_configure_unload_give_exact_figures() {
         dst_ports: vec![PortRange { from: 80, to: 80 }],
         ..Filter::default()
     };
-    let reply: LoadReply = request(
-        &s.client,
-        subject::monitor_load("m1"),
-        &load_req("d1", &s.sha, vec![0], tcp_only),
-    )
-    .await
-    .into_result()
-    .unwrap();
+    let reply: LoadReply = s
+        .load(&load_req("d1", &s.sha, vec![0], tcp_only))
+        .await
+        .into_result()
+        .unwrap();
     assert_eq!(
         (
             reply.monitor.as_str(),
@@ -174,67 +211,37 @@ async fn load_collect_configure_unload_give_exact_figures() {
     assert!(w.stats.guest_calls > 0);
 
     // configure: new label, counts kept.
-    let conf: ConfigureReply = request(
-        &s.client,
-        subject::monitor_configure("m1"),
-        &ConfigureRequest {
-            deployment: "d1".into(),
-            requester: "mgr-a".into(),
-            params: Value::Map(vec![("label".into(), "second".into())]),
-            force: false,
-        },
-    )
-    .await
-    .into_result()
-    .unwrap();
+    let conf: ConfigureReply = s
+        .configure(
+            "d1",
+            "mgr-a",
+            Value::Map(vec![("label".into(), "second".into())]),
+        )
+        .await
+        .into_result()
+        .unwrap();
     assert_eq!(conf.config_revision, 1);
     let w = collect(&s, "d1").await;
     assert_eq!(field(&w.results, "label").as_str(), Some("second"));
     assert_eq!(field(&w.results, "packets").as_u64(), Some(tcp_packets));
 
     // Refused params leave the old ones in place.
-    let bad = request::<_, ConfigureReply>(
-        &s.client,
-        subject::monitor_configure("m1"),
-        &ConfigureRequest {
-            deployment: "d1".into(),
-            requester: "mgr-a".into(),
-            params: Value::Map(vec![("lable".into(), "typo".into())]),
-            force: false,
-        },
-    )
-    .await;
+    let bad = s
+        .configure(
+            "d1",
+            "mgr-a",
+            Value::Map(vec![("lable".into(), "typo".into())]),
+        )
+        .await;
     let e = error_of(bad);
     assert_eq!(e.code, ErrorCode::BadParams);
     assert!(e.message.contains("lable"), "{e}");
 
     // Only the owner unloads.
-    let e = error_of(
-        request::<_, UnloadReply>(
-            &s.client,
-            subject::monitor_unload("m1"),
-            &UnloadRequest {
-                deployment: "d1".into(),
-                requester: "mgr-b".into(),
-                force: false,
-            },
-        )
-        .await,
-    );
+    let e = error_of(s.unload("d1", "mgr-b").await);
     assert_eq!(e.code, ErrorCode::NotOwner);
 
-    let unloaded: UnloadReply = request(
-        &s.client,
-        subject::monitor_unload("m1"),
-        &UnloadRequest {
-            deployment: "d1".into(),
-            requester: "mgr-a".into(),
-            force: false,
-        },
-    )
-    .await
-    .into_result()
-    .unwrap();
+    let unloaded: UnloadReply = s.unload("d1", "mgr-a").await.into_result().unwrap();
     let fin = unloaded.final_results;
     assert!(fin.last);
     assert_eq!(fin.seq, 1);
@@ -459,10 +466,7 @@ async fn hostile_import_calls_get_error_codes_and_missing_exports_are_refused() 
         params: Value::Nil,
         ..load_req("probe", &sha, vec![0], Filter::default())
     };
-    request::<_, LoadReply>(&s.client, subject::monitor_load("m1"), &req)
-        .await
-        .into_result()
-        .unwrap();
+    s.load(&req).await.into_result().unwrap();
     let (all, _) = count(&s.frames, |_| true);
     let st = s
         .monitor
@@ -486,21 +490,17 @@ async fn hostile_import_calls_get_error_codes_and_missing_exports_are_refused() 
         },
         ..load_req("x", &sha, vec![0], Filter::default())
     };
-    let e = error_of(request::<_, LoadReply>(&s.client, subject::monitor_load("m1"), &req).await);
+    let e = error_of(s.load(&req).await);
     assert_eq!(e.code, ErrorCode::BadModule);
     assert!(e.message.contains("lacks the export tm_collect"), "{e}");
     let e = error_of(
-        request::<_, LoadReply>(
-            &s.client,
-            subject::monitor_load("m1"),
-            &LoadRequest {
-                analyzer: BlobRef {
-                    name: "garbage".into(),
-                    sha256: put_blob(&s.js, "garbage", b"\0asm\x01\0\0\0garbage").await,
-                },
-                ..load_req("y", &sha, vec![0], Filter::default())
+        s.load(&LoadRequest {
+            analyzer: BlobRef {
+                name: "garbage".into(),
+                sha256: put_blob(&s.js, "garbage", b"\0asm\x01\0\0\0garbage").await,
             },
-        )
+            ..load_req("y", &sha, vec![0], Filter::default())
+        })
         .await,
     );
     assert_eq!(e.code, ErrorCode::BadModule);
@@ -511,7 +511,7 @@ async fn hostile_import_calls_get_error_codes_and_missing_exports_are_refused() 
 /// ABI: each is contained, reported, and the other deployment carries on.
 #[tokio::test]
 async fn traps_and_limits_unload_only_the_guilty_deployment() {
-    // Paced (≈1.4 s of traffic), so all three deployments see the replay.
+    // Paced (≈2.7 s of traffic), so every deployment sees the replay.
     let s = setup("[limits]\ncall_timeout_ms = 200\n", "recorded-pace").await;
     let mut events = s.client.subscribe(subject::events_all()).await.unwrap();
     s.client.flush().await.unwrap();
@@ -543,36 +543,22 @@ async fn traps_and_limits_unload_only_the_guilty_deployment() {
         params: Value::Nil,
         ..load_req(d, sha, vec![0], Filter::default())
     };
-    let e = error_of(
-        request::<_, LoadReply>(
-            &s.client,
-            subject::monitor_load("m1"),
-            &req("x", "abi2", &abi2_sha),
-        )
-        .await,
-    );
+    let e = error_of(s.load(&req("x", "abi2", &abi2_sha)).await);
     assert_eq!(e.code, ErrorCode::AbiMismatch);
     assert!(e.message.contains("ABI v2"), "{e}");
 
     // The healthy one first: it starts the replay and sees every packet.
-    request::<_, LoadReply>(
-        &s.client,
-        subject::monitor_load("m1"),
-        &load_req("good", &s.sha, vec![0], Filter::default()),
-    )
-    .await
-    .into_result()
-    .unwrap();
+    s.load(&load_req("good", &s.sha, vec![0], Filter::default()))
+        .await
+        .into_result()
+        .unwrap();
     for (d, name, sha) in [
         ("trap", "trapper", &trap_sha),
         ("spin", "spinner", &spin_sha),
         ("hog", "hog", &hog_sha),
         ("deep", "deep", &deep_sha),
     ] {
-        request::<_, LoadReply>(&s.client, subject::monitor_load("m1"), &req(d, name, sha))
-            .await
-            .into_result()
-            .unwrap();
+        s.load(&req(d, name, sha)).await.into_result().unwrap();
     }
     let (all, _) = count(&s.frames, |_| true);
     let st = s
@@ -641,32 +627,9 @@ async fn traps_and_limits_unload_only_the_guilty_deployment() {
     // A failed deployment still answers collect (last good results) and unload.
     let w = collect(&s, "trap").await;
     assert_eq!(w.results, Value::Nil);
-    let e = error_of(
-        request::<_, ConfigureReply>(
-            &s.client,
-            subject::monitor_configure("m1"),
-            &ConfigureRequest {
-                deployment: "spin".into(),
-                requester: "mgr-a".into(),
-                params: Value::Nil,
-                force: false,
-            },
-        )
-        .await,
-    );
+    let e = error_of(s.configure("spin", "mgr-a", Value::Nil).await);
     assert_eq!(e.code, ErrorCode::GuestTrap);
-    let u: UnloadReply = request(
-        &s.client,
-        subject::monitor_unload("m1"),
-        &UnloadRequest {
-            deployment: "trap".into(),
-            requester: "mgr-a".into(),
-            force: false,
-        },
-    )
-    .await
-    .into_result()
-    .unwrap();
+    let u: UnloadReply = s.unload("trap", "mgr-a").await.into_result().unwrap();
     assert!(u.final_results.last);
     let w = collect(&s, "good").await;
     assert_eq!(field(&w.results, "packets").as_u64(), Some(all));
@@ -694,14 +657,10 @@ async fn sigterm_publishes_final_results_and_leaves() {
         bus_schema::decode(&record.expect("liveness record")).unwrap();
     assert_eq!((rec.address.as_str(), rec.links.len()), ("10.9.9.9", 2));
 
-    request::<_, LoadReply>(
-        &s.client,
-        subject::monitor_load("m1"),
-        &load_req("d1", &s.sha, vec![1], Filter::default()),
-    )
-    .await
-    .into_result()
-    .unwrap();
+    s.load(&load_req("d1", &s.sha, vec![1], Filter::default()))
+        .await
+        .into_result()
+        .unwrap();
     let (all, _) = count(&s.frames, |_| true);
     s.monitor
         .wait_status(&s.client, "replay done", |st| {
@@ -762,10 +721,7 @@ async fn a_slow_analyzer_drops_and_counts_instead_of_blocking_capture() {
         params: Value::Nil,
         ..load_req("slow", &sha, vec![0], Filter::default())
     };
-    request::<_, LoadReply>(&s.client, subject::monitor_load("m1"), &req)
-        .await
-        .into_result()
-        .unwrap();
+    s.load(&req).await.into_result().unwrap();
     let (all, _) = count(&s.frames, |_| true);
     let st = s
         .monitor
@@ -809,24 +765,28 @@ async fn replay_matches_reference_tools_and_configure_loses_nothing() {
         ..load_req(d, &s.sha, vec![link], Filter::default())
     };
     for (d, link) in [("paced", 0), ("instant", 1)] {
-        request::<_, LoadReply>(&s.client, subject::monitor_load("m1"), &load(d, link))
-            .await
-            .into_result()
-            .unwrap();
+        s.load(&load(d, link)).await.into_result().unwrap();
     }
     let (packets, bytes, lines) = reference_counts(&s.monitor.dir.path().join("l1.pcap"));
     assert_eq!(packets, lines);
-    // Half-way through the paced replay (≈1.4 s long), switch the label.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    request::<_, ConfigureReply>(
-        &s.client,
-        subject::monitor_configure("m1"),
-        &ConfigureRequest {
-            deployment: "paced".into(),
-            requester: "mgr-a".into(),
-            params: Value::Map(vec![("label".into(), "after".into())]),
-            force: false,
-        },
+    // Once the paced replay (≈2.7 s) is under way, switch the label.
+    let st = s
+        .monitor
+        .wait_status(&s.client, "paced replay under way", |st| {
+            st.deployments
+                .iter()
+                .any(|d| d.deployment == "paced" && d.stats.packets_in > 50)
+        })
+        .await;
+    assert_eq!(
+        st.links[0].state,
+        LinkState::Running,
+        "the paced replay ended too soon"
+    );
+    s.configure(
+        "paced",
+        "mgr-a",
+        Value::Map(vec![("label".into(), "after".into())]),
     )
     .await
     .into_result()
@@ -866,20 +826,12 @@ async fn a_crashed_monitor_recovers_its_deployments_from_snapshots() {
         params: Value::Map(vec![("label".into(), "first".into())]),
         ..load_req("d1", &s.sha, vec![0], Filter::default())
     };
-    request::<_, LoadReply>(&s.client, subject::monitor_load("m1"), &load)
-        .await
-        .into_result()
-        .unwrap();
+    s.load(&load).await.into_result().unwrap();
     // A configure before the crash must survive it too.
-    request::<_, ConfigureReply>(
-        &s.client,
-        subject::monitor_configure("m1"),
-        &ConfigureRequest {
-            deployment: "d1".into(),
-            requester: "mgr-a".into(),
-            params: Value::Map(vec![("label".into(), "second".into())]),
-            force: false,
-        },
+    s.configure(
+        "d1",
+        "mgr-a",
+        Value::Map(vec![("label".into(), "second".into())]),
     )
     .await
     .into_result()
@@ -943,18 +895,7 @@ async fn a_crashed_monitor_recovers_its_deployments_from_snapshots() {
     );
 
     // Unload removes the snapshot, so a later restart brings nothing back.
-    request::<_, UnloadReply>(
-        &s.client,
-        subject::monitor_unload("m1"),
-        &UnloadRequest {
-            deployment: "d1".into(),
-            requester: "mgr-a".into(),
-            force: false,
-        },
-    )
-    .await
-    .into_result()
-    .unwrap();
+    s.unload("d1", "mgr-a").await.into_result().unwrap();
     let mut gone = false;
     for _ in 0..100 {
         if kv.get(&key).await.unwrap().is_none() {

@@ -102,30 +102,22 @@ fn cargo() -> Command {
     Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
 }
 
+/// fmt --check and clippy with warnings denied, on the host workspace and
+/// every guest workspace.
 fn lint(root: &Path) -> Result<()> {
-    run(cargo()
-        .current_dir(root)
-        .args(["fmt", "--all", "--", "--check"]))?;
-    run(cargo().current_dir(root).args([
+    const CLIPPY: [&str; 6] = [
         "clippy",
         "--workspace",
         "--all-targets",
         "--",
         "-D",
         "warnings",
-    ]))?;
-    for guest in guests::workspaces(root) {
+    ];
+    for dir in std::iter::once(root.to_owned()).chain(guests::workspaces(root)) {
         run(cargo()
-            .current_dir(&guest)
+            .current_dir(&dir)
             .args(["fmt", "--all", "--", "--check"]))?;
-        run(cargo().current_dir(&guest).args([
-            "clippy",
-            "--workspace",
-            "--all-targets",
-            "--",
-            "-D",
-            "warnings",
-        ]))?;
+        run(cargo().current_dir(&dir).args(CLIPPY))?;
     }
     Ok(())
 }
