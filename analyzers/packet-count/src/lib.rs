@@ -59,10 +59,44 @@ pub struct Results {
     pub by_label: BTreeMap<String, u64>,
 }
 
-/// The analyzer.
-#[derive(Debug, Default)]
+/// The analyzer. The per-packet path only adds to plain counters and
+/// arrays; the maps of [`Results`] are built when results are asked for.
+#[derive(Debug)]
 pub struct PacketCount {
-    results: Results,
+    /// Totals, label, timestamps, ticks and the closed `by_label` entries.
+    totals: Results,
+    /// Per link id (links are small integers): (packets, bytes).
+    links: Vec<(u64, u64)>,
+    /// Packets per IP protocol number.
+    protocols: [u64; 256],
+    /// Packets since the current label took effect.
+    label_packets: u64,
+}
+
+impl PacketCount {
+    fn new(label: String) -> Self {
+        PacketCount {
+            totals: Results {
+                label,
+                ..Results::default()
+            },
+            links: Vec::new(),
+            protocols: [0; 256],
+            label_packets: 0,
+        }
+    }
+
+    /// Moves the current label's count into `by_label`.
+    fn close_label(&mut self) {
+        if self.label_packets > 0 {
+            *self
+                .totals
+                .by_label
+                .entry(self.totals.label.clone())
+                .or_default() += self.label_packets;
+            self.label_packets = 0;
+        }
+    }
 }
 
 impl Analyzer for PacketCount {
@@ -70,58 +104,84 @@ impl Analyzer for PacketCount {
     type Results = Results;
 
     fn init(params: Params) -> Result<Self, String> {
-        let mut a = PacketCount::default();
-        a.results.label = params.label;
-        Ok(a)
+        Ok(PacketCount::new(params.label))
     }
 
     fn on_packet(&mut self, p: &Packet) {
-        let r = &mut self.results;
         let h = &p.header;
+        let wire = u64::from(h.wire_len);
+        let r = &mut self.totals;
         r.packets += 1;
-        r.bytes += u64::from(h.wire_len);
-        if p.parse_error() {
-            r.parse_errors += 1;
-        }
+        r.bytes += wire;
+        r.parse_errors += u64::from(p.parse_error());
         if r.first_ts_ns == 0 {
             r.first_ts_ns = h.ts_ns;
         }
         r.last_ts_ns = h.ts_ns;
-        let link = r.links.entry(h.link).or_default();
-        link.packets += 1;
-        link.bytes += u64::from(h.wire_len);
-        *r.protocols.entry(h.ip_proto).or_default() += 1;
-        // Look up before inserting: no allocation on the per-packet path.
-        match r.by_label.get_mut(&r.label) {
-            Some(n) => *n += 1,
-            None => {
-                r.by_label.insert(r.label.clone(), 1);
-            }
+        let link = h.link as usize;
+        if link >= self.links.len() {
+            self.links.resize(link + 1, (0, 0));
         }
+        self.links[link].0 += 1;
+        self.links[link].1 += wire;
+        self.protocols[h.ip_proto as usize] += 1;
+        self.label_packets += 1;
     }
 
     fn tick(&mut self, _now_ns: u64) {
-        self.results.ticks += 1;
+        self.totals.ticks += 1;
     }
 
     fn configure(&mut self, params: Params) -> Result<(), String> {
-        self.results.label = params.label;
+        self.close_label();
+        self.totals.label = params.label;
         Ok(())
     }
 
     fn results(&self) -> Results {
-        self.results.clone()
+        let mut r = self.totals.clone();
+        if self.label_packets > 0 {
+            *r.by_label.entry(r.label.clone()).or_default() += self.label_packets;
+        }
+        for (id, &(packets, bytes)) in self.links.iter().enumerate() {
+            if packets > 0 {
+                r.links.insert(id as u32, LinkCount { packets, bytes });
+            }
+        }
+        for (proto, &n) in self.protocols.iter().enumerate() {
+            if n > 0 {
+                r.protocols.insert(proto as u8, n);
+            }
+        }
+        r
     }
 
     fn snapshot(&self) -> Option<Vec<u8>> {
-        tm_sdk::encode_state(&self.results)
+        tm_sdk::encode_state(&self.results())
     }
 
     fn restore(&mut self, state: &[u8]) -> Result<(), String> {
+        let saved: Results = tm_sdk::decode_state(state)?;
         // The label comes from the params `init` just applied.
-        let label = std::mem::take(&mut self.results.label);
-        self.results = tm_sdk::decode_state(state)?;
-        self.results.label = label;
+        let label = std::mem::take(&mut self.totals.label);
+        *self = PacketCount::new(label);
+        for (id, c) in &saved.links {
+            let id = *id as usize;
+            if id >= self.links.len() {
+                self.links.resize(id + 1, (0, 0));
+            }
+            self.links[id] = (c.packets, c.bytes);
+        }
+        for (proto, n) in &saved.protocols {
+            self.protocols[*proto as usize] = *n;
+        }
+        let label = std::mem::take(&mut self.totals.label);
+        self.totals = Results {
+            label,
+            links: BTreeMap::new(),
+            protocols: BTreeMap::new(),
+            ..saved
+        };
         Ok(())
     }
 }
