@@ -1,0 +1,482 @@
+//! `flow-stats`: per-flow statistics.
+//!
+//! A flow is a directional 5-tuple (source and destination address, source
+//! and destination port, IP protocol); ICMP and other port-less protocols
+//! have ports 0. Non-IP packets are only counted.
+//!
+//! Params (all optional):
+//! `{"top_n": 10, "idle_timeout_s": 300, "max_flows": 100000}` —
+//! `top_n` flows by bytes in the results (0 to 10000); flows idle for
+//! `idle_timeout_s` of *packet* time are expired on `tick` (0: never);
+//! at most `max_flows` flows are tracked (packets of refused new flows are
+//! counted in `refused_packets`). `configure` takes the same params and keeps
+//! every flow.
+//!
+//! Results: `{"packets", "bytes", "non_ip_packets", "active_flows",
+//! "expired_flows", "expired_packets", "expired_bytes", "refused_packets",
+//! "links": {link: {"packets", "bytes"}}, "top": [{"src", "dst", "sport",
+//! "dport", "proto", "packets", "bytes", "first_ns", "last_ns", "tcp_flags"}]}`
+//! — `top` sorted by bytes, then packets, descending; `bytes` are wire
+//! lengths; `tcp_flags` is the OR of every packet's flags.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+use tm_sdk::{Analyzer, Packet};
+
+/// Parameters.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Params {
+    /// Flows by bytes in the results.
+    pub top_n: u32,
+    /// Idle time (packet time) after which a flow is expired; 0 never.
+    pub idle_timeout_s: u64,
+    /// Most flows tracked at once.
+    pub max_flows: u32,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params {
+            top_n: 10,
+            idle_timeout_s: 300,
+            max_flows: 100_000,
+        }
+    }
+}
+
+impl Params {
+    fn check(self) -> Result<Self, String> {
+        if self.top_n > 10_000 {
+            return Err(format!("top_n = {}: must be 0 to 10000", self.top_n));
+        }
+        if self.max_flows == 0 || self.max_flows > 10_000_000 {
+            return Err(format!(
+                "max_flows = {}: must be 1 to 10000000",
+                self.max_flows
+            ));
+        }
+        Ok(self)
+    }
+}
+
+/// A directional 5-tuple.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Key {
+    /// 4 or 6.
+    pub version: u8,
+    /// IP protocol.
+    pub proto: u8,
+    /// Source address (IPv4 in the first 4 bytes).
+    pub src: [u8; 16],
+    /// Destination address.
+    pub dst: [u8; 16],
+    /// Source port (0 without ports).
+    pub sport: u16,
+    /// Destination port.
+    pub dport: u16,
+}
+
+/// Counters of a flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    /// Packets.
+    pub packets: u64,
+    /// Wire bytes.
+    pub bytes: u64,
+    /// First packet, Unix ns.
+    pub first_ns: u64,
+    /// Last packet, Unix ns.
+    pub last_ns: u64,
+    /// OR of TCP flags.
+    pub tcp_flags: u8,
+}
+
+/// A flow in the results.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowOut {
+    /// Source address.
+    pub src: String,
+    /// Destination address.
+    pub dst: String,
+    /// Source port.
+    pub sport: u16,
+    /// Destination port.
+    pub dport: u16,
+    /// IP protocol.
+    pub proto: u8,
+    /// Packets.
+    pub packets: u64,
+    /// Wire bytes.
+    pub bytes: u64,
+    /// First packet, Unix ns.
+    pub first_ns: u64,
+    /// Last packet, Unix ns.
+    pub last_ns: u64,
+    /// OR of TCP flags.
+    pub tcp_flags: u8,
+}
+
+/// Per-link totals.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkTotals {
+    /// Packets.
+    pub packets: u64,
+    /// Wire bytes.
+    pub bytes: u64,
+}
+
+/// The results.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Results {
+    /// Packets seen.
+    pub packets: u64,
+    /// Wire bytes seen.
+    pub bytes: u64,
+    /// Packets that were not IP.
+    pub non_ip_packets: u64,
+    /// Flows tracked now.
+    pub active_flows: u64,
+    /// Flows expired by the idle timeout.
+    pub expired_flows: u64,
+    /// Their packets.
+    pub expired_packets: u64,
+    /// Their bytes.
+    pub expired_bytes: u64,
+    /// Packets of new flows refused at `max_flows`.
+    pub refused_packets: u64,
+    /// Per link id.
+    pub links: BTreeMap<u32, LinkTotals>,
+    /// The top flows by bytes.
+    pub top: Vec<FlowOut>,
+}
+
+/// FxHash: a fast non-cryptographic hash for the flow table (keys come from
+/// traffic, but a guest's table is bounded by `max_flows`).
+#[derive(Default)]
+pub struct Fx(u64);
+
+impl Hasher for Fx {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(b))
+                .wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+}
+
+type Table = HashMap<Key, Counters, BuildHasherDefault<Fx>>;
+
+/// What a snapshot holds.
+#[derive(Serialize, Deserialize)]
+struct Saved {
+    totals: Results,
+    links: Vec<(u64, u64)>,
+    flows: Vec<(Key, Counters)>,
+    latest_ns: u64,
+}
+
+/// The analyzer.
+pub struct FlowStats {
+    params: Params,
+    flows: Table,
+    /// Totals; `links`, `top` and `active_flows` are filled in `results`.
+    totals: Results,
+    links: Vec<(u64, u64)>,
+    /// Latest packet time seen: the clock of the idle timeout.
+    latest_ns: u64,
+}
+
+fn addr(version: u8, raw: &[u8; 16]) -> String {
+    if version == 4 {
+        IpAddr::from([raw[0], raw[1], raw[2], raw[3]]).to_string()
+    } else {
+        IpAddr::from(*raw).to_string()
+    }
+}
+
+impl FlowStats {
+    fn expire(&mut self) {
+        if self.params.idle_timeout_s == 0 {
+            return;
+        }
+        let limit = self.params.idle_timeout_s * 1_000_000_000;
+        let now = self.latest_ns;
+        let t = &mut self.totals;
+        self.flows.retain(|_, c| {
+            let keep = now.saturating_sub(c.last_ns) < limit;
+            if !keep {
+                t.expired_flows += 1;
+                t.expired_packets += c.packets;
+                t.expired_bytes += c.bytes;
+            }
+            keep
+        });
+    }
+}
+
+impl Analyzer for FlowStats {
+    type Params = Params;
+    type Results = Results;
+
+    fn init(params: Params) -> Result<Self, String> {
+        Ok(FlowStats {
+            params: params.check()?,
+            flows: Table::default(),
+            totals: Results::default(),
+            links: Vec::new(),
+            latest_ns: 0,
+        })
+    }
+
+    fn on_packet(&mut self, p: &Packet) {
+        let h = &p.header;
+        let wire = u64::from(h.wire_len);
+        self.totals.packets += 1;
+        self.totals.bytes += wire;
+        let link = h.link as usize;
+        if link >= self.links.len() {
+            self.links.resize(link + 1, (0, 0));
+        }
+        self.links[link].0 += 1;
+        self.links[link].1 += wire;
+        if h.ts_ns > self.latest_ns {
+            self.latest_ns = h.ts_ns;
+        }
+        if h.ip_version == 0 {
+            self.totals.non_ip_packets += 1;
+            return;
+        }
+        let key = Key {
+            version: h.ip_version,
+            proto: h.ip_proto,
+            src: h.src_addr,
+            dst: h.dst_addr,
+            sport: h.src_port,
+            dport: h.dst_port,
+        };
+        let full = self.flows.len() >= self.params.max_flows as usize;
+        match self.flows.get_mut(&key) {
+            Some(c) => {
+                c.packets += 1;
+                c.bytes += wire;
+                c.last_ns = c.last_ns.max(h.ts_ns);
+                c.tcp_flags |= h.tcp_flags;
+            }
+            None if full => self.totals.refused_packets += 1,
+            None => {
+                self.flows.insert(
+                    key,
+                    Counters {
+                        packets: 1,
+                        bytes: wire,
+                        first_ns: h.ts_ns,
+                        last_ns: h.ts_ns,
+                        tcp_flags: h.tcp_flags,
+                    },
+                );
+            }
+        }
+    }
+
+    fn tick(&mut self, _now_ns: u64) {
+        self.expire();
+    }
+
+    fn configure(&mut self, params: Params) -> Result<(), String> {
+        self.params = params.check()?;
+        Ok(())
+    }
+
+    fn results(&self) -> Results {
+        let mut r = self.totals.clone();
+        r.active_flows = self.flows.len() as u64;
+        for (id, &(packets, bytes)) in self.links.iter().enumerate() {
+            if packets > 0 {
+                r.links.insert(id as u32, LinkTotals { packets, bytes });
+            }
+        }
+        let mut all: Vec<(&Key, &Counters)> = self.flows.iter().collect();
+        // Ties broken by the key, so results are deterministic.
+        all.sort_unstable_by(|a, b| {
+            (b.1.bytes, b.1.packets)
+                .cmp(&(a.1.bytes, a.1.packets))
+                .then_with(|| {
+                    (
+                        a.0.version,
+                        a.0.src,
+                        a.0.dst,
+                        a.0.sport,
+                        a.0.dport,
+                        a.0.proto,
+                    )
+                        .cmp(&(
+                            b.0.version,
+                            b.0.src,
+                            b.0.dst,
+                            b.0.sport,
+                            b.0.dport,
+                            b.0.proto,
+                        ))
+                })
+        });
+        r.top = all
+            .into_iter()
+            .take(self.params.top_n as usize)
+            .map(|(k, c)| FlowOut {
+                src: addr(k.version, &k.src),
+                dst: addr(k.version, &k.dst),
+                sport: k.sport,
+                dport: k.dport,
+                proto: k.proto,
+                packets: c.packets,
+                bytes: c.bytes,
+                first_ns: c.first_ns,
+                last_ns: c.last_ns,
+                tcp_flags: c.tcp_flags,
+            })
+            .collect();
+        r
+    }
+
+    fn snapshot(&self) -> Option<Vec<u8>> {
+        tm_sdk::encode_state(&Saved {
+            totals: self.totals.clone(),
+            links: self.links.clone(),
+            flows: self.flows.iter().map(|(k, c)| (*k, *c)).collect(),
+            latest_ns: self.latest_ns,
+        })
+    }
+
+    fn restore(&mut self, state: &[u8]) -> Result<(), String> {
+        let saved: Saved = tm_sdk::decode_state(state)?;
+        self.totals = saved.totals;
+        self.links = saved.links;
+        self.flows = saved.flows.into_iter().collect();
+        self.latest_ns = saved.latest_ns;
+        Ok(())
+    }
+}
+
+tm_sdk::export_analyzer!(FlowStats);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tm_sdk::abi::PacketHeader;
+
+    fn pkt(src: u8, dst: u8, sport: u16, dport: u16, proto: u8, len: u32, ts: u64) -> PacketHeader {
+        let mut h = PacketHeader {
+            ip_version: 4,
+            ip_proto: proto,
+            src_port: sport,
+            dst_port: dport,
+            wire_len: len,
+            ts_ns: ts,
+            ..PacketHeader::default()
+        };
+        h.src_addr[..4].copy_from_slice(&[10, 0, 0, src]);
+        h.dst_addr[..4].copy_from_slice(&[10, 0, 0, dst]);
+        h
+    }
+
+    fn feed(a: &mut FlowStats, h: PacketHeader) {
+        a.on_packet(&Packet {
+            header: h,
+            data: &[],
+        });
+    }
+
+    #[test]
+    fn flows_are_directional_and_ranked_by_bytes() {
+        let mut a = FlowStats::init(Params {
+            top_n: 2,
+            ..Params::default()
+        })
+        .unwrap();
+        for i in 0..3 {
+            feed(&mut a, pkt(1, 2, 1000, 80, 6, 100, 10 + i));
+        }
+        feed(&mut a, pkt(2, 1, 80, 1000, 6, 1500, 20));
+        feed(&mut a, pkt(3, 4, 0, 0, 1, 98, 30));
+        feed(
+            &mut a,
+            PacketHeader {
+                wire_len: 60,
+                ..PacketHeader::default()
+            },
+        );
+        let r = a.results();
+        assert_eq!(
+            (r.packets, r.bytes, r.non_ip_packets, r.active_flows),
+            (6, 1958, 1, 3)
+        );
+        assert_eq!(r.top.len(), 2);
+        assert_eq!((r.top[0].src.as_str(), r.top[0].bytes), ("10.0.0.2", 1500));
+        assert_eq!(
+            (
+                r.top[1].sport,
+                r.top[1].packets,
+                r.top[1].first_ns,
+                r.top[1].last_ns
+            ),
+            (1000, 3, 10, 12)
+        );
+        a.configure(Params {
+            top_n: 5,
+            ..Params::default()
+        })
+        .unwrap();
+        assert_eq!(a.results().top.len(), 3);
+    }
+
+    #[test]
+    fn idle_flows_expire_on_packet_time_and_max_flows_refuses() {
+        let mut a = FlowStats::init(Params {
+            idle_timeout_s: 1,
+            max_flows: 2,
+            ..Params::default()
+        })
+        .unwrap();
+        feed(&mut a, pkt(1, 2, 1, 1, 17, 100, 0));
+        feed(&mut a, pkt(1, 2, 2, 2, 17, 100, 500_000_000));
+        feed(&mut a, pkt(1, 2, 3, 3, 17, 100, 600_000_000)); // refused: table full
+        feed(&mut a, pkt(1, 2, 2, 2, 17, 100, 1_200_000_000));
+        a.tick(0);
+        let r = a.results();
+        assert_eq!(
+            (
+                r.active_flows,
+                r.expired_flows,
+                r.expired_packets,
+                r.refused_packets
+            ),
+            (1, 1, 1, 1)
+        );
+    }
+
+    #[test]
+    fn snapshot_restores_flows_and_bad_params_are_named() {
+        let mut a = FlowStats::init(Params::default()).unwrap();
+        feed(&mut a, pkt(1, 2, 1, 1, 17, 100, 5));
+        let saved = a.snapshot().unwrap();
+        let mut b = FlowStats::init(Params::default()).unwrap();
+        b.restore(&saved).unwrap();
+        assert_eq!(b.results(), a.results());
+        let err = FlowStats::init(Params {
+            top_n: 20_000,
+            ..Params::default()
+        })
+        .err()
+        .unwrap();
+        assert!(err.contains("top_n = 20000"), "{}", err);
+    }
+}
