@@ -11,19 +11,9 @@ use bus_schema::{
     BlobRef, CollectRequest, ConfigureReply, ConfigureRequest, DeploymentState, Filter, LinkState,
     LoadReply, LoadRequest, ResultWindow, Value, subject,
 };
-use common::{MonitorProc, put_blob, request, wasm};
+use common::{MonitorProc, field, put_blob, request, wasm};
 use harness::NatsServer;
 use pcapgen::{Frame, count, linktype, mixed, write_pcap};
-
-fn field<'a>(v: &'a Value, key: &str) -> &'a Value {
-    v.as_map()
-        .and_then(|m| {
-            m.iter()
-                .find(|(k, _)| k.as_str() == Some(key))
-                .map(|(_, v)| v)
-        })
-        .unwrap_or_else(|| panic!("no field {key} in {v}"))
-}
 
 fn u(v: &Value, key: &str) -> u64 {
     field(v, key)

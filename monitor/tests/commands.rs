@@ -12,7 +12,7 @@ use bus_schema::{
     EventKind, Filter, LinkState, LoadReply, LoadRequest, PortRange, Reply, ResultWindow,
     UnloadReply, UnloadRequest, Value, subject,
 };
-use common::{MonitorProc, put_blob, request, request_raw, wasm};
+use common::{MonitorProc, field, put_blob, request, request_raw, wasm};
 use futures::StreamExt;
 use harness::NatsServer;
 use pcapgen::{Frame, count, ip_proto, linktype, mixed, write_pcap};
@@ -94,6 +94,20 @@ impl Setup {
         request(&self.client, subject::monitor_configure("m1"), &req).await
     }
 
+    /// Puts a module in the object store and returns a request loading it
+    /// as `deployment` on link 0, without params.
+    async fn module_request(&self, deployment: &str, name: &str, module: &[u8]) -> LoadRequest {
+        let sha = put_blob(&self.js, name, module).await;
+        LoadRequest {
+            analyzer: BlobRef {
+                name: name.into(),
+                sha256: sha.clone(),
+            },
+            params: Value::Nil,
+            ..load_req(deployment, &sha, vec![0], Filter::default())
+        }
+    }
+
     async fn unload(&self, deployment: &str, requester: &str) -> Reply<UnloadReply> {
         let req = UnloadRequest {
             deployment: deployment.into(),
@@ -117,16 +131,6 @@ fn load_req(deployment: &str, sha: &str, links: Vec<u32>, filter: Filter) -> Loa
         owner: "mgr-a".into(),
         report_every_ms: None,
     }
-}
-
-fn field<'a>(v: &'a Value, key: &str) -> &'a Value {
-    v.as_map()
-        .and_then(|m| {
-            m.iter()
-                .find(|(k, _)| k.as_str() == Some(key))
-                .map(|(_, v)| v)
-        })
-        .unwrap_or_else(|| panic!("no field {key} in {v}"))
 }
 
 async fn collect(s: &Setup, deployment: &str) -> ResultWindow {
@@ -457,15 +461,7 @@ async fn hostile_import_calls_get_error_codes_and_missing_exports_are_refused() 
         "(i64.const 0x0000001f00000003)",
         true,
     );
-    let sha = put_blob(&s.js, "prober", &prober).await;
-    let req = LoadRequest {
-        analyzer: BlobRef {
-            name: "prober".into(),
-            sha256: sha.clone(),
-        },
-        params: Value::Nil,
-        ..load_req("probe", &sha, vec![0], Filter::default())
-    };
+    let req = s.module_request("probe", "prober", &prober).await;
     s.load(&req).await.into_result().unwrap();
     let (all, _) = count(&s.frames, |_| true);
     let st = s
@@ -482,27 +478,14 @@ async fn hostile_import_calls_get_error_codes_and_missing_exports_are_refused() 
     );
 
     let no_collect = wat_module(1, "", "", false);
-    let sha = put_blob(&s.js, "incomplete", &no_collect).await;
-    let req = LoadRequest {
-        analyzer: BlobRef {
-            name: "incomplete".into(),
-            sha256: sha.clone(),
-        },
-        ..load_req("x", &sha, vec![0], Filter::default())
-    };
+    let req = s.module_request("x", "incomplete", &no_collect).await;
     let e = error_of(s.load(&req).await);
     assert_eq!(e.code, ErrorCode::BadModule);
     assert!(e.message.contains("lacks the export tm_collect"), "{e}");
-    let e = error_of(
-        s.load(&LoadRequest {
-            analyzer: BlobRef {
-                name: "garbage".into(),
-                sha256: put_blob(&s.js, "garbage", b"\0asm\x01\0\0\0garbage").await,
-            },
-            ..load_req("y", &sha, vec![0], Filter::default())
-        })
-        .await,
-    );
+    let req = s
+        .module_request("y", "garbage", b"\0asm\x01\0\0\0garbage")
+        .await;
+    let e = error_of(s.load(&req).await);
     assert_eq!(e.code, ErrorCode::BadModule);
     assert!(e.message.contains("not a valid WebAssembly module"), "{e}");
 }
@@ -712,15 +695,7 @@ async fn a_slow_analyzer_drops_and_counts_instead_of_blocking_capture() {
         "(local $i i32) (loop (local.set $i (i32.add (local.get $i) (i32.const 1))) \
          (br_if 0 (i32.lt_u (local.get $i) (i32.const 3000000))))",
     );
-    let sha = put_blob(&s.js, "slow", &slow).await;
-    let req = LoadRequest {
-        analyzer: BlobRef {
-            name: "slow".into(),
-            sha256: sha.clone(),
-        },
-        params: Value::Nil,
-        ..load_req("slow", &sha, vec![0], Filter::default())
-    };
+    let req = s.module_request("slow", "slow", &slow).await;
     s.load(&req).await.into_result().unwrap();
     let (all, _) = count(&s.frames, |_| true);
     let st = s

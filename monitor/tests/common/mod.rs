@@ -13,6 +13,17 @@ use harness::NatsServer;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+/// A field of a MessagePack map (analyzer results are maps).
+pub fn field<'a>(v: &'a bus_schema::Value, key: &str) -> &'a bus_schema::Value {
+    v.as_map()
+        .and_then(|m| {
+            m.iter()
+                .find(|(k, _)| k.as_str() == Some(key))
+                .map(|(_, v)| v)
+        })
+        .unwrap_or_else(|| panic!("no field {key} in {v}"))
+}
+
 /// A module built by `cargo xtask guests`.
 pub fn wasm(name: &str) -> Vec<u8> {
     let dir = std::env::var_os("TM_WASM_DIR")
