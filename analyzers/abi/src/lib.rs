@@ -2,7 +2,8 @@
 //! analyzer (a core WebAssembly module, no WASI).
 //!
 //! Both sides use this crate, so the packet record layout is written once.
-//! `analyzers/abi/tm_abi.h` documents the same contract for C.
+//! `analyzers/abi/tm_abi.h` documents the same contract for C; a test here
+//! checks its numbers and offsets against this crate.
 //!
 //! # Guest exports
 //!
@@ -377,6 +378,84 @@ mod tests {
         assert!(h.write_record(&[1; 3], &mut buf).is_none());
         // Output too short.
         assert!(h.write_record(&[1; 8], &mut buf[..40]).is_none());
+    }
+
+    /// The value of `#define NAME value` in tm_abi.h.
+    fn define(name: &str) -> u64 {
+        let header = include_str!("../tm_abi.h");
+        for line in header.lines() {
+            let mut words = line.split_whitespace();
+            if words.next() == Some("#define") && words.next() == Some(name) {
+                let v = words.next().unwrap();
+                return match v.strip_prefix("0x") {
+                    Some(hex) => u64::from_str_radix(hex, 16).unwrap(),
+                    None => v.parse().unwrap(),
+                };
+            }
+        }
+        panic!("tm_abi.h does not define {}", name);
+    }
+
+    #[test]
+    fn the_c_header_matches_the_rust_abi() {
+        assert_eq!(define("TM_ABI_VERSION"), u64::from(ABI_VERSION));
+        assert_eq!(define("TM_RECORD_HEADER_LEN"), RECORD_HEADER_LEN as u64);
+        assert_eq!(define("TM_RECORD_ALIGN"), RECORD_ALIGN as u64);
+        assert_eq!(define("TM_NO_OFFSET"), u64::from(NO_OFFSET));
+        assert_eq!(define("TM_STATUS_OK"), Status::Ok as u64);
+        assert_eq!(define("TM_STATUS_BAD_PARAMS"), Status::BadParams as u64);
+        assert_eq!(define("TM_STATUS_FAILED"), Status::Failed as u64);
+        assert_eq!(define("TM_FLAG_PARSE_ERROR"), u64::from(flag::PARSE_ERROR));
+        assert_eq!(define("TM_FLAG_TRUNCATED"), u64::from(flag::TRUNCATED));
+        assert_eq!(define("TM_FLAG_FRAGMENT"), u64::from(flag::FRAGMENT));
+        assert_eq!(define("TM_FLAG_VLAN"), u64::from(flag::VLAN));
+        // Every offset: write a record whose fields all differ, read each
+        // field back at the header's offset.
+        let h = PacketHeader {
+            link: 0x0102_0304,
+            ts_ns: 0x1112_1314_1516_1718,
+            wire_len: 0x2122_2324,
+            cap_len: 0,
+            l3_offset: 0x3132,
+            l4_offset: 0x3334,
+            payload_offset: 0x3536,
+            ip_version: 0x41,
+            ip_proto: 0x42,
+            src_addr: [0x51; 16],
+            dst_addr: [0x61; 16],
+            src_port: 0x7172,
+            dst_port: 0x7374,
+            tcp_flags: 0x81,
+            flags: 0x82,
+            vlan: 0x9192,
+        };
+        let mut buf = [0u8; 72];
+        h.write_record(&[], &mut buf).unwrap();
+        let at = |name: &str, size: usize| {
+            let off = define(name) as usize;
+            let mut v = 0u64;
+            for i in (0..size).rev() {
+                v = (v << 8) | u64::from(buf[off + i]);
+            }
+            v
+        };
+        assert_eq!(at("TM_OFF_RECORD_LEN", 4), 72);
+        assert_eq!(at("TM_OFF_LINK", 4), u64::from(h.link));
+        assert_eq!(at("TM_OFF_TS_NS", 8), h.ts_ns);
+        assert_eq!(at("TM_OFF_WIRE_LEN", 4), u64::from(h.wire_len));
+        assert_eq!(at("TM_OFF_CAP_LEN", 4), 0);
+        assert_eq!(at("TM_OFF_L3_OFFSET", 2), u64::from(h.l3_offset));
+        assert_eq!(at("TM_OFF_L4_OFFSET", 2), u64::from(h.l4_offset));
+        assert_eq!(at("TM_OFF_PAYLOAD_OFFSET", 2), u64::from(h.payload_offset));
+        assert_eq!(at("TM_OFF_IP_VERSION", 1), u64::from(h.ip_version));
+        assert_eq!(at("TM_OFF_IP_PROTO", 1), u64::from(h.ip_proto));
+        assert_eq!(at("TM_OFF_SRC_ADDR", 1), 0x51);
+        assert_eq!(at("TM_OFF_DST_ADDR", 1), 0x61);
+        assert_eq!(at("TM_OFF_SRC_PORT", 2), u64::from(h.src_port));
+        assert_eq!(at("TM_OFF_DST_PORT", 2), u64::from(h.dst_port));
+        assert_eq!(at("TM_OFF_TCP_FLAGS", 1), u64::from(h.tcp_flags));
+        assert_eq!(at("TM_OFF_FLAGS", 1), u64::from(h.flags));
+        assert_eq!(at("TM_OFF_VLAN", 2), u64::from(h.vlan));
     }
 
     #[test]
