@@ -826,85 +826,68 @@ pub async fn publisher(
 }
 
 async fn publish_one(js: &jetstream::Context, out: Outgoing) {
-    match out {
-        Outgoing::Snapshot(snap) => return save_snapshot(js, &snap).await,
+    let (subject, id, encoded) = match &out {
+        Outgoing::Result(w) => (
+            subject::results(&w.monitor, &w.deployment),
+            format!("{}:{}:{}", w.deployment, w.monitor, w.seq),
+            bus_schema::encode(w),
+        ),
+        Outgoing::Event(e) => (
+            subject::events(&e.monitor, &e.deployment),
+            format!("{}:{}:e{}", e.deployment, e.monitor, e.seq),
+            bus_schema::encode(e),
+        ),
+        Outgoing::Snapshot(snap) => {
+            let key = store::snapshot_key(&snap.monitor, &snap.request.deployment);
+            return snapshots(js, &key, Some(bus_schema::encode(&**snap))).await;
+        }
         Outgoing::Forget {
             monitor,
             deployment,
         } => {
-            let key = store::snapshot_key(&monitor, &deployment);
-            match js.get_key_value(store::SNAPSHOTS_BUCKET).await {
-                Ok(kv) => {
-                    if let Err(e) = kv.purge(&key).await {
-                        tracing::warn!(key, error = %e, "cannot remove snapshot");
-                    }
-                }
-                Err(e) => tracing::warn!(key, error = %e, "cannot remove snapshot"),
-            }
-            return;
+            return snapshots(js, &store::snapshot_key(monitor, deployment), None).await;
         }
-        Outgoing::Result(_) | Outgoing::Event(_) => {}
-    }
-    {
-        let (subject, id, bytes) = match &out {
-            Outgoing::Result(w) => (
-                subject::results(&w.monitor, &w.deployment),
-                format!("{}:{}:{}", w.deployment, w.monitor, w.seq),
-                bus_schema::encode(w),
-            ),
-            Outgoing::Event(e) => (
-                subject::events(&e.monitor, &e.deployment),
-                format!("{}:{}:e{}", e.deployment, e.monitor, e.seq),
-                bus_schema::encode(e),
-            ),
-            Outgoing::Snapshot(_) | Outgoing::Forget { .. } => unreachable!("handled above"),
+    };
+    let bytes: bytes::Bytes = match encoded {
+        Ok(b) => b.into(),
+        Err(e) => return tracing::error!(error = %e, "cannot encode outgoing message"),
+    };
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let publish = jetstream::message::PublishMessage::build()
+            .payload(bytes.clone())
+            .message_id(&id);
+        let acked = match js.send_publish(subject.clone(), publish).await {
+            Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
         };
-        let bytes: bytes::Bytes = match bytes {
-            Ok(b) => b.into(),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot encode outgoing message");
-                return;
-            }
-        };
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            let sent = js
-                .send_publish(
-                    subject.clone(),
-                    jetstream::message::PublishMessage::build()
-                        .payload(bytes.clone())
-                        .message_id(&id),
-                )
-                .await;
-            let acked = match sent {
-                Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
-            match acked {
-                Ok(()) => break,
-                Err(e) => {
-                    tracing::warn!(subject = %subject, id = %id, error = %e, "publish not acknowledged; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
+        let Err(e) = acked else { return };
+        tracing::warn!(subject = %subject, id = %id, error = %e, "publish not acknowledged; retrying");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }
 
-/// Puts a snapshot; a failure is logged (the next snapshot retries).
-async fn save_snapshot(js: &jetstream::Context, snap: &bus_schema::DeploymentSnapshot) {
-    let key = store::snapshot_key(&snap.monitor, &snap.request.deployment);
-    let bytes = match bus_schema::encode(snap) {
-        Ok(b) => b,
-        Err(e) => return tracing::error!(key, error = %e, "cannot encode snapshot"),
+/// Puts (`Some`) or purges (`None`) a snapshot; a failure is logged, and the
+/// next snapshot of a running deployment tries again.
+async fn snapshots(
+    js: &jetstream::Context,
+    key: &str,
+    value: Option<Result<Vec<u8>, bus_schema::EncodeError>>,
+) {
+    let outcome = match js.get_key_value(store::SNAPSHOTS_BUCKET).await {
+        Err(e) => Err(e.to_string()),
+        Ok(kv) => match value {
+            None => kv.purge(key).await.map_err(|e| e.to_string()),
+            Some(Err(e)) => Err(e.to_string()),
+            Some(Ok(bytes)) => kv
+                .put(key, bytes.into())
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+        },
     };
-    match js.get_key_value(store::SNAPSHOTS_BUCKET).await {
-        Ok(kv) => {
-            if let Err(e) = kv.put(&key, bytes.into()).await {
-                tracing::warn!(key, error = %e, "cannot save snapshot");
-            }
-        }
-        Err(e) => tracing::warn!(key, error = %e, "cannot save snapshot"),
+    if let Err(e) = outcome {
+        tracing::warn!(key, error = %e, "cannot update the snapshot");
     }
 }

@@ -12,7 +12,7 @@ use bus_schema::{
     EventKind, Filter, LinkState, LoadReply, LoadRequest, PortRange, Reply, ResultWindow,
     UnloadReply, UnloadRequest, Value, subject,
 };
-use common::{MonitorProc, field, put_blob, request, request_raw, wasm};
+use common::{MonitorProc, field, kv_until, put_blob, request, request_raw, wasm};
 use futures::StreamExt;
 use harness::NatsServer;
 use pcapgen::{Frame, count, ip_proto, linktype, mixed, write_pcap};
@@ -628,14 +628,7 @@ async fn sigterm_publishes_final_results_and_leaves() {
             .await
             .unwrap();
     // The liveness record is there.
-    let mut record = None;
-    for _ in 0..100 {
-        record = kv.get("m1").await.unwrap();
-        if record.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let record = kv_until(&kv, "m1", |v| v.is_some()).await.flatten();
     let rec: bus_schema::MonitorRecord =
         bus_schema::decode(&record.expect("liveness record")).unwrap();
     assert_eq!((rec.address.as_str(), rec.links.len()), ("10.9.9.9", 2));
@@ -813,18 +806,16 @@ async fn a_crashed_monitor_recovers_its_deployments_from_snapshots() {
     .unwrap();
     // Wait for a snapshot taken mid-replay.
     let (all, all_bytes) = count(&s.frames, |_| true);
-    let mut saved = None;
-    for _ in 0..200 {
-        if let Some(bytes) = kv.get(&key).await.unwrap() {
-            let snap: bus_schema::DeploymentSnapshot = bus_schema::decode(&bytes).unwrap();
-            if snap.stats.packets_in > 100 && snap.state != Value::Nil {
-                saved = Some(snap);
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let saved = saved.expect("a snapshot with packets");
+    let decode = |v: &[u8]| bus_schema::decode::<bus_schema::DeploymentSnapshot>(v).unwrap();
+    let mid_run = |v: Option<&[u8]>| {
+        v.map(decode)
+            .is_some_and(|s| s.stats.packets_in > 100 && s.state != Value::Nil)
+    };
+    let saved = kv_until(&kv, &key, mid_run)
+        .await
+        .flatten()
+        .map(|v| decode(&v))
+        .expect("a snapshot with packets");
     assert!(
         saved.stats.packets_in < all,
         "the replay ended before the crash"
@@ -871,15 +862,8 @@ async fn a_crashed_monitor_recovers_its_deployments_from_snapshots() {
 
     // Unload removes the snapshot, so a later restart brings nothing back.
     s.unload("d1", "mgr-a").await.into_result().unwrap();
-    let mut gone = false;
-    for _ in 0..100 {
-        if kv.get(&key).await.unwrap().is_none() {
-            gone = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(gone, "snapshot left after unload");
+    let gone = kv_until(&kv, &key, |v| v.is_none()).await;
+    assert!(gone.is_some(), "snapshot left after unload");
     s.monitor.crash_and_restart(&s.client).await;
     assert!(s.monitor.status(&s.client).await.deployments.is_empty());
 }

@@ -286,18 +286,7 @@ impl GuestMemory {
         len: u32,
         max: usize,
     ) -> Result<Vec<u8>, String> {
-        if len as usize > max {
-            return Err(format!("length {len} exceeds the limit of {max} bytes"));
-        }
-        let data = self.0.data(store);
-        let start = ptr as usize;
-        let end = start + len as usize;
-        data.get(start..end).map(<[u8]>::to_vec).ok_or_else(|| {
-            format!(
-                "range {start}..{end} is outside guest memory of {} bytes",
-                data.len()
-            )
-        })
+        Self::slice(self.0.data(store), ptr, len, max).map(<[u8]>::to_vec)
     }
 
     /// Borrows `len` bytes at `ptr` in a caller's view of memory.

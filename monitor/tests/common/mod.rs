@@ -24,6 +24,23 @@ pub fn field<'a>(v: &'a bus_schema::Value, key: &str) -> &'a bus_schema::Value {
         .unwrap_or_else(|| panic!("no field {key} in {v}"))
 }
 
+/// Polls `key` (every 20 ms, at most 10 s) until `done` holds on its value;
+/// returns that value, or `None` if it never did.
+pub async fn kv_until(
+    kv: &async_nats::jetstream::kv::Store,
+    key: &str,
+    done: impl Fn(Option<&[u8]>) -> bool,
+) -> Option<Option<bytes::Bytes>> {
+    for _ in 0..500 {
+        let value = kv.get(key).await.unwrap();
+        if done(value.as_deref()) {
+            return Some(value);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
 /// A module built by `cargo xtask guests`.
 pub fn wasm(name: &str) -> Vec<u8> {
     let dir = std::env::var_os("TM_WASM_DIR")
