@@ -6,93 +6,9 @@ mod common;
 
 use std::time::Duration;
 
-use async_nats::jetstream;
-use bus_schema::{
-    BlobRef, CollectRequest, ConfigureReply, ConfigureRequest, DeploymentState, Filter, LinkState,
-    LoadReply, LoadRequest, ResultWindow, Value, subject,
-};
-use common::{MonitorProc, field, put_blob, request, wasm};
-use harness::NatsServer;
-use pcapgen::{Frame, count, linktype, mixed, write_pcap};
-
-fn u(v: &Value, key: &str) -> u64 {
-    field(v, key)
-        .as_u64()
-        .unwrap_or_else(|| panic!("{key} is not a number in {v}"))
-}
-
-struct Run {
-    _nats: NatsServer,
-    client: async_nats::Client,
-    monitor: MonitorProc,
-}
-
-/// A monitor "a" with one link per analyzer, each replaying `frames` (a
-/// replay starts when its first deployment attaches), and analyzer `i`
-/// loaded on link `i` as a deployment of the same name; returns once every
-/// replay is analyzed.
-async fn run(frames: &[Frame], analyzers: &[(&str, Value)]) -> Run {
-    let nats = NatsServer::start().await.unwrap();
-    let client = nats.client().await;
-    let js = jetstream::new(client.clone());
-    let dir = tempfile::tempdir().unwrap();
-    write_pcap(&dir.path().join("l0.pcap"), linktype::ETHERNET, frames).unwrap();
-    let mut config = String::from("address = \"10.9.9.1\"\n");
-    for i in 0..analyzers.len() {
-        config += &format!(
-            "[[link]]\nid = {i}\npcap = \"l0.pcap\"\nfrom_router = \"r1\"\nto_router = \"r2\"\n"
-        );
-    }
-    let monitor = MonitorProc::start_in(&nats, &client, "a", &config, dir).await;
-    for (i, (name, params)) in analyzers.iter().enumerate() {
-        let sha = put_blob(&js, name, &wasm(name)).await;
-        let _: LoadReply = request(
-            &client,
-            subject::monitor_load("a"),
-            &LoadRequest {
-                deployment: (*name).into(),
-                analyzer: BlobRef {
-                    name: (*name).into(),
-                    sha256: sha,
-                },
-                params: params.clone(),
-                filter: Filter::default(),
-                links: vec![i as u32],
-                owner: "t".into(),
-                report_every_ms: None,
-            },
-        )
-        .await
-        .into_result()
-        .unwrap();
-    }
-    let total = frames.len() as u64;
-    monitor
-        .wait_status(&client, "replay analyzed", |st| {
-            st.links.iter().all(|l| l.state == LinkState::Finished)
-                && st.deployments.iter().all(|d| d.stats.packets_in == total)
-        })
-        .await;
-    Run {
-        _nats: nats,
-        client,
-        monitor,
-    }
-}
-
-async fn collect(r: &Run, deployment: &str) -> Value {
-    let w: ResultWindow = request(
-        &r.client,
-        subject::monitor_collect("a"),
-        &CollectRequest {
-            deployment: deployment.into(),
-        },
-    )
-    .await
-    .into_result()
-    .unwrap();
-    w.results
-}
+use bus_schema::{ConfigureReply, ConfigureRequest, DeploymentState, Value, subject};
+use common::{collect, field, request, run, u};
+use pcapgen::{count, mixed};
 
 /// flow-stats gives each flow of the mix exactly, ranks by bytes, and a
 /// configure of top_n shows in the very next collect.

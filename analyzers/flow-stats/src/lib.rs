@@ -19,12 +19,10 @@
 //! — `top` sorted by bytes, then packets, descending; `bytes` are wire
 //! lengths; `tcp_flags` is the OR of every packet's flags.
 
-use std::collections::{BTreeMap, HashMap};
-use std::hash::{BuildHasherDefault, Hasher};
-use std::net::IpAddr;
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use tm_sdk::{Analyzer, Packet};
+use tm_sdk::{ip, Analyzer, FlowKey as Key, FxHashMap, Packet};
 
 /// Parameters.
 #[derive(Debug, Clone, Deserialize)]
@@ -61,23 +59,6 @@ impl Params {
         }
         Ok(self)
     }
-}
-
-/// A directional 5-tuple.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct Key {
-    /// 4 or 6.
-    pub version: u8,
-    /// IP protocol.
-    pub proto: u8,
-    /// Source address (IPv4 in the first 4 bytes).
-    pub src: [u8; 16],
-    /// Destination address.
-    pub dst: [u8; 16],
-    /// Source port (0 without ports).
-    pub sport: u16,
-    /// Destination port.
-    pub dport: u16,
 }
 
 /// Counters of a flow.
@@ -154,26 +135,7 @@ pub struct Results {
     pub top: Vec<FlowOut>,
 }
 
-/// FxHash: a fast non-cryptographic hash for the flow table (keys come from
-/// traffic, but a guest's table is bounded by `max_flows`).
-#[derive(Default)]
-pub struct Fx(u64);
-
-impl Hasher for Fx {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut b = [0u8; 8];
-            b[..chunk.len()].copy_from_slice(chunk);
-            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(b))
-                .wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-        }
-    }
-}
-
-type Table = HashMap<Key, Counters, BuildHasherDefault<Fx>>;
+type Table = FxHashMap<Key, Counters>;
 
 /// What a snapshot holds.
 #[derive(Serialize, Deserialize)]
@@ -193,14 +155,6 @@ pub struct FlowStats {
     links: Vec<(u64, u64)>,
     /// Latest packet time seen: the clock of the idle timeout.
     latest_ns: u64,
-}
-
-fn addr(version: u8, raw: &[u8; 16]) -> String {
-    if version == 4 {
-        IpAddr::from([raw[0], raw[1], raw[2], raw[3]]).to_string()
-    } else {
-        IpAddr::from(*raw).to_string()
-    }
 }
 
 impl FlowStats {
@@ -251,17 +205,12 @@ impl Analyzer for FlowStats {
         if h.ts_ns > self.latest_ns {
             self.latest_ns = h.ts_ns;
         }
-        if h.ip_version == 0 {
-            self.totals.non_ip_packets += 1;
-            return;
-        }
-        let key = Key {
-            version: h.ip_version,
-            proto: h.ip_proto,
-            src: h.src_addr,
-            dst: h.dst_addr,
-            sport: h.src_port,
-            dport: h.dst_port,
+        let key = match p.flow() {
+            Some(k) => k,
+            None => {
+                self.totals.non_ip_packets += 1;
+                return;
+            }
         };
         let full = self.flows.len() >= self.params.max_flows as usize;
         match self.flows.get_mut(&key) {
@@ -332,8 +281,8 @@ impl Analyzer for FlowStats {
             .into_iter()
             .take(self.params.top_n as usize)
             .map(|(k, c)| FlowOut {
-                src: addr(k.version, &k.src),
-                dst: addr(k.version, &k.dst),
+                src: ip(k.version, &k.src).to_string(),
+                dst: ip(k.version, &k.dst).to_string(),
                 sport: k.sport,
                 dport: k.dport,
                 proto: k.proto,

@@ -26,6 +26,9 @@ use std::cell::UnsafeCell;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 pub use serde;
+pub use view::{ip, Direction, FlowKey, Fx, FxHashMap, FxHashSet, Tcp, Window};
+
+mod view;
 pub use tm_abi as abi;
 use tm_abi::{PacketHeader, Records, Status, NO_OFFSET};
 

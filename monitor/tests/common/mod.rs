@@ -8,8 +8,12 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, object_store};
 use bus_schema::store::{self, BlobKind, BlobMeta};
-use bus_schema::{MonitorStatus, Reply, StatusRequest, subject};
+use bus_schema::{
+    BlobRef, CollectRequest, Filter, LinkState, LoadReply, LoadRequest, MonitorStatus, Reply,
+    ResultWindow, StatusRequest, Value, subject,
+};
 use harness::NatsServer;
+use pcapgen::{Frame, linktype, write_pcap};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -261,4 +265,88 @@ impl Drop for MonitorProc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+// --- running analyzers on a capture ------------------------------------
+
+/// A numeric field of a results map.
+pub fn u(v: &Value, key: &str) -> u64 {
+    field(v, key)
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key} is not a number in {v}"))
+}
+
+/// A nats-server and a monitor that has analyzed a capture.
+pub struct Run {
+    pub nats: NatsServer,
+    pub client: async_nats::Client,
+    pub monitor: MonitorProc,
+}
+
+/// Runs analyzers on one capture: a monitor "a" with one link per analyzer, each replaying `frames` (a
+/// replay starts when its first deployment attaches), and analyzer `i`
+/// loaded on link `i` as a deployment of the same name; returns once every
+/// replay is analyzed.
+pub async fn run(frames: &[Frame], analyzers: &[(&str, Value)]) -> Run {
+    let nats = NatsServer::start().await.unwrap();
+    let client = nats.client().await;
+    let js = jetstream::new(client.clone());
+    let dir = tempfile::tempdir().unwrap();
+    write_pcap(&dir.path().join("l0.pcap"), linktype::ETHERNET, frames).unwrap();
+    let mut config = String::from("address = \"10.9.9.1\"\n");
+    for i in 0..analyzers.len() {
+        config += &format!(
+            "[[link]]\nid = {i}\npcap = \"l0.pcap\"\nfrom_router = \"r1\"\nto_router = \"r2\"\n"
+        );
+    }
+    let monitor = MonitorProc::start_in(&nats, &client, "a", &config, dir).await;
+    for (i, (name, params)) in analyzers.iter().enumerate() {
+        let sha = put_blob(&js, name, &wasm(name)).await;
+        let _: LoadReply = request(
+            &client,
+            subject::monitor_load("a"),
+            &LoadRequest {
+                deployment: (*name).into(),
+                analyzer: BlobRef {
+                    name: (*name).into(),
+                    sha256: sha,
+                },
+                params: params.clone(),
+                filter: Filter::default(),
+                links: vec![i as u32],
+                owner: "t".into(),
+                report_every_ms: None,
+            },
+        )
+        .await
+        .into_result()
+        .unwrap();
+    }
+    let total = frames.len() as u64;
+    monitor
+        .wait_status(&client, "replay analyzed", |st| {
+            st.links.iter().all(|l| l.state == LinkState::Finished)
+                && st.deployments.iter().all(|d| d.stats.packets_in == total)
+        })
+        .await;
+    Run {
+        nats,
+        client,
+        monitor,
+    }
+}
+
+/// Collects a deployment's results from monitor "a".
+pub async fn collect(r: &Run, deployment: &str) -> Value {
+    let w: ResultWindow = request(
+        &r.client,
+        subject::monitor_collect("a"),
+        &CollectRequest {
+            deployment: deployment.into(),
+        },
+    )
+    .await
+    .into_result()
+    .unwrap();
+    w.results
 }

@@ -6,10 +6,14 @@
 //! which libpcap, tcpdump and tshark read.
 
 use std::io::{self, Write};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 
-use etherparse::PacketBuilder;
+use etherparse::{IpHeaders, PacketBuilder, PacketBuilderStep};
+
+pub mod apps;
+pub mod dns;
+pub mod scenarios;
 
 /// pcap link types.
 pub mod linktype {
@@ -59,6 +63,132 @@ pub fn write_pcap(path: &Path, linktype: u32, frames: &[Frame]) -> io::Result<()
 fn mac(ip: Ipv4Addr) -> [u8; 6] {
     let o = ip.octets();
     [0x02, 0x00, o[0], o[1], o[2], o[3]]
+}
+
+fn mac_of(ip: IpAddr) -> [u8; 6] {
+    match ip {
+        IpAddr::V4(v4) => mac(v4),
+        IpAddr::V6(v6) => {
+            let o = v6.octets();
+            [0x02, 0x06, o[12], o[13], o[14], o[15]]
+        }
+    }
+}
+
+/// Ethernet + IPv4 or IPv6 (TTL/hop limit 64). Both addresses must be of
+/// the same family.
+fn ip_step(src: IpAddr, dst: IpAddr) -> PacketBuilderStep<IpHeaders> {
+    let eth = PacketBuilder::ethernet2(mac_of(src), mac_of(dst));
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => eth.ipv4(s.octets(), d.octets(), 64),
+        (IpAddr::V6(s), IpAddr::V6(d)) => eth.ipv6(s.octets(), d.octets(), 64),
+        _ => panic!("mixed address families: {src} -> {dst}"),
+    }
+}
+
+/// TCP flag bits for [`tcp_segment`].
+pub mod flags {
+    /// FIN.
+    pub const FIN: u8 = 0x01;
+    /// SYN.
+    pub const SYN: u8 = 0x02;
+    /// RST.
+    pub const RST: u8 = 0x04;
+    /// PSH.
+    pub const PSH: u8 = 0x08;
+    /// ACK.
+    pub const ACK: u8 = 0x10;
+}
+
+/// One TCP segment over Ethernet and IPv4 or IPv6, with every field given:
+/// sequence and acknowledgement numbers, flag bits ([`flags`]) and window.
+#[allow(clippy::too_many_arguments)]
+#[must_use]
+pub fn tcp_segment(
+    src: SocketAddr,
+    dst: SocketAddr,
+    seq: u32,
+    ack: u32,
+    flag_bits: u8,
+    window: u16,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut b = ip_step(src.ip(), dst.ip()).tcp(src.port(), dst.port(), seq, window);
+    if flag_bits & flags::SYN != 0 {
+        b = b.syn();
+    }
+    if flag_bits & flags::ACK != 0 {
+        b = b.ack(ack);
+    }
+    if flag_bits & flags::PSH != 0 {
+        b = b.psh();
+    }
+    if flag_bits & flags::FIN != 0 {
+        b = b.fin();
+    }
+    if flag_bits & flags::RST != 0 {
+        b = b.rst();
+    }
+    let mut out = Vec::with_capacity(b.size(payload.len()));
+    b.write(&mut out, payload).expect("writing to a Vec");
+    out
+}
+
+/// A UDP datagram over Ethernet and IPv4 or IPv6.
+#[must_use]
+pub fn udp_datagram(src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Vec<u8> {
+    let b = ip_step(src.ip(), dst.ip()).udp(src.port(), dst.port());
+    let mut out = Vec::with_capacity(b.size(payload.len()));
+    b.write(&mut out, payload).expect("writing to a Vec");
+    out
+}
+
+/// An Ethernet/IPv6 ICMPv6 echo request.
+#[must_use]
+pub fn icmpv6_echo(src: Ipv6Addr, dst: Ipv6Addr, id: u16, seq: u16, payload: &[u8]) -> Vec<u8> {
+    let b = ip_step(src.into(), dst.into()).icmpv6_echo_request(id, seq);
+    let mut out = Vec::with_capacity(b.size(payload.len()));
+    b.write(&mut out, payload).expect("writing to a Vec");
+    out
+}
+
+/// Frames spaced in time: `push` appends a frame at the current time and
+/// moves the clock on by `step_ns`; `at` sets the clock.
+#[derive(Debug, Clone, Default)]
+pub struct Timeline {
+    /// The frames so far.
+    pub frames: Vec<Frame>,
+    /// Current time, Unix ns.
+    pub now_ns: u64,
+    /// Gap after each frame, ns.
+    pub step_ns: u64,
+}
+
+impl Timeline {
+    /// Starts at `start_ns`, frames `step_ns` apart.
+    #[must_use]
+    pub fn new(start_ns: u64, step_ns: u64) -> Timeline {
+        Timeline {
+            frames: Vec::new(),
+            now_ns: start_ns,
+            step_ns,
+        }
+    }
+
+    /// Appends a frame now and advances the clock.
+    pub fn push(&mut self, data: Vec<u8>) {
+        self.frames.push(Frame {
+            ts_ns: self.now_ns,
+            data,
+            wire_len: None,
+        });
+        self.now_ns += self.step_ns;
+    }
+
+    /// Moves the clock on by `ns`.
+    pub fn wait(&mut self, ns: u64) {
+        self.now_ns += ns;
+    }
 }
 
 /// An Ethernet/IPv4/TCP frame with `payload_len` bytes of payload and the

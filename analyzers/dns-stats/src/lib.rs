@@ -1,0 +1,1 @@
+//! `dns-stats`: DNS statistics: queries by type, response codes, top names, query-to-response latency.

@@ -1,0 +1,1 @@
+//! `dos-detect`: Attack detection: SYN flood, UDP flood and port scan, raised at once as events.
