@@ -5,9 +5,9 @@
  * The Rust side is analyzers/abi/src/lib.rs; a test there keeps the numbers
  * below in step with it.
  *
- * Build a core module without WASI, for example:
- *   clang --target=wasm32 -O2 -nostdlib -Wl,--no-entry -Wl,--export-dynamic \
- *         -o my-analyzer.wasm my-analyzer.c
+ * Build a core module without WASI, marking each export with TM_EXPORT, e.g.
+ *   clang --target=wasm32 -O2 -nostdlib -Wl,--no-entry -o my-analyzer.wasm my-analyzer.c
+ * (analyzers/c/tcp-flags.c is a complete example).
  *
  * Exports (all required unless marked optional):
  *   int32_t tm_abi_version(void);                  returns TM_ABI_VERSION
@@ -42,6 +42,9 @@
 
 /* Packs a guest pointer and a length into the int64 some exports return. */
 #define TM_PACK(ptr, len) ((int64_t)(((uint64_t)(uint32_t)(ptr) << 32) | (uint32_t)(len)))
+
+/* Marks a function as a module export: TM_EXPORT("tm_init") int32_t tm_init(...). */
+#define TM_EXPORT(name) __attribute__((export_name(name)))
 
 /* Host imports, module "tm". */
 #define TM_IMPORT(name) __attribute__((import_module("tm"), import_name(name)))

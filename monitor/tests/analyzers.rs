@@ -130,3 +130,246 @@ async fn corrupted_captures_are_analyzed_without_a_trap() {
     );
     tokio::time::sleep(Duration::from_millis(10)).await;
 }
+
+fn sa(s: &str) -> std::net::SocketAddr {
+    s.parse().unwrap()
+}
+
+const T0: u64 = 1_764_000_000_000_000_000;
+
+/// tcp-perf on three connections — a lossy IPv4 transfer, a clean IPv6
+/// one, and one with reordering, zero windows and a reset — gives exactly
+/// the generated figures, and flags the lossy one with an alert event.
+#[tokio::test]
+async fn tcp_perf_gives_exact_loss_figures_and_flags_the_lossy_flow() {
+    use pcapgen::scenarios::{Session, SessionTruth, transfer};
+    let mut tl = pcapgen::Timeline::new(T0, 100_000);
+    let lossy = transfer(&mut tl, sa("10.1.0.1:40001"), sa("10.2.0.1:80"), 40, 4);
+    let clean = transfer(&mut tl, sa("[fd00::1]:40002"), sa("[fd00::2]:443"), 30, 0);
+    let mut s = Session::new(sa("10.1.0.3:40003"), sa("10.2.0.3:8080"));
+    s.handshake(&mut tl, 1_000_000, 3_000_000);
+    for _ in 0..3 {
+        s.send(&mut tl, 500);
+        s.send_swapped(&mut tl, 500);
+        s.ack(&mut tl, 0);
+    }
+    s.ack(&mut tl, 1000);
+    s.reset(&mut tl);
+    let odd = s.truth;
+    let frames = tl.frames;
+
+    let r = run(&frames, &[("tcp-perf", Value::Nil)]).await;
+    let res = collect(&r, "tcp-perf").await;
+    let all = [lossy, clean, odd];
+    let sum = |f: fn(&SessionTruth) -> u64| all.iter().map(f).sum::<u64>();
+    assert_eq!(u(&res, "packets"), frames.len() as u64);
+    assert_eq!(u(&res, "tcp_packets"), sum(|t| t.packets));
+    assert_eq!(u(&res, "data_packets"), sum(|t| t.data_packets));
+    assert_eq!(u(&res, "retransmissions"), sum(|t| t.retransmissions));
+    assert_eq!(u(&res, "out_of_order"), sum(|t| t.out_of_order));
+    assert_eq!(u(&res, "zero_windows"), sum(|t| t.zero_windows));
+    assert_eq!(u(&res, "resets"), sum(|t| t.resets));
+    assert_eq!(
+        (lossy.retransmissions, odd.out_of_order, odd.zero_windows),
+        (10, 3, 3)
+    );
+    let rtts: Vec<u64> = all
+        .iter()
+        .map(|t| (t.syn_to_synack_ns + t.synack_to_ack_ns) / 1000)
+        .collect();
+    let rtt = field(&res, "rtt_us");
+    assert_eq!(
+        (
+            u(rtt, "count"),
+            u(rtt, "min"),
+            u(rtt, "max"),
+            u(rtt, "mean")
+        ),
+        (
+            3,
+            *rtts.iter().min().unwrap(),
+            *rtts.iter().max().unwrap(),
+            rtts.iter().sum::<u64>() / 3
+        )
+    );
+    let flows = field(&res, "flows").as_array().unwrap();
+    assert_eq!(flows.len(), 3);
+    let top = &flows[0];
+    assert_eq!(
+        (
+            field(top, "client").as_str(),
+            field(top, "server").as_str(),
+            u(top, "server_port"),
+            u(top, "retransmissions"),
+            u(top, "data_packets"),
+            u(top, "rtt_us"),
+            field(top, "flagged").as_bool()
+        ),
+        (
+            Some("10.1.0.1"),
+            Some("10.2.0.1"),
+            80,
+            lossy.retransmissions,
+            lossy.data_packets,
+            rtts[0],
+            Some(true)
+        )
+    );
+    let v6 = flows
+        .iter()
+        .find(|f| field(f, "client").as_str() == Some("fd00::1"))
+        .expect("the IPv6 connection");
+    assert_eq!(
+        (
+            u(v6, "packets"),
+            u(v6, "retransmissions"),
+            field(v6, "flagged").as_bool()
+        ),
+        (clean.packets, 0, Some(false))
+    );
+    let flagged = field(&res, "flagged").as_array().unwrap();
+    assert_eq!(flagged.len(), 1);
+    let link = &field(&res, "links").as_map().unwrap()[0].1;
+    assert_eq!(u(link, "retransmissions"), sum(|t| t.retransmissions));
+
+    // The flag was raised as an alert event at once, naming the flow.
+    let events = common::stream_events(&r.client, "tcp-perf").await;
+    let alerts: Vec<_> = events
+        .iter()
+        .filter(|e| e.kind == bus_schema::EventKind::Alert)
+        .collect();
+    assert_eq!(alerts.len(), 1, "{events:?}");
+    assert_eq!(field(&alerts[0].data, "client").as_str(), Some("10.1.0.1"));
+    assert_eq!(
+        field(&alerts[0].data, "kind").as_str(),
+        Some("tcp_retransmissions")
+    );
+}
+
+/// dos-detect raises a SYN flood, a UDP flood and a port scan, each the
+/// moment its threshold is crossed, and no alert for normal traffic.
+#[tokio::test]
+async fn dos_detect_raises_each_attack_when_its_threshold_is_crossed() {
+    use pcapgen::scenarios::{port_scan, syn_flood, transfer, udp_flood};
+    let mut tl = pcapgen::Timeline::new(T0 + 100_000_000, 50_000);
+    transfer(&mut tl, sa("10.1.0.1:40001"), sa("10.2.0.1:80"), 100, 0);
+    tl.wait(10_000_000);
+    let syn_start = tl.frames.len();
+    syn_flood(&mut tl, sa("10.2.0.9:80"), 1500, 10_000);
+    tl.wait(10_000_000);
+    let udp_start = tl.frames.len();
+    udp_flood(
+        &mut tl,
+        sa("10.1.0.5:7777"),
+        sa("10.2.0.8:53"),
+        6000,
+        20_000,
+    );
+    tl.wait(10_000_000);
+    let scan_start = tl.frames.len();
+    port_scan(
+        &mut tl,
+        sa("10.1.0.7:5555"),
+        "10.2.0.1".parse().unwrap(),
+        150,
+        100_000,
+    );
+    let frames = tl.frames;
+    assert!(
+        frames.last().unwrap().ts_ns < T0 + 1_000_000_000,
+        "all in one window"
+    );
+
+    let r = run(&frames, &[("dos-detect", Value::Nil)]).await;
+    let res = collect(&r, "dos-detect").await;
+    assert_eq!(u(&res, "packets"), frames.len() as u64);
+    let kinds = field(&res, "by_kind");
+    assert_eq!(
+        (
+            u(kinds, "syn_flood"),
+            u(kinds, "udp_flood"),
+            u(kinds, "port_scan")
+        ),
+        (1, 1, 1)
+    );
+    let alerts = field(&res, "alerts").as_array().unwrap();
+    // (kind, target, the packet that crossed the threshold, final count)
+    let expected = [
+        ("syn_flood", "10.2.0.9", syn_start + 999, 1500),
+        ("udp_flood", "10.2.0.8", udp_start + 4999, 6000),
+        ("port_scan", "10.1.0.7", scan_start + 99, 150),
+    ];
+    for (a, (kind, target, at, count)) in alerts.iter().zip(expected) {
+        assert_eq!(
+            (
+                field(a, "kind").as_str(),
+                field(a, "target").as_str(),
+                u(a, "ts_ns"),
+                u(a, "count"),
+                u(a, "link")
+            ),
+            (Some(kind), Some(target), frames[at].ts_ns, count, 0)
+        );
+    }
+    // Each went out as an event, in order, with the crossing time.
+    let events = common::stream_events(&r.client, "dos-detect").await;
+    let raised: Vec<(String, u64)> = events
+        .iter()
+        .filter(|e| e.kind == bus_schema::EventKind::Alert)
+        .map(|e| {
+            (
+                field(&e.data, "kind").as_str().unwrap().to_owned(),
+                u(&e.data, "ts_ns"),
+            )
+        })
+        .collect();
+    let want: Vec<(String, u64)> = expected
+        .iter()
+        .map(|(k, _, at, _)| ((*k).to_owned(), frames[*at].ts_ns))
+        .collect();
+    assert_eq!(raised, want);
+}
+
+/// The C analyzer (analyzers/c/tcp-flags.c) runs in the monitor like the
+/// Rust ones: exact counts, bad params refused with its own message.
+#[tokio::test]
+async fn the_c_analyzer_counts_tcp_flags_exactly() {
+    use pcapgen::flags::{ACK, FIN, RST, SYN};
+    use pcapgen::scenarios::{Session, syn_flood, transfer};
+    let mut tl = pcapgen::Timeline::new(T0, 10_000);
+    transfer(&mut tl, sa("10.1.0.1:40001"), sa("10.2.0.1:80"), 20, 3);
+    syn_flood(&mut tl, sa("10.2.0.9:80"), 300, 1000);
+    let mut s = Session::new(sa("10.1.0.3:1"), sa("10.2.0.3:2"));
+    s.handshake(&mut tl, 1000, 1000);
+    s.reset(&mut tl);
+    let mut frames = tl.frames;
+    frames.extend(mixed(50, T0 + 1_000_000_000));
+    let flags: Vec<u8> = frames.iter().filter_map(pcapgen::tcp_flags).collect();
+    let n = |f: &dyn Fn(u8) -> bool| flags.iter().filter(|&&x| f(x)).count() as u64;
+
+    let r = run(&frames, &[("tcp-flags", Value::Nil)]).await;
+    let res = collect(&r, "tcp-flags").await;
+    let (packets, bytes) = count(&frames, |_| true);
+    assert_eq!((u(&res, "packets"), u(&res, "bytes")), (packets, bytes));
+    assert_eq!(u(&res, "tcp"), flags.len() as u64);
+    assert_eq!(u(&res, "syn"), n(&|f| f & (SYN | ACK) == SYN));
+    assert_eq!(u(&res, "synack"), n(&|f| f & (SYN | ACK) == SYN | ACK));
+    assert_eq!(u(&res, "fin"), n(&|f| f & FIN != 0));
+    assert_eq!(u(&res, "rst"), n(&|f| f & RST != 0));
+    assert_eq!(u(&res, "syn"), 302);
+
+    let err = request::<_, ConfigureReply>(
+        &r.client,
+        subject::monitor_configure("a"),
+        &ConfigureRequest {
+            deployment: "tcp-flags".into(),
+            requester: "t".into(),
+            params: Value::Map(vec![("x".into(), 1.into())]),
+            force: false,
+        },
+    )
+    .await
+    .into_result()
+    .unwrap_err();
+    assert!(err.message.contains("takes no parameters"), "{err:?}");
+}

@@ -4,7 +4,8 @@
 //! it: rustup's cargo resolves and vendors the guest dependencies, then
 //! Debian's cargo 1.65 + rustc 1.63 (with `libstd-rust-dev-wasm32`) compiles
 //! them offline from that vendor directory. Either way the modules land in
-//! `target/wasm/`.
+//! `target/wasm/`. Guests written in C (`analyzers/c/*.c`, against
+//! `analyzers/abi/tm_abi.h`) are compiled with clang's wasm32 target.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -123,6 +124,7 @@ pub fn build_all(root: &Path, toolchain: Toolchain) -> Result<PathBuf> {
             }
         }
     }
+    built.extend(build_c(root, &out)?);
     if built.is_empty() {
         bail!("no guest modules were built");
     }
@@ -174,4 +176,65 @@ fn build_debian(root: &Path, ws: &Path, name: &str, target_dir: &Path) -> Result
             "source.vendored.directory=\"{}\"",
             vendor.display()
         )))
+}
+
+/// A clang that can target wasm32: on PATH, else Debian's LLVM install.
+fn clang() -> Option<PathBuf> {
+    let mut candidates = vec![PathBuf::from("clang")];
+    if let Ok(dirs) = std::fs::read_dir("/usr/lib") {
+        let mut llvm: Vec<PathBuf> = dirs
+            .filter_map(|d| d.ok().map(|d| d.path()))
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("llvm-"))
+            })
+            .map(|p| p.join("bin/clang"))
+            .collect();
+        llvm.sort();
+        candidates.extend(llvm.into_iter().rev());
+    }
+    candidates.into_iter().find(|c| {
+        Command::new(c)
+            .arg("--print-targets")
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("wasm32"))
+    })
+}
+
+/// Compiles every `analyzers/c/*.c` to `out/<name>.wasm`.
+fn build_c(root: &Path, out: &Path) -> Result<Vec<PathBuf>> {
+    let dir = root.join("analyzers/c");
+    let mut sources: Vec<PathBuf> = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "c"))
+            .collect(),
+        Err(_) => return Ok(Vec::new()),
+    };
+    sources.sort();
+    if sources.is_empty() {
+        return Ok(Vec::new());
+    }
+    let clang = clang().context(
+        "no clang with a wasm32 target for the C analyzers in analyzers/c: run xtask/setup.sh",
+    )?;
+    let mut built = Vec::new();
+    for src in sources {
+        let dest = out.join(src.with_extension("wasm").file_name().unwrap());
+        run(Command::new(&clang)
+            .args([
+                "--target=wasm32",
+                "-O2",
+                "-nostdlib",
+                "-Wall",
+                "-Wextra",
+                "-Werror",
+                "-Wl,--no-entry",
+                "-o",
+            ])
+            .arg(&dest)
+            .arg(&src))?;
+        built.push(dest);
+    }
+    Ok(built)
 }

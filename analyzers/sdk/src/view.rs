@@ -239,8 +239,10 @@ pub type FxHashSet<K> = HashSet<K, BuildHasherDefault<Fx>>;
 pub struct Window {
     /// Width, ns (at least 1).
     pub width_ns: u64,
-    /// Start of the current window, ns; 0 before the first packet.
+    /// Start of the current window, ns.
     pub start_ns: u64,
+    /// False before the first packet.
+    pub started: bool,
 }
 
 impl Window {
@@ -249,6 +251,7 @@ impl Window {
         Window {
             width_ns: width_ns.max(1),
             start_ns: 0,
+            started: false,
         }
     }
 
@@ -256,8 +259,9 @@ impl Window {
     /// Packets older than the current window stay in it.
     pub fn advance(&mut self, ts_ns: u64) -> bool {
         let start = ts_ns - ts_ns % self.width_ns;
-        if start > self.start_ns || self.start_ns == 0 {
+        if start > self.start_ns || !self.started {
             self.start_ns = start;
+            self.started = true;
             true
         } else {
             false
@@ -345,6 +349,8 @@ mod tests {
         assert_eq!(a.src_ip().to_string(), "10.0.0.2");
 
         let mut w = Window::new(1_000);
+        assert!(w.advance(5));
+        assert!(!w.advance(999), "the first window starts at 0 too");
         assert!(w.advance(2_500));
         assert_eq!(w.start_ns, 2_000);
         assert!(!w.advance(2_999));

@@ -350,3 +350,27 @@ pub async fn collect(r: &Run, deployment: &str) -> Value {
     .unwrap();
     w.results
 }
+
+/// Every event of `deployment` on monitor "a" in the events stream, read
+/// until none arrives for a second.
+pub async fn stream_events(
+    client: &async_nats::Client,
+    deployment: &str,
+) -> Vec<bus_schema::Event> {
+    use futures::StreamExt;
+    let js = jetstream::new(client.clone());
+    let stream = js.get_stream(store::EVENTS_STREAM).await.unwrap();
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            filter_subject: subject::events("a", deployment),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut messages = consumer.messages().await.unwrap();
+    let mut out = Vec::new();
+    while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(1), messages.next()).await {
+        out.push(bus_schema::decode(&msg.unwrap().payload).unwrap());
+    }
+    out
+}

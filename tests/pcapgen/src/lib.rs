@@ -323,6 +323,18 @@ pub fn count(frames: &[Frame], keep: impl Fn(&Frame) -> bool) -> (u64, u64) {
     })
 }
 
+/// TCP flags of an Ethernet/IPv4 (no options) or IPv6 (no extension
+/// headers) TCP frame, read straight from the bytes.
+#[must_use]
+pub fn tcp_flags(frame: &Frame) -> Option<u8> {
+    let d = &frame.data;
+    match (d.get(12..14)?, d.get(14)? >> 4) {
+        ([0x08, 0x00], 4) if d[14] & 0x0f == 5 && *d.get(23)? == 6 => d.get(14 + 20 + 13).copied(),
+        ([0x86, 0xdd], 6) if *d.get(20)? == 6 => d.get(14 + 40 + 13).copied(),
+        _ => None,
+    }
+}
+
 /// IP protocol number of an Ethernet/IPv4 frame (0 if not IPv4).
 #[must_use]
 pub fn ip_proto(frame: &Frame) -> u8 {
