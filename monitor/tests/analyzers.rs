@@ -373,3 +373,97 @@ async fn the_c_analyzer_counts_tcp_flags_exactly() {
     .unwrap_err();
     assert!(err.message.contains("takes no parameters"), "{err:?}");
 }
+
+/// A byte figure as tshark prints it ("4095 bytes", "150 kB"): exact below
+/// its unit switch, rounded above. Returns (value, unit size).
+fn tshark_bytes(n: &str, unit: &str) -> (u64, u64) {
+    let scale = match unit {
+        "bytes" => 1,
+        "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        other => panic!("unknown tshark unit {other}"),
+    };
+    (n.parse::<u64>().unwrap() * scale, scale)
+}
+
+/// Every TCP and UDP conversation tshark reports (`-z conv,tcp -z
+/// conv,udp`) matches flow-stats' two directional flows: frames exactly,
+/// bytes exactly (or to tshark's printed precision above 10 kB).
+#[tokio::test]
+async fn flow_stats_agrees_with_tshark_conversations() {
+    use pcapgen::scenarios::{syn_flood, transfer};
+    let mut tl = pcapgen::Timeline::new(T0, 100_000);
+    transfer(&mut tl, sa("10.1.0.1:40001"), sa("10.2.0.1:80"), 6, 2);
+    transfer(&mut tl, sa("[fd00::1]:40002"), sa("[fd00::2]:443"), 4, 0);
+    syn_flood(&mut tl, sa("10.2.0.9:80"), 40, 1000);
+    let mut frames = tl.frames;
+    frames.extend(mixed(40, T0 + 1_000_000_000));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("conv.pcap");
+    pcapgen::write_pcap(&file, pcapgen::linktype::ETHERNET, &frames).unwrap();
+    let out = std::process::Command::new("tshark")
+        .args(["-n", "-q", "-z", "conv,tcp", "-z", "conv,udp", "-r"])
+        .arg(&file)
+        .output()
+        .expect("tshark is required (xtask/setup.sh installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+
+    let params = Value::Map(vec![("top_n".into(), 10_000.into())]);
+    let r = run(&frames, &[("flow-stats", params)]).await;
+    let res = collect(&r, "flow-stats").await;
+    let mut flows = std::collections::HashMap::new();
+    for f in field(&res, "top").as_array().unwrap() {
+        let end = |a: &str, p: &str| format!("{}:{}", field(f, a).as_str().unwrap(), u(f, p));
+        flows.insert(
+            (end("src", "sport"), end("dst", "dport"), u(f, "proto")),
+            (u(f, "packets"), u(f, "bytes")),
+        );
+    }
+    let mut proto = 0;
+    let mut compared = 0;
+    let mut exact = 0;
+    for line in text.lines() {
+        if line.starts_with("TCP Conversations") {
+            proto = 6;
+        } else if line.starts_with("UDP Conversations") {
+            proto = 17;
+        }
+        let t: Vec<&str> = line.split_whitespace().collect();
+        if t.len() < 9 || t[1] != "<->" {
+            continue;
+        }
+        // A <-> B | frames bytes unit (B to A) | frames bytes unit (A to B)
+        for (from, to, frames_at) in [(t[2], t[0], 3), (t[0], t[2], 6)] {
+            let frames_n: u64 = t[frames_at].parse().unwrap();
+            let (bytes, scale) = tshark_bytes(t[frames_at + 1], t[frames_at + 2]);
+            let ours = flows.get(&(from.to_owned(), to.to_owned(), proto)).copied();
+            if frames_n == 0 {
+                assert_eq!(ours, None, "{from} -> {to}: tshark saw no frames");
+                continue;
+            }
+            let (p, b) = ours.unwrap_or_else(|| panic!("flow-stats has no {from} -> {to}"));
+            assert_eq!(p, frames_n, "{from} -> {to} frames");
+            if scale == 1 {
+                assert_eq!(b, bytes, "{from} -> {to} bytes");
+                exact += 1;
+            } else {
+                assert!(
+                    b.abs_diff(bytes) <= scale / 2 + scale / 10,
+                    "{from} -> {to}: {b} vs {bytes}"
+                );
+            }
+            compared += 1;
+        }
+    }
+    // 2 transfers both ways, 40 SYNs, the mix's TCP and UDP flow.
+    assert_eq!(compared, 2 * 2 + 40 + 2, "{text}");
+    assert!(exact > 0);
+    let tcp_udp = flows.keys().filter(|k| k.2 == 6 || k.2 == 17).count();
+    assert_eq!(tcp_udp, compared, "flows tshark did not report");
+}
