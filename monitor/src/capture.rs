@@ -138,9 +138,12 @@ impl Tap {
         if self.batch.buf.capacity() == 0 {
             self.batch.buf.reserve(BATCH_BYTES.max(len));
         }
-        self.batch.buf.resize(at + len, 0);
-        h.write_record(data, &mut self.batch.buf[at..])
-            .expect("sized above");
+        // Header, captured bytes, zero padding: each byte written once.
+        debug_assert_eq!(h.cap_len as usize, data.len());
+        let buf = &mut self.batch.buf;
+        buf.extend_from_slice(&h.encode(len as u32));
+        buf.extend_from_slice(data);
+        buf.resize(at + len, 0);
         self.batch.count += 1;
         self.batch.wire_bytes += u64::from(h.wire_len);
         if self.batch.count >= self.batch_packets {
@@ -455,6 +458,9 @@ struct LinkThread {
     taps_changed: bool,
     /// The BPF expression installed in the kernel, if any.
     kernel_filter: Option<String>,
+    /// Packets, bytes and parse errors not yet added to `shared` (added
+    /// every 64 packets and on every flush, not per packet).
+    unsynced: (u64, u64, u64),
 }
 
 impl LinkThread {
@@ -466,6 +472,7 @@ impl LinkThread {
             last_flush: Instant::now(),
             taps_changed: false,
             kernel_filter: None,
+            unsynced: (0, 0, 0),
         }
     }
 
@@ -499,7 +506,22 @@ impl LinkThread {
         }
     }
 
+    /// Adds the locally counted packets to the shared counters.
+    fn sync_counts(&mut self) {
+        let (packets, bytes, errors) = std::mem::take(&mut self.unsynced);
+        if packets > 0 {
+            self.shared.packets.fetch_add(packets, Ordering::Relaxed);
+            self.shared.bytes.fetch_add(bytes, Ordering::Relaxed);
+        }
+        if errors > 0 {
+            self.shared
+                .parse_errors
+                .fetch_add(errors, Ordering::Relaxed);
+        }
+    }
+
     fn flush_all(&mut self) {
+        self.sync_counts();
         for tap in &mut self.taps {
             tap.flush();
         }
@@ -583,6 +605,7 @@ impl LinkThread {
             since_poll += 1;
             if since_poll >= 64 {
                 since_poll = 0;
+                self.sync_counts();
                 if !self.poll_controls() {
                     return;
                 }
@@ -590,6 +613,18 @@ impl LinkThread {
                     self.flush_all();
                 }
                 self.update_kernel_filter(&mut capture);
+                // Kernel drop counters, once a second (live captures only).
+                if last_stats.elapsed() >= Duration::from_secs(1) {
+                    last_stats = Instant::now();
+                    if let Some(s) = capture.stats() {
+                        self.shared
+                            .kernel_drops
+                            .store(u64::from(s.dropped), Ordering::Relaxed);
+                        self.shared
+                            .interface_drops
+                            .store(u64::from(s.if_dropped), Ordering::Relaxed);
+                    }
+                }
             }
             match capture.next() {
                 Ok(Next::Packet {
@@ -599,12 +634,10 @@ impl LinkThread {
                 }) => {
                     let data = &data[..data.len().min(snaplen)];
                     let h = parse(link_type, id, ts_ns, wire_len, data);
-                    self.shared.packets.fetch_add(1, Ordering::Relaxed);
-                    self.shared
-                        .bytes
-                        .fetch_add(u64::from(wire_len), Ordering::Relaxed);
+                    self.unsynced.0 += 1;
+                    self.unsynced.1 += u64::from(wire_len);
                     if h.flags & flag::PARSE_ERROR != 0 {
-                        self.shared.parse_errors.fetch_add(1, Ordering::Relaxed);
+                        self.unsynced.2 += 1;
                     }
                     for tap in &mut self.taps {
                         tap.offer(&h, data);
@@ -616,6 +649,7 @@ impl LinkThread {
                 }
                 Ok(Next::Wait(d)) => {
                     // Paced replay: serve controls while waiting for the packet.
+                    self.sync_counts();
                     if self.last_flush.elapsed() >= FLUSH_EVERY {
                         self.flush_all();
                     }
@@ -651,17 +685,6 @@ impl LinkThread {
                     tracing::error!(link = id, error = %e, "link failed");
                     self.shared.set_state(LinkState::Failed, Some(e));
                     return self.serve_controls();
-                }
-            }
-            if last_stats.elapsed() >= Duration::from_secs(1) {
-                last_stats = Instant::now();
-                if let Some(s) = capture.stats() {
-                    self.shared
-                        .kernel_drops
-                        .store(u64::from(s.dropped), Ordering::Relaxed);
-                    self.shared
-                        .interface_drops
-                        .store(u64::from(s.if_dropped), Ordering::Relaxed);
                 }
             }
         }

@@ -79,6 +79,11 @@ impl Sandbox {
         c.wasm_relaxed_simd(false);
         // Keep virtual memory reservations modest: many deployments may run.
         c.memory_reservation(1 << 32);
+        // `TM_WASM_PERFMAP=1`: name guest functions in /tmp/perf-PID.map so
+        // `perf report` can attribute time inside guests.
+        if std::env::var_os("TM_WASM_PERFMAP").is_some() {
+            c.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&c)?;
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {

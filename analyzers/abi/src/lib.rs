@@ -216,6 +216,7 @@ pub fn record_len(cap_len: usize) -> usize {
     (RECORD_HEADER_LEN + cap_len + RECORD_ALIGN - 1) / RECORD_ALIGN * RECORD_ALIGN
 }
 
+#[inline]
 fn get<const N: usize>(buf: &[u8], at: usize) -> [u8; N] {
     let mut out = [0u8; N];
     out.copy_from_slice(&buf[at..at + N]);
@@ -232,7 +233,20 @@ impl PacketHeader {
         }
         let len = record_len(data.len());
         let out = out.get_mut(..len)?;
-        out[0..4].copy_from_slice(&(len as u32).to_le_bytes());
+        out[..RECORD_HEADER_LEN].copy_from_slice(&self.encode(len as u32));
+        out[RECORD_HEADER_LEN..RECORD_HEADER_LEN + data.len()].copy_from_slice(data);
+        for b in &mut out[RECORD_HEADER_LEN + data.len()..] {
+            *b = 0;
+        }
+        Some(len)
+    }
+
+    /// The record header bytes for a record of `record_len` bytes (see
+    /// [`record_len`]); the captured bytes and zero padding follow it.
+    #[inline]
+    pub fn encode(&self, record_len: u32) -> [u8; RECORD_HEADER_LEN] {
+        let mut out = [0u8; RECORD_HEADER_LEN];
+        out[0..4].copy_from_slice(&record_len.to_le_bytes());
         out[4..8].copy_from_slice(&self.link.to_le_bytes());
         out[8..16].copy_from_slice(&self.ts_ns.to_le_bytes());
         out[16..20].copy_from_slice(&self.wire_len.to_le_bytes());
@@ -249,16 +263,13 @@ impl PacketHeader {
         out[68] = self.tcp_flags;
         out[69] = self.flags;
         out[70..72].copy_from_slice(&self.vlan.to_le_bytes());
-        out[RECORD_HEADER_LEN..RECORD_HEADER_LEN + data.len()].copy_from_slice(data);
-        for b in &mut out[RECORD_HEADER_LEN + data.len()..] {
-            *b = 0;
-        }
-        Some(len)
+        out
     }
 
     /// Reads the record at the start of `buf`: its header, its captured
     /// bytes and its length. `None` if the record is malformed (a length
     /// that does not fit `buf` or disagrees with `cap_len`).
+    #[inline]
     pub fn read_record(buf: &[u8]) -> Option<(PacketHeader, &[u8], usize)> {
         if buf.len() < RECORD_HEADER_LEN {
             return None;
@@ -307,6 +318,7 @@ impl<'a> Records<'a> {
 impl<'a> Iterator for Records<'a> {
     type Item = (PacketHeader, &'a [u8]);
 
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         if self.left == 0 {
             return None;

@@ -35,7 +35,7 @@ use tm_sdk::{ip, Analyzer, FxHashMap, FxHashSet, Packet, Window};
 const MAX_SOURCES: usize = 8;
 
 /// Parameters.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Params {
     /// Window width, ms of packet time.
@@ -151,7 +151,7 @@ pub struct Results {
 }
 
 /// Counting towards one target within a window.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 struct Tally {
     count: u64,
     /// Index into `alerts` once raised (`alerts_total` at the time).
@@ -160,14 +160,15 @@ struct Tally {
 }
 
 /// One source's probes within a window.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 struct Scan {
     probes: FxHashSet<(Addr, u16)>,
     /// Index into `alerts` once raised.
     alert: Option<u64>,
 }
 
-/// The analyzer.
+/// The analyzer; its whole state is its snapshot.
+#[derive(Serialize, Deserialize)]
 pub struct DosDetect {
     params: Params,
     window: Window,
@@ -361,6 +362,8 @@ impl Analyzer for DosDetect {
         r.alerts = self.alerts.iter().cloned().collect();
         r
     }
+
+    tm_sdk::snapshot_from_serde!();
 }
 
 tm_sdk::export_analyzer!(DosDetect);
@@ -463,6 +466,27 @@ mod tests {
         let r = a.results();
         assert_eq!(r.untracked_packets, 10);
         assert_eq!(r.alerts[0].count, 30);
+    }
+
+    #[test]
+    fn the_whole_state_survives_a_snapshot() {
+        let mut a = DosDetect::init(Params {
+            syn_threshold: 3,
+            ..Params::default()
+        })
+        .unwrap();
+        for i in 0..2 {
+            feed(&mut a, pkt(i, 1, 6, tcp::SYN, 80, 10 + u64::from(i)));
+        }
+        let saved = a.snapshot().unwrap();
+        let mut b = DosDetect::init(Params::default()).unwrap();
+        b.restore(&saved).unwrap();
+        // The restored one is mid-window with the same tallies and params:
+        // one more SYN crosses its threshold of 3.
+        feed(&mut b, pkt(9, 1, 6, tcp::SYN, 80, 20));
+        let r = b.results();
+        assert_eq!((r.alerts_total, r.alerts[0].count), (1, 3));
+        assert!(b.restore(b"garbage").is_err());
     }
 
     #[test]

@@ -106,6 +106,30 @@ pub trait Analyzer: Sized {
     }
 }
 
+/// Derives [`Analyzer::snapshot`] and [`Analyzer::restore`] from the
+/// analyzer's own serde derives: the whole state is saved, and restored in
+/// place of the freshly initialised one. Put it inside `impl Analyzer for
+/// T` when `T: Serialize + Deserialize`:
+///
+/// ```ignore
+/// impl tm_sdk::Analyzer for Counter {
+///     // ...
+///     tm_sdk::snapshot_from_serde!();
+/// }
+/// ```
+#[macro_export]
+macro_rules! snapshot_from_serde {
+    () => {
+        fn snapshot(&self) -> Option<Vec<u8>> {
+            $crate::encode_state(self)
+        }
+        fn restore(&mut self, state: &[u8]) -> Result<(), String> {
+            *self = $crate::decode_state(state)?;
+            Ok(())
+        }
+    };
+}
+
 /// Encodes state for [`Analyzer::snapshot`].
 pub fn encode_state<T: serde::Serialize>(state: &T) -> Option<Vec<u8>> {
     rmp_serde::to_vec_named(state).ok()

@@ -3,7 +3,7 @@
 //! and tumbling time windows on packet time.
 
 use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
@@ -121,7 +121,7 @@ impl<'a> Packet<'a> {
 }
 
 /// A directional 5-tuple (ports 0 for port-less protocols).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct FlowKey {
     /// 4 or 6.
     pub version: u8,
@@ -135,6 +135,29 @@ pub struct FlowKey {
     pub sport: u16,
     /// Destination port.
     pub dport: u16,
+}
+
+/// Hashes the key as five 64-bit words: flow tables hash every packet's
+/// key, and word-sized writes keep that inline and cheap.
+impl Hash for FlowKey {
+    #[inline]
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        let word = |b: &[u8]| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(b);
+            u64::from_le_bytes(w)
+        };
+        state.write_u64(
+            u64::from(self.version)
+                | u64::from(self.proto) << 8
+                | u64::from(self.sport) << 16
+                | u64::from(self.dport) << 32,
+        );
+        state.write_u64(word(&self.src[..8]));
+        state.write_u64(word(&self.src[8..]));
+        state.write_u64(word(&self.dst[..8]));
+        state.write_u64(word(&self.dst[8..]));
+    }
 }
 
 /// Which way a packet goes relative to its bidirectional key.
@@ -194,9 +217,11 @@ pub fn ip(version: u8, raw: &[u8; 16]) -> IpAddr {
 pub struct Fx(u64);
 
 impl Hasher for Fx {
+    #[inline]
     fn finish(&self) -> u64 {
         self.0
     }
+    #[inline]
     fn write(&mut self, bytes: &[u8]) {
         for chunk in bytes.chunks(8) {
             let mut b = [0u8; 8];
@@ -204,18 +229,23 @@ impl Hasher for Fx {
             self.add(u64::from_le_bytes(b));
         }
     }
+    #[inline]
     fn write_u8(&mut self, i: u8) {
         self.add(u64::from(i));
     }
+    #[inline]
     fn write_u16(&mut self, i: u16) {
         self.add(u64::from(i));
     }
+    #[inline]
     fn write_u32(&mut self, i: u32) {
         self.add(u64::from(i));
     }
+    #[inline]
     fn write_u64(&mut self, i: u64) {
         self.add(i);
     }
+    #[inline]
     fn write_usize(&mut self, i: usize) {
         self.add(i as u64);
     }

@@ -284,7 +284,13 @@ pub fn mixed(n: usize, start_ns: u64) -> Vec<Frame> {
 /// capture with a known flow count.
 #[must_use]
 pub fn flows(packets: usize, flows: usize, start_ns: u64) -> Vec<Frame> {
-    let payload = [0x5au8; 1400];
+    flows_sized(packets, flows, 1400, start_ns)
+}
+
+/// [`flows`] with payloads of 0 to `max_payload - 1` bytes.
+#[must_use]
+pub fn flows_sized(packets: usize, flows: usize, max_payload: usize, start_ns: u64) -> Vec<Frame> {
+    let payload = vec![0x5au8; max_payload.max(1)];
     let mut x: u32 = 0x1234_5678;
     (0..packets)
         .map(|i| {
@@ -293,7 +299,7 @@ pub fn flows(packets: usize, flows: usize, start_ns: u64) -> Vec<Frame> {
             x ^= x << 13;
             x ^= x >> 17;
             x ^= x << 5;
-            let len = (x % 1400) as usize;
+            let len = (x % payload.len() as u32) as usize;
             Frame {
                 ts_ns: start_ns + i as u64 * 1000,
                 data: tcp(

@@ -1,0 +1,426 @@
+//! flow-stats in WebAssembly inside the monitor, side by side with the
+//! tools operators use today, on the same generated capture in one run:
+//!
+//!     cargo xtask guests
+//!     cargo bench -p monitor --bench analyzers [-- PACKETS FLOWS MAX_PAYLOAD] [--quick]
+//!
+//! Default capture: 2,000,000 TCP packets over 10,000 flows, payloads of 0
+//! to 255 bytes (target/bench/flows-2000000-10000-256.pcap). Each tool runs
+//! as a child process and is measured with wait4(2): wall time, CPU time
+//! (user + system) and peak resident memory.
+//!
+//! - `tcpdump -r FILE -w /dev/null` (libpcap's raw read: the floor);
+//! - `softflowd -r FILE` (flows exported to 127.0.0.1:9, nobody listens);
+//! - `pmacctd -I FILE` with the print plugin on the 5-tuple;
+//! - `tshark -q -z conv,ip -r FILE`;
+//! - the monitor's data path with the flow-stats guest, in a child process
+//!   (this binary re-run with `--child`), on both cores and pinned to one.
+//!
+//! Then the same flow-stats logic natively vs in WebAssembly on the very
+//! batches the monitor builds (analysis only, no capture): the native build
+//! is `analyzers/flow-stats/examples/native.rs`.
+
+mod common;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bus_schema::{Filter, Value};
+use common::{BATCH, capture_file_sized, guest, monitor_run, root};
+use monitor::capture::{BATCH_BYTES, guest_batch_bytes};
+use monitor::guest::{Analyzer, InstanceConfig};
+use monitor::parse::{LinkType, parse};
+use wasm_host::{Sandbox, SandboxConfig};
+
+/// What a child process cost.
+struct Cost {
+    wall: Duration,
+    cpu: Duration,
+    max_rss_kb: u64,
+    stdout: String,
+}
+
+/// Runs `cmd` to completion and measures it with wait4.
+// wait4 reaps the child; std's wait would lose its resource usage.
+#[allow(clippy::zombie_processes)]
+fn measure(cmd: &mut Command) -> Cost {
+    let out = tempfile::tempfile().unwrap();
+    let started = Instant::now();
+    let child = cmd
+        .stdout(out.try_clone().unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e} (xtask/setup.sh installs the tools)"));
+    let mut status = 0;
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    let wall = started.elapsed();
+    assert_eq!(pid, child.id() as i32, "wait4 failed");
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "{cmd:?} failed with status {status}"
+    );
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    let mut out = out;
+    let mut stdout = Vec::new();
+    use std::io::{Read, Seek};
+    out.rewind().unwrap();
+    out.read_to_end(&mut stdout).unwrap();
+    let stdout = String::from_utf8_lossy(&stdout).into_owned();
+    Cost {
+        wall,
+        cpu: tv(usage.ru_utime) + tv(usage.ru_stime),
+        max_rss_kb: usage.ru_maxrss as u64,
+        stdout,
+    }
+}
+
+/// Sum of a whitespace-separated column over lines that have enough of them.
+fn column_sum(text: &str, col: usize, min_cols: usize) -> u64 {
+    text.lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|t| t.len() >= min_cols)
+        .filter_map(|t| t[col].parse::<u64>().ok())
+        .sum()
+}
+
+/// The child: the monitor's data path with flow-stats, optionally pinned
+/// to CPU 0; prints `packets bytes flows`.
+fn child(path: &Path, pin: bool, total: u64) {
+    if pin {
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(0, &mut set);
+            assert_eq!(
+                libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+                0
+            );
+        }
+    }
+    let sandbox = Sandbox::new(&SandboxConfig::default()).unwrap();
+    let module = guest(&sandbox, "flow-stats");
+    let r = monitor_run(
+        path,
+        &sandbox,
+        &module,
+        "flow-stats",
+        Filter::default(),
+        total,
+        total,
+    );
+    assert_eq!(r.packets_in, total, "the guest must see every packet");
+    let u = |k: &str| field(&r.results, k).as_u64().unwrap();
+    println!(
+        "{} {} {} {}",
+        u("packets"),
+        u("bytes"),
+        u("active_flows"),
+        r.elapsed.as_nanos()
+    );
+}
+
+fn field<'a>(v: &'a Value, key: &str) -> &'a Value {
+    v.as_map()
+        .and_then(|m| m.iter().find(|(k, _)| k.as_str() == Some(key)))
+        .map(|(_, v)| v)
+        .unwrap_or_else(|| panic!("no {key} in {v}"))
+}
+
+/// The batches the monitor's tap builds for a deployment matching all.
+fn batches(path: &Path) -> Vec<(u32, Vec<u8>)> {
+    let mut cap = pcap::Capture::from_file_with_precision(path, pcap::Precision::Nano).unwrap();
+    let mut out = Vec::new();
+    let mut buf = Vec::with_capacity(BATCH_BYTES);
+    let mut count = 0u32;
+    while let Ok(p) = cap.next_packet() {
+        let ts = p.header.ts.tv_sec as u64 * 1_000_000_000 + p.header.ts.tv_usec as u64;
+        let h = parse(LinkType::Ethernet, 0, ts, p.header.len, p.data);
+        let len = tm_abi::record_len(p.data.len());
+        if buf.len() + len > BATCH_BYTES || count == BATCH {
+            out.push((count, std::mem::take(&mut buf)));
+            count = 0;
+        }
+        let at = buf.len();
+        buf.resize(at + len, 0);
+        h.write_record(p.data, &mut buf[at..]).unwrap();
+        count += 1;
+    }
+    if count > 0 {
+        out.push((count, buf));
+    }
+    out
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--child") {
+        let path = PathBuf::from(&args[i + 1]);
+        child(&path, args[i + 2] == "pin", args[i + 3].parse().unwrap());
+        return;
+    }
+    let nums: Vec<usize> = args.iter().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let packets = nums.first().copied().unwrap_or(2_000_000);
+    let flows = nums.get(1).copied().unwrap_or(10_000);
+    let max_payload = nums.get(2).copied().unwrap_or(256);
+    let path = capture_file_sized(packets, flows, max_payload);
+    let size = std::fs::metadata(&path).unwrap().len();
+    let total = packets as u64;
+    let dir = tempfile::tempdir().unwrap();
+    eprintln!("capture: {} ({} MB)", path.display(), size / 1_000_000);
+
+    let mut rows: Vec<(String, Cost, String)> = Vec::new();
+    // Warm the page cache so every tool reads from memory.
+    let warm = Command::new("cat")
+        .arg(&path)
+        .stdout(Stdio::null())
+        .status();
+    assert!(warm.is_ok_and(|s| s.success()));
+
+    eprintln!("tcpdump ...");
+    let c = measure(
+        Command::new("tcpdump")
+            .arg("-r")
+            .arg(&path)
+            .args(["-w", "/dev/null"]),
+    );
+    rows.push((
+        "`tcpdump -r FILE -w /dev/null`".into(),
+        c,
+        "(reads only)".into(),
+    ));
+
+    eprintln!("softflowd ...");
+    let c = measure(
+        Command::new("softflowd")
+            .arg("-r")
+            .arg(&path)
+            .args(["-n", "127.0.0.1:9", "-d", "-m", "1000000"])
+            // No control socket: with -r, softflowd 1.1.0 polls it with
+            // uninitialised poll flags and can block in accept() for ever.
+            .args(["-c", "none", "-p"])
+            .arg(dir.path().join("softflowd.pid")),
+    );
+    // "tcp (6):   OCTETS   PACKETS ..." — octets are IP bytes.
+    let line = c
+        .stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("tcp (6):"))
+        .unwrap_or_else(|| panic!("no per-protocol line in softflowd's output:\n{}", c.stdout))
+        .to_owned();
+    let t: Vec<&str> = line.split_whitespace().collect();
+    let sf_flows = c
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("Flows expired: "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or("?")
+        .to_owned();
+    let totals = format!("{} packets, {} IP bytes, {} flows", t[3], t[2], sf_flows);
+    rows.push(("`softflowd -r FILE`".into(), c, totals));
+
+    // `--quick`: only tcpdump, softflowd and the monitor (for iterating).
+    let quick = args.iter().any(|a| a == "--quick");
+    if !quick {
+        eprintln!("pmacctd ...");
+        let c = measure(Command::new("pmacctd").arg("-I").arg(&path).args([
+            "-c",
+            "src_host,dst_host,src_port,dst_port,proto",
+            "-P",
+            "print",
+            "-u",
+            "-Z",
+            "0",
+        ]));
+        // Rows: SRC DST SPORT DPORT PROTO PACKETS BYTES.
+        let pm_rows = c
+            .stdout
+            .lines()
+            .filter(|l| l.split_whitespace().count() == 7 && !l.starts_with("SRC"))
+            .count();
+        let totals = format!(
+            "{} packets, {} IP bytes, {} flows",
+            column_sum(&c.stdout, 5, 7),
+            column_sum(&c.stdout, 6, 7),
+            pm_rows
+        );
+        rows.push(("`pmacctd -I FILE -P print` (5-tuple)".into(), c, totals));
+
+        eprintln!("tshark (slow) ...");
+        let c = measure(
+            Command::new("tshark")
+                .args(["-n", "-q", "-z", "conv,ip", "-r"])
+                .arg(&path),
+        );
+        // "A <-> B  f bytes unit  f bytes unit  TOTAL_FRAMES ..."
+        let conv: Vec<Vec<&str>> = c
+            .stdout
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .filter(|t| t.len() > 9 && t[1] == "<->")
+            .collect();
+        let frames: u64 = conv.iter().map(|t| t[9].parse::<u64>().unwrap()).sum();
+        let totals = format!("{frames} packets, {} address pairs", conv.len());
+        rows.push(("`tshark -q -z conv,ip -r FILE`".into(), c, totals));
+    }
+
+    let me = std::env::current_exe().unwrap();
+    for (label, pin) in [("2 cores", "free"), ("pinned to 1 core", "pin")] {
+        eprintln!("monitor + flow-stats, {label} ...");
+        let c = measure(
+            Command::new(&me)
+                .arg("--child")
+                .arg(&path)
+                .arg(pin)
+                .arg(total.to_string()),
+        );
+        let t: Vec<u64> = c
+            .stdout
+            .split_whitespace()
+            .map(|x| x.parse().unwrap())
+            .collect();
+        assert_eq!(t[0], total);
+        let totals = format!(
+            "{} packets, {} IP bytes, {} flows; data path alone {:.2} Mpps",
+            t[0],
+            t[1] - 14 * t[0],
+            t[2],
+            t[0] as f64 / (t[3] as f64 / 1e9) / 1e6
+        );
+        rows.push((
+            format!("monitor + flow-stats (WebAssembly), {label}"),
+            c,
+            totals,
+        ));
+    }
+
+    println!(
+        "\ncapture: {packets} packets, {flows} flows, payloads 0–{} bytes, {} MB\n",
+        max_payload - 1,
+        size / 1_000_000
+    );
+    println!(
+        "| tool | wall | Mpps (wall) | CPU | Mpps (CPU) | peak RSS | flow-stats vs it (CPU rate) | totals |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    let ours = rows
+        .iter()
+        .rev()
+        .nth(1)
+        .map(|r| total as f64 / r.1.cpu.as_secs_f64())
+        .unwrap();
+    for (name, c, totals) in &rows {
+        let cpu_rate = total as f64 / c.cpu.as_secs_f64();
+        println!(
+            "| {name} | {:.2} s | {:.2} | {:.2} s | {:.2} | {} MB | {:.2}× | {totals} |",
+            c.wall.as_secs_f64(),
+            total as f64 / c.wall.as_secs_f64() / 1e6,
+            c.cpu.as_secs_f64(),
+            cpu_rate / 1e6,
+            c.max_rss_kb / 1024,
+            ours / cpu_rate,
+        );
+    }
+
+    // Native vs WebAssembly on the same batches.
+    eprintln!("native vs WebAssembly ...");
+    let batches = batches(&path);
+    // Kept beside the capture, for profiling the native build by hand.
+    let records = path.with_extension("batches");
+    {
+        use std::io::Write;
+        let mut f = std::io::BufWriter::new(File::create(&records).unwrap());
+        for (count, buf) in &batches {
+            f.write_all(&count.to_le_bytes()).unwrap();
+            f.write_all(&(buf.len() as u32).to_le_bytes()).unwrap();
+            f.write_all(buf).unwrap();
+        }
+    }
+    let analyzers = root().join("analyzers");
+    let status = Command::new("cargo")
+        .current_dir(&analyzers)
+        .args([
+            "build",
+            "--quiet",
+            "--release",
+            "--example",
+            "native",
+            "-p",
+            "flow-stats",
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let native = Command::new(analyzers.join("target/release/examples/native"))
+        .arg(&records)
+        .arg("3")
+        .output()
+        .unwrap();
+    assert!(native.status.success());
+    let out = String::from_utf8(native.stdout).unwrap();
+    let kv = |k: &str| -> u64 {
+        out.split_whitespace()
+            .find_map(|t| t.strip_prefix(&format!("{k}=")))
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let native_ns = kv("best_ns");
+    assert_eq!(kv("packets"), total);
+
+    let sandbox = Sandbox::new(&SandboxConfig::default()).unwrap();
+    let module = guest(&sandbox, "flow-stats");
+    let mut wasm_best = Duration::MAX;
+    let mut flows_seen = 0;
+    for _ in 0..3 {
+        let mut a = Analyzer::new(
+            &sandbox,
+            &module,
+            &InstanceConfig {
+                memory_bytes: 256 << 20,
+                call_timeout: Duration::from_secs(10),
+                batch_bytes: guest_batch_bytes(65535),
+                deployment: "bench".into(),
+            },
+            &[0xc0],
+            Box::new(|_| {}),
+        )
+        .unwrap();
+        let started = Instant::now();
+        for (count, buf) in &batches {
+            a.on_packets(buf, *count).unwrap();
+        }
+        wasm_best = wasm_best.min(started.elapsed());
+        let r = a.collect().unwrap();
+        assert_eq!(field(&r, "packets").as_u64(), Some(total));
+        flows_seen = field(&r, "active_flows").as_u64().unwrap();
+    }
+    assert_eq!(flows_seen, kv("flows"));
+    let native = Duration::from_nanos(native_ns);
+    println!();
+    println!(
+        "| flow-stats, analysis only ({} batches) | time | Mpps | ns/packet |",
+        batches.len()
+    );
+    println!("|---|---|---|---|");
+    for (name, d) in [
+        ("native (x86_64, same crate)", native),
+        (
+            "WebAssembly (wasmtime, in the monitor's sandbox)",
+            wasm_best,
+        ),
+    ] {
+        println!(
+            "| {name} | {:.3} s | {:.2} | {:.0} |",
+            d.as_secs_f64(),
+            total as f64 / d.as_secs_f64() / 1e6,
+            d.as_secs_f64() * 1e9 / total as f64
+        );
+    }
+    println!(
+        "\nWebAssembly / native time: {:.2}× ({} flows)",
+        wasm_best.as_secs_f64() / native.as_secs_f64(),
+        flows_seen
+    );
+}

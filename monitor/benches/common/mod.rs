@@ -1,0 +1,185 @@
+//! Shared by the benches: generated captures and the monitor's data path
+//! (link thread → filter → batches → deployment thread → guest) run
+//! in-process, without NATS.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bus_schema::{BlobRef, Filter, LinkState, LoadRequest, Value};
+use monitor::capture::{LinkCtl, LinkHandle, Tap, guest_batch_bytes};
+use monitor::config::{LinkConfig, Replay};
+use monitor::deployment::{self, DepMsg, DeploymentInfo, Shared, Timers};
+use monitor::filter::CompiledFilter;
+use monitor::guest::{Analyzer, InstanceConfig};
+use wasm_host::Sandbox;
+
+/// Packets per guest call.
+pub const BATCH: u32 = 256;
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// `target/bench/flows-P-F.pcap` (payloads 0–1399 bytes), generated once.
+pub fn capture_file(packets: usize, flows: usize) -> PathBuf {
+    capture_file_sized(packets, flows, 1400)
+}
+
+/// Like [`capture_file`] with payloads of 0 to `max_payload - 1` bytes.
+pub fn capture_file_sized(packets: usize, flows: usize, max_payload: usize) -> PathBuf {
+    let dir = root().join("target/bench");
+    std::fs::create_dir_all(&dir).unwrap();
+    let name = if max_payload == 1400 {
+        format!("flows-{packets}-{flows}.pcap")
+    } else {
+        format!("flows-{packets}-{flows}-{max_payload}.pcap")
+    };
+    let path = dir.join(name);
+    if !path.exists() {
+        eprintln!("generating {} ...", path.display());
+        let frames = pcapgen::flows_sized(packets, flows, max_payload, 1_764_000_000_000_000_000);
+        pcapgen::write_pcap(&path, pcapgen::linktype::ETHERNET, &frames).unwrap();
+    }
+    path
+}
+
+/// A compiled guest module from target/wasm/.
+pub fn guest(sandbox: &Sandbox, name: &str) -> wasmtime::Module {
+    let wasm = root().join(format!("target/wasm/{name}.wasm"));
+    let bytes = std::fs::read(&wasm)
+        .unwrap_or_else(|e| panic!("{}: {e}; run `cargo xtask guests`", wasm.display()));
+    sandbox
+        .module(&wasm_host::sha256_hex(&bytes), &bytes)
+        .unwrap()
+}
+
+/// What one replay through the data path did.
+pub struct Run {
+    /// Attach to last packet analyzed.
+    pub elapsed: Duration,
+    /// Calls into the guest.
+    pub guest_calls: u64,
+    /// Time spent in them.
+    pub guest_time: Duration,
+    /// Packets the guest received.
+    pub packets_in: u64,
+    /// The guest's results at the end.
+    pub results: Value,
+}
+
+/// Replays `path` through one deployment of `module` (named `name`);
+/// `filter` decides what reaches it. Waits until `expect_in` packets were
+/// delivered (or dropped) and the link read all `total`.
+pub fn monitor_run(
+    path: &Path,
+    sandbox: &Sandbox,
+    module: &wasmtime::Module,
+    name: &str,
+    filter: Filter,
+    expect_in: u64,
+    total: u64,
+) -> Run {
+    let link = LinkHandle::start(LinkConfig {
+        id: 0,
+        interface: None,
+        pcap: Some(path.to_owned()),
+        replay: Replay::Instant,
+        snaplen: 65535,
+        buffer_mb: 16,
+        from_router: "a".into(),
+        to_router: "b".into(),
+    })
+    .unwrap();
+    let (outbox, _events) = tokio::sync::mpsc::unbounded_channel();
+    let request = LoadRequest {
+        deployment: "bench".into(),
+        analyzer: BlobRef {
+            name: name.into(),
+            sha256: String::new(),
+        },
+        params: Value::Nil,
+        filter: filter.clone(),
+        links: vec![0],
+        owner: "bench".into(),
+        report_every_ms: None,
+    };
+    let shared = Shared::new(
+        DeploymentInfo {
+            monitor: "bench".into(),
+            deployment: "bench".into(),
+            analyzer: request.analyzer.clone(),
+            owner: "bench".into(),
+            links: vec![0],
+            started_unix_ms: 0,
+        },
+        request,
+        outbox,
+    );
+    let analyzer = Analyzer::new(
+        sandbox,
+        module,
+        &InstanceConfig {
+            memory_bytes: 64 << 20,
+            call_timeout: Duration::from_secs(1),
+            batch_bytes: guest_batch_bytes(65535),
+            deployment: "bench".into(),
+        },
+        &[0xc0],
+        Box::new(|_| {}),
+    )
+    .unwrap();
+    let (tx, rx) = crossbeam_channel::bounded(64);
+    let thread = {
+        let shared = shared.clone();
+        let timers = Timers {
+            tick: Duration::from_secs(1),
+            report: None,
+            snapshot: Duration::from_secs(3600),
+        };
+        std::thread::spawn(move || deployment::run(analyzer, rx, shared, timers))
+    };
+    let tap = Tap::new(
+        "bench".into(),
+        Arc::new(CompiledFilter::new(&filter).unwrap()),
+        None,
+        tx.clone(),
+        shared.counters.clone(),
+        BATCH,
+    );
+    let started = Instant::now();
+    link.ctl.send(LinkCtl::Attach(Box::new(tap))).unwrap();
+    loop {
+        let st = link.shared.status();
+        let c = &shared.counters;
+        if st.state == LinkState::Finished
+            && c.packets_in.load(Ordering::Relaxed) + c.dropped.load(Ordering::Relaxed) >= expect_in
+        {
+            assert_eq!(st.packets, total);
+            break;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let elapsed = started.elapsed();
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    tx.send(DepMsg::Collect(reply)).unwrap();
+    let results = answer
+        .blocking_recv()
+        .unwrap()
+        .expect("the guest's results")
+        .results;
+    let stats = shared.counters.stats();
+    drop(tx);
+    drop(link);
+    thread.join().unwrap();
+    Run {
+        elapsed,
+        guest_calls: stats.guest_calls,
+        guest_time: Duration::from_micros(stats.guest_time_us),
+        packets_in: stats.packets_in,
+        results,
+    }
+}
