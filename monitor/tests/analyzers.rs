@@ -79,7 +79,13 @@ async fn flow_stats_gives_exact_flows_and_configure_changes_top_n() {
 /// the last packet by every analyzer, without a trap.
 #[tokio::test]
 async fn corrupted_captures_are_analyzed_without_a_trap() {
-    let mut frames = mixed(300, 1_764_000_000_000_000_000);
+    // The mix plus TCP sessions with handshakes, loss and a SYN flood, so
+    // the sequence tracking and flood tallies see damaged packets too.
+    let mut frames = mixed(300, T0);
+    let mut tl = pcapgen::Timeline::new(T0 + 2_000_000_000, 100_000);
+    pcapgen::scenarios::transfer(&mut tl, sa("10.1.0.1:40001"), sa("10.2.0.1:80"), 60, 5);
+    pcapgen::scenarios::syn_flood(&mut tl, sa("10.2.0.9:80"), 200, 1000);
+    frames.extend(tl.frames);
     let mut x: u32 = 0xdead_beef;
     let mut next = move || {
         x ^= x << 13;
@@ -105,11 +111,15 @@ async fn corrupted_captures_are_analyzed_without_a_trap() {
             _ => {}
         }
     }
-    let r = run(
-        &frames,
-        &[("flow-stats", Value::Nil), ("packet-count", Value::Nil)],
-    )
-    .await;
+    let names = [
+        "flow-stats",
+        "packet-count",
+        "tcp-perf",
+        "dos-detect",
+        "tcp-flags",
+    ];
+    let analyzers: Vec<(&str, Value)> = names.iter().map(|n| (*n, Value::Nil)).collect();
+    let r = run(&frames, &analyzers).await;
     let st = r.monitor.status(&r.client).await;
     for d in &st.deployments {
         assert_eq!(
@@ -121,7 +131,7 @@ async fn corrupted_captures_are_analyzed_without_a_trap() {
         );
     }
     let total = frames.len() as u64;
-    for name in ["flow-stats", "packet-count"] {
+    for name in names {
         assert_eq!(u(&collect(&r, name).await, "packets"), total, "{name}");
     }
     assert!(
