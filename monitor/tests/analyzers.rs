@@ -86,31 +86,7 @@ async fn corrupted_captures_are_analyzed_without_a_trap() {
     pcapgen::scenarios::transfer(&mut tl, sa("10.1.0.1:40001"), sa("10.2.0.1:80"), 60, 5);
     pcapgen::scenarios::syn_flood(&mut tl, sa("10.2.0.9:80"), 200, 1000);
     frames.extend(tl.frames);
-    let mut x: u32 = 0xdead_beef;
-    let mut next = move || {
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        x
-    };
-    for f in frames.iter_mut() {
-        match next() % 4 {
-            // Flip a few bytes anywhere in the frame.
-            0 => {
-                for _ in 0..4 {
-                    let at = next() as usize % f.data.len();
-                    f.data[at] ^= next() as u8 | 1;
-                }
-            }
-            // Cut it, as a short snap length would.
-            1 => {
-                let keep = next() as usize % f.data.len();
-                f.wire_len = Some(f.data.len() as u32);
-                f.data.truncate(keep);
-            }
-            _ => {}
-        }
-    }
+    pcapgen::corrupt(&mut frames, 0xdead_beef, 4);
     let names = [
         "flow-stats",
         "packet-count",

@@ -12,7 +12,6 @@ use bus_schema::{
     LoadRequest, Value, subject,
 };
 use common::{Run, collect, field, put_blob, request, run, u, wasm};
-use pcapgen::Frame;
 use pcapgen::dns::{TRUTH_TIMEOUT_MS, exchanges};
 
 const START_NS: u64 = 1_764_000_000_000_000_000;
@@ -162,16 +161,7 @@ async fn configure(r: &Run, params: Value) -> bus_schema::Reply<ConfigureReply> 
 #[tokio::test]
 async fn corrupted_dns_is_analyzed_without_a_trap_and_bad_params_are_named() {
     let (mut frames, truth) = exchanges(START_NS);
-    let mut x: u32 = 0x5eed_d15c;
-    let mut next = move || {
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        x
-    };
-    for f in frames.iter_mut() {
-        corrupt(f, &mut next);
-    }
+    pcapgen::corrupt(&mut frames, 0x5eed_d15c, 3);
     let r = run(&frames, &[("dns-stats", params())]).await;
     let st = r.monitor.status(&r.client).await;
     let d = &st.deployments[0];
@@ -240,22 +230,4 @@ async fn corrupted_dns_is_analyzed_without_a_trap_and_bad_params_are_named() {
         assert!(e.message.contains(needle), "expected {needle:?} in {e:?}");
     }
     assert_eq!(r.monitor.status(&r.client).await.deployments.len(), 1);
-}
-
-/// Flips a few bytes (1 in 3 frames) or cuts the frame short (1 in 3).
-fn corrupt(f: &mut Frame, next: &mut impl FnMut() -> u32) {
-    match next() % 3 {
-        0 => {
-            for _ in 0..4 {
-                let at = next() as usize % f.data.len();
-                f.data[at] ^= next() as u8 | 1;
-            }
-        }
-        1 => {
-            let keep = next() as usize % f.data.len();
-            f.wire_len = Some(f.data.len() as u32);
-            f.data.truncate(keep);
-        }
-        _ => {}
-    }
 }

@@ -322,31 +322,7 @@ async fn corrupted_mix_is_analyzed_without_a_trap() {
     let (mut frames, _) = mix(START_NS);
     let (second, _) = mix(START_NS + 1_000_000_000);
     frames.extend(second);
-    let mut x: u32 = 0x0bad_cafe;
-    let mut next = move || {
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        x
-    };
-    for f in frames.iter_mut() {
-        match next() % 3 {
-            // Flip a few bytes, most often past the link header.
-            0 => {
-                for _ in 0..4 {
-                    let at = next() as usize % f.data.len();
-                    f.data[at] ^= next() as u8 | 1;
-                }
-            }
-            // Cut it, as a short snap length would.
-            1 => {
-                let keep = next() as usize % f.data.len();
-                f.wire_len = Some(f.data.len() as u32);
-                f.data.truncate(keep);
-            }
-            _ => {}
-        }
-    }
+    pcapgen::corrupt(&mut frames, 0x0bad_cafe, 3);
     let wire_bytes: u64 = frames
         .iter()
         .map(|f| u64::from(f.wire_len.unwrap_or(f.data.len() as u32)))

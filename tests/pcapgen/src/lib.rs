@@ -329,6 +329,35 @@ pub fn count(frames: &[Frame], keep: impl Fn(&Frame) -> bool) -> (u64, u64) {
     })
 }
 
+/// Damages a capture as a bad link or a short snap length would, the same
+/// way for the same `seed`: of every `one_in` frames, on average one gets
+/// four bytes flipped anywhere and one is cut short (its wire length kept).
+pub fn corrupt(frames: &mut [Frame], seed: u32, one_in: u32) {
+    let mut x = if seed == 0 { 1 } else { seed };
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        x
+    };
+    for f in frames.iter_mut().filter(|f| !f.data.is_empty()) {
+        match next() % one_in.max(2) {
+            0 => {
+                for _ in 0..4 {
+                    let at = next() as usize % f.data.len();
+                    f.data[at] ^= next() as u8 | 1;
+                }
+            }
+            1 => {
+                let keep = next() as usize % f.data.len();
+                f.wire_len = Some(f.wire_len.unwrap_or(f.data.len() as u32));
+                f.data.truncate(keep);
+            }
+            _ => {}
+        }
+    }
+}
+
 /// TCP flags of an Ethernet/IPv4 (no options) or IPv6 (no extension
 /// headers) TCP frame, read straight from the bytes.
 #[must_use]
