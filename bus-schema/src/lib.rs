@@ -12,6 +12,8 @@
 #![deny(missing_docs)]
 
 pub mod message;
+#[cfg(feature = "nats")]
+pub mod nats;
 pub mod store;
 pub mod subject;
 

@@ -660,6 +660,22 @@ pub struct MonitorRecord {
     pub heartbeat_unix_ms: u64,
 }
 
+/// A manager that is up, under its id in `tm_managers` (refreshed every
+/// [`crate::store::HEARTBEAT_EVERY`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManagerRecord {
+    /// The manager's id.
+    pub manager: String,
+    /// Its software version.
+    pub version: String,
+    /// Mgmt apps it runs.
+    pub apps: Vec<String>,
+    /// When it started, Unix ms.
+    pub started_unix_ms: u64,
+    /// Its latest heartbeat, Unix ms.
+    pub heartbeat_unix_ms: u64,
+}
+
 /// What should happen to a deployment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -20,6 +20,8 @@ pub const TOPOLOGY_BUCKET: &str = "tm_topology";
 /// KV bucket of running deployments' snapshots ([`crate::DeploymentSnapshot`]),
 /// from which a restarted monitor reloads them.
 pub const SNAPSHOTS_BUCKET: &str = "tm_snapshots";
+/// KV bucket of [`crate::ManagerRecord`]s: managers that are up.
+pub const MANAGERS_BUCKET: &str = "tm_managers";
 /// Key of the current topology in [`TOPOLOGY_BUCKET`].
 pub const TOPOLOGY_KEY: &str = "current";
 
@@ -122,6 +124,15 @@ pub fn buckets() -> Vec<BucketSpec> {
             max_age: None,
             writers: &[Role::Manager, Role::Operator],
             readers: &[Role::Manager, Role::Operator, Role::Monitor],
+        },
+        BucketSpec {
+            name: MANAGERS_BUCKET,
+            kind: BucketKind::KeyValue,
+            description: "ManagerRecord per manager id; an entry older than max_age means the manager is gone and its deployments may be adopted",
+            history: 1,
+            max_age: Some(HEARTBEAT_EVERY * 6),
+            writers: &[Role::Manager],
+            readers: &[Role::Manager, Role::Operator],
         },
         BucketSpec {
             name: SNAPSHOTS_BUCKET,

@@ -89,6 +89,7 @@ fn checker(name: &str, json: &str) -> Option<Checked> {
         "AppList" => check::<AppList>(name, json, &[]),
         "Report" => check::<Report>(name, json, &["body"]),
         "MonitorRecord" => check::<MonitorRecord>(name, json, &[]),
+        "ManagerRecord" => check::<ManagerRecord>(name, json, &[]),
         "DeploymentRecord" => check::<DeploymentRecord>(name, json, &["params"]),
         "TopologyRecord" => check::<TopologyRecord>(name, json, &[]),
         "DeploymentSnapshot" => check::<DeploymentSnapshot>(name, json, &["state"]),
@@ -102,6 +103,7 @@ fn checker(name: &str, json: &str) -> Option<Checked> {
 /// subject catalogue.
 const RECORD_TYPES: &[&str] = &[
     "MonitorRecord",
+    "ManagerRecord",
     "DeploymentRecord",
     "TopologyRecord",
     "ErrorBody",
@@ -281,6 +283,7 @@ fn decodes_as(name: &str, bytes: &[u8]) -> bool {
         "AppList" => decode::<AppList>(bytes).is_ok(),
         "Report" => decode::<Report>(bytes).is_ok(),
         "MonitorRecord" => decode::<MonitorRecord>(bytes).is_ok(),
+        "ManagerRecord" => decode::<ManagerRecord>(bytes).is_ok(),
         "DeploymentRecord" => decode::<DeploymentRecord>(bytes).is_ok(),
         "TopologyRecord" => decode::<TopologyRecord>(bytes).is_ok(),
         "DeploymentSnapshot" => decode::<DeploymentSnapshot>(bytes).is_ok(),

@@ -1,4 +1,14 @@
-//! `tm-manager`'s library: the parts of the manager that tests and `tmctl`
-//! use directly. The manager itself is issue #5.
+//! `tm-manager`'s library, also used by `tmctl` and the tests.
+//!
+//! * [`topology`]: the figure-5 table, its graph and queries, its KV record.
+//! * [`control`]: deployments as desired state in KV, and the monitor
+//!   commands scattered with per-monitor timeouts.
+//! * [`apps`]: management apps in wasmtime with async host calls.
+//! * [`archive`]: collected results as JSON lines through `object_store`.
+//! * [`service`]: the manager's NATS service and liveness record.
 
+pub mod apps;
+pub mod archive;
+pub mod control;
+pub mod service;
 pub mod topology;

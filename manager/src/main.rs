@@ -1,21 +1,166 @@
-//! `tm-manager`: runs management apps that drive monitors and combine their
-//! results with the topology. Not implemented yet: see issue #5 and
-//! README.md "Status".
+//! `tm-manager`: runs management apps (WebAssembly) that drive monitors over
+//! NATS and combine their results with the topology.
 
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use bus_schema::{AppSource, BlobRef, Value};
 use clap::Parser;
+use manager::apps::{AppLimits, Apps};
+use manager::archive::Archive;
+use manager::control::Control;
 
 /// Runs WebAssembly management apps that drive monitors over NATS and
 /// analyse their results against the network topology.
 ///
-/// Not implemented yet (issue #5): this binary only prints its status.
+/// Apps are loaded at runtime with `tmctl apps load` (from a file or the
+/// object store), or at start with `--app`. Commands arrive on
+/// `tm.v1.mgr.<id>.apps.load|unload|list`; the manager is also a NATS
+/// service (`nats micro ls` finds it).
 #[derive(Parser, Debug)]
-#[command(version, about, long_about = None)]
-struct Args {}
+#[command(version, about, long_about)]
+struct Args {
+    /// Manager id: owner of the deployments its apps create.
+    #[arg(long, env = "TM_MANAGER_ID", default_value = "mgr-1")]
+    id: String,
+    /// NATS server URL(s), comma-separated.
+    #[arg(long, env = "TM_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    nats: String,
+    /// NATS credentials file.
+    #[arg(long, env = "NATS_CREDS")]
+    nats_creds: Option<PathBuf>,
+    /// Replicas of the streams and buckets it creates (3 on a cluster).
+    #[arg(long, default_value_t = 1)]
+    replicas: usize,
+    /// Where collected results are archived: a directory, `file://` or
+    /// `s3://bucket/prefix` URL. None: apps cannot archive.
+    #[arg(long, env = "TM_ARCHIVE")]
+    archive: Option<String>,
+    /// Linear-memory cap per app, MiB.
+    #[arg(long, default_value_t = 64)]
+    app_memory_mb: usize,
+    /// Deadline of one app call's computation (waiting on the bus excluded), ms.
+    #[arg(long, default_value_t = 1000)]
+    app_call_timeout_ms: u64,
+    /// Load an app at start: `NAME=PATH.wasm` or `NAME=blob:BLOBNAME`
+    /// (repeatable). Params with `--app-params NAME=JSON`.
+    #[arg(long = "app", value_name = "NAME=SOURCE")]
+    apps: Vec<String>,
+    /// Params of an app given with `--app`: `NAME=JSON`.
+    #[arg(long = "app-params", value_name = "NAME=JSON")]
+    app_params: Vec<String>,
+    /// Log filter (tracing's env-filter syntax).
+    #[arg(long, env = "RUST_LOG", default_value = "info")]
+    log: String,
+}
 
-fn main() -> anyhow::Result<()> {
-    let _args = Args::parse();
-    anyhow::bail!(
-        "tm-manager is not implemented yet (protocol v{}); see README.md \"Status\"",
-        bus_schema::PROTOCOL_VERSION
+fn split<'a>(flag: &str, text: &'a str) -> anyhow::Result<(&'a str, &'a str)> {
+    text.split_once('=')
+        .with_context(|| format!("{flag} {text:?}: expected NAME=VALUE"))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&args.log))
+        .with_writer(std::io::stderr)
+        .init();
+    bus_schema::validate_token("--id", &args.id)?;
+    let mut startup = Vec::new();
+    for spec in &args.apps {
+        let (name, source) = split("--app", spec)?;
+        let source = match source.strip_prefix("blob:") {
+            Some(blob) => AppSource::Object(BlobRef {
+                name: blob.to_owned(),
+                sha256: String::new(),
+            }),
+            None => AppSource::File {
+                path: source.to_owned(),
+            },
+        };
+        let params = match args
+            .app_params
+            .iter()
+            .map(|p| split("--app-params", p))
+            .collect::<anyhow::Result<Vec<_>>>()?
+            .into_iter()
+            .find(|(n, _)| *n == name)
+        {
+            Some((_, json)) => {
+                let v: serde_json::Value = serde_json::from_str(json)
+                    .with_context(|| format!("--app-params {name}: not JSON"))?;
+                rmp_serde::from_slice::<Value>(&rmp_serde::to_vec_named(&v)?)?
+            }
+            None => Value::Nil,
+        };
+        startup.push((name.to_owned(), source, params));
+    }
+    let archive = args.archive.as_deref().map(Archive::open).transpose()?;
+    let addrs: Vec<async_nats::ServerAddr> = args
+        .nats
+        .split(',')
+        .map(|u| u.trim().parse())
+        .collect::<Result<_, _>>()?;
+    let mut options = async_nats::ConnectOptions::new()
+        .name(format!("tm-manager {}", args.id))
+        .retry_on_initial_connect();
+    if let Some(creds) = &args.nats_creds {
+        options = options
+            .credentials_file(creds)
+            .await
+            .context("nats credentials")?;
+    }
+    let client = options
+        .connect(addrs)
+        .await
+        .context("cannot connect to NATS")?;
+    let control = Control::connect(client.clone(), &args.id, args.replicas)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let Some(m) = control
+        .managers()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .get(&args.id)
+    {
+        anyhow::bail!(
+            "manager id {:?} is already up (heartbeat {} ms ago); pick another --id",
+            args.id,
+            manager::control::now_ms().saturating_sub(m.heartbeat_unix_ms)
+        );
+    }
+    let sandbox = wasm_host::Sandbox::new(&wasm_host::SandboxConfig::default())?;
+    let apps = Apps::new(
+        control.clone(),
+        sandbox,
+        archive,
+        AppLimits {
+            memory_bytes: args.app_memory_mb << 20,
+            call_timeout: Duration::from_millis(args.app_call_timeout_ms),
+            ..AppLimits::default()
+        },
     )
+    .await?;
+    let heartbeat = tokio::spawn(manager::service::heartbeat(apps.clone(), control.clone()));
+    let server = tokio::spawn(manager::service::serve(apps.clone(), client.clone()));
+    for (name, source, params) in startup {
+        apps.load(&name, source, params)
+            .await
+            .map_err(|e| anyhow::anyhow!("--app {name}: {e}"))?;
+    }
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: unloading apps"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: unloading apps"),
+        r = server => { r??; }
+    }
+    heartbeat.abort();
+    apps.unload_all().await;
+    control.sign_off().await;
+    client.flush().await.ok();
+    tracing::info!("stopped");
+    Ok(())
 }

@@ -66,7 +66,7 @@ use std::net::IpAddr;
 use std::path::{Path as FsPath, PathBuf};
 
 use async_nats::jetstream::{self, kv};
-use bus_schema::store::{self, BucketKind, TOPOLOGY_BUCKET, TOPOLOGY_KEY};
+use bus_schema::store::{TOPOLOGY_BUCKET, TOPOLOGY_KEY};
 use bus_schema::{TopologyRecord, TopologyRow};
 use petgraph::Direction;
 use petgraph::graph::{DiGraph, EdgeIndex, NodeIndex};
@@ -1074,8 +1074,8 @@ pub struct Stored {
 #[derive(Debug, thiserror::Error)]
 pub enum KvError {
     /// The bucket could not be created.
-    #[error("cannot create bucket {TOPOLOGY_BUCKET}: {0}")]
-    Bucket(#[source] jetstream::context::CreateKeyValueError),
+    #[error("cannot open: {0}")]
+    Bucket(#[source] bus_schema::nats::StoreError),
     /// Someone else wrote the topology since it was read (or it exists
     /// when creating it): load it again and decide.
     #[error(
@@ -1119,32 +1119,9 @@ fn expected_text(expected: Option<u64>) -> String {
 /// # Errors
 /// [`KvError::Bucket`] if it can neither be opened nor created.
 pub async fn open_bucket(js: &jetstream::Context, replicas: usize) -> Result<kv::Store, KvError> {
-    if let Ok(store) = js.get_key_value(TOPOLOGY_BUCKET).await {
-        return Ok(store);
-    }
-    let spec = store::buckets()
-        .into_iter()
-        .find(|b| b.name == TOPOLOGY_BUCKET && b.kind == BucketKind::KeyValue)
-        .expect("bus_schema::store::buckets() describes tm_topology");
-    let created = js
-        .create_key_value(kv::Config {
-            bucket: spec.name.into(),
-            description: spec.description.into(),
-            history: spec.history,
-            max_age: spec.max_age.unwrap_or_default(),
-            storage: jetstream::stream::StorageType::File,
-            num_replicas: replicas,
-            ..Default::default()
-        })
-        .await;
-    match created {
-        Ok(store) => Ok(store),
-        // Another process may have created it in between.
-        Err(e) => js
-            .get_key_value(TOPOLOGY_BUCKET)
-            .await
-            .map_err(|_| KvError::Bucket(e)),
-    }
+    bus_schema::nats::open_kv(js, TOPOLOGY_BUCKET, replicas)
+        .await
+        .map_err(KvError::Bucket)
 }
 
 /// Stores a topology record under `current`: created if `expected_revision`

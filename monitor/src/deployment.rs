@@ -97,8 +97,6 @@ pub struct DeploymentInfo {
     pub deployment: String,
     /// Analyzer blob.
     pub analyzer: BlobRef,
-    /// Owner.
-    pub owner: String,
     /// Links.
     pub links: Vec<u32>,
     /// Start, Unix ms.
@@ -160,6 +158,18 @@ impl Shared {
         })
     }
 
+    /// The manager that owns the deployment now.
+    #[must_use]
+    pub fn owner(&self) -> String {
+        self.status().request.owner.clone()
+    }
+
+    /// Hands the deployment to another owner (after an adoption recorded in
+    /// `tm_deployments`); the next snapshot carries it.
+    pub fn set_owner(&self, owner: &str) {
+        self.status().request.owner = owner.to_owned();
+    }
+
     /// Takes over counters and sequence numbers from a snapshot.
     pub fn restore_from(&self, snap: &DeploymentSnapshot) {
         let c = &self.counters;
@@ -216,7 +226,7 @@ impl Shared {
         DeploymentStatus {
             deployment: self.info.deployment.clone(),
             analyzer: self.info.analyzer.clone(),
-            owner: self.info.owner.clone(),
+            owner: s.request.owner.clone(),
             state: s.state,
             links: self.info.links.clone(),
             stats: self.counters.stats(),

@@ -5,9 +5,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, kv, stream};
+use async_nats::jetstream;
 use async_nats::service::ServiceExt;
-use bus_schema::store::{self, BucketKind};
+use bus_schema::store;
 use bus_schema::{
     CollectRequest, ConfigureReply, ConfigureRequest, DeploymentState, ErrorBody, ErrorCode,
     EventKind, LoadReply, LoadRequest, MonitorRecord, MonitorStatus, Reply, ResultWindow,
@@ -85,50 +85,6 @@ fn token(field: &str, value: &str) -> Result<(), ErrorBody> {
         .map_err(|e| ErrorBody::new(ErrorCode::BadRequest, e.to_string()))
 }
 
-/// Creates a stream or KV bucket if missing, with the contract's settings.
-async fn ensure_stores(js: &jetstream::Context, replicas: usize) -> anyhow::Result<()> {
-    for spec in store::streams() {
-        js.get_or_create_stream(stream::Config {
-            name: spec.name.into(),
-            subjects: spec.subjects.clone(),
-            description: Some(spec.description.into()),
-            max_age: spec.max_age,
-            duplicate_window: spec.duplicate_window,
-            storage: stream::StorageType::File,
-            num_replicas: replicas,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| anyhow::anyhow!("stream {}: {e}", spec.name))?;
-    }
-    for spec in store::buckets()
-        .into_iter()
-        .filter(|b| b.kind == BucketKind::KeyValue)
-    {
-        if js.get_key_value(spec.name).await.is_ok() {
-            continue;
-        }
-        let created = js
-            .create_key_value(kv::Config {
-                bucket: spec.name.into(),
-                description: spec.description.into(),
-                history: spec.history,
-                max_age: spec.max_age.unwrap_or_default(),
-                storage: stream::StorageType::File,
-                num_replicas: replicas,
-                ..Default::default()
-            })
-            .await;
-        // Another process may have created it in between.
-        if let Err(e) = created
-            && js.get_key_value(spec.name).await.is_err()
-        {
-            anyhow::bail!("bucket {}: {e}", spec.name);
-        }
-    }
-    Ok(())
-}
-
 impl Monitor {
     /// Starts links, connects the stores and returns the monitor with the
     /// receiving end of its outbox.
@@ -139,7 +95,7 @@ impl Monitor {
         config: Config,
         js: jetstream::Context,
     ) -> anyhow::Result<(Arc<Monitor>, mpsc::UnboundedReceiver<Outgoing>)> {
-        ensure_stores(&js, config.replicas).await?;
+        bus_schema::nats::ensure_stores(&js, config.replicas).await?;
         let sandbox = Sandbox::new(&wasm_host::SandboxConfig::default())?;
         let mut links = BTreeMap::new();
         for link in &config.links {
@@ -447,7 +403,6 @@ impl Monitor {
                     name: req.analyzer.name.clone(),
                     sha256: sha256.to_owned(),
                 },
-                owner: req.owner.clone(),
                 links: links.clone(),
                 started_unix_ms: unix_ms(),
             },
@@ -571,17 +526,50 @@ impl Monitor {
         Ok((d.shared.clone(), d.tx.clone()))
     }
 
-    fn check_owner(shared: &Shared, requester: &str, force: bool) -> Result<(), ErrorBody> {
-        if !force && shared.info.owner != requester {
-            return err(
-                ErrorCode::NotOwner,
-                format!(
-                    "requester = {requester:?}: deployment {:?} is owned by {:?} (use force to override)",
-                    shared.info.deployment, shared.info.owner
-                ),
-            );
+    /// Only the owner may configure or unload (or anyone with `force`).
+    /// Ownership moves when a manager adopts a deployment: the record in
+    /// `tm_deployments` is the authority, so a requester it names as owner
+    /// is accepted and becomes the owner here too.
+    async fn check_owner(
+        &self,
+        shared: &Shared,
+        requester: &str,
+        force: bool,
+    ) -> Result<(), ErrorBody> {
+        let owner = shared.owner();
+        if force || owner == requester {
+            return Ok(());
         }
-        Ok(())
+        if self
+            .recorded_owner(&shared.info.deployment)
+            .await
+            .as_deref()
+            == Some(requester)
+        {
+            tracing::info!(deployment = %shared.info.deployment, from = %owner, to = %requester, "deployment adopted");
+            shared.set_owner(requester);
+            return Ok(());
+        }
+        err(
+            ErrorCode::NotOwner,
+            format!(
+                "requester = {requester:?}: deployment {:?} is owned by {owner:?} (adopt it, or use force)",
+                shared.info.deployment
+            ),
+        )
+    }
+
+    /// The owner `tm_deployments` records for a deployment, if it can be read.
+    async fn recorded_owner(&self, deployment: &str) -> Option<String> {
+        let kv = self
+            .js
+            .get_key_value(store::DEPLOYMENTS_BUCKET)
+            .await
+            .ok()?;
+        let bytes = kv.get(deployment).await.ok()??;
+        bus_schema::decode::<bus_schema::DeploymentRecord>(&bytes)
+            .ok()
+            .map(|r| r.owner)
     }
 
     /// Hands partial batches of the deployment's links to it.
@@ -637,7 +625,7 @@ impl Monitor {
     async fn configure(self: &Arc<Self>, payload: &[u8]) -> Result<ConfigureReply, ErrorBody> {
         let req: ConfigureRequest = decode_required(payload)?;
         let (shared, tx) = self.find(&req.deployment)?;
-        Self::check_owner(&shared, &req.requester, req.force)?;
+        self.check_owner(&shared, &req.requester, req.force).await?;
         if let (DeploymentState::Failed, why) = shared.state() {
             return err(
                 ErrorCode::GuestTrap,
@@ -670,7 +658,7 @@ impl Monitor {
     async fn unload(self: &Arc<Self>, payload: &[u8]) -> Result<UnloadReply, ErrorBody> {
         let req: UnloadRequest = decode_required(payload)?;
         let (shared, _) = self.find(&req.deployment)?;
-        Self::check_owner(&shared, &req.requester, req.force)?;
+        self.check_owner(&shared, &req.requester, req.force).await?;
         let final_results = self.unload_deployment(&req.deployment).await?;
         Ok(UnloadReply {
             deployment: req.deployment,

@@ -14,7 +14,7 @@
 //!
 //! Results: `{"packets", "bytes", "non_ip_packets", "active_flows",
 //! "expired_flows", "expired_packets", "expired_bytes", "refused_packets",
-//! "links": {link: {"packets", "bytes"}}, "top": [{"src", "dst", "sport",
+//! "links": {link: {"packets", "bytes", "first_ns", "last_ns"}}, "top": [{"src", "dst", "sport",
 //! "dport", "proto", "packets", "bytes", "first_ns", "last_ns", "tcp_flags"}]}`
 //! — `top` sorted by bytes, then packets, descending; `bytes` are wire
 //! lengths; `tcp_flags` is the OR of every packet's flags.
@@ -108,6 +108,23 @@ pub struct LinkTotals {
     pub packets: u64,
     /// Wire bytes.
     pub bytes: u64,
+    /// Time of its first packet, Unix ns (packet time).
+    #[serde(default)]
+    pub first_ns: u64,
+    /// Time of its last packet, Unix ns.
+    #[serde(default)]
+    pub last_ns: u64,
+}
+
+impl LinkTotals {
+    fn add(&mut self, wire: u64, ts_ns: u64) {
+        if self.packets == 0 || ts_ns < self.first_ns {
+            self.first_ns = ts_ns;
+        }
+        self.last_ns = self.last_ns.max(ts_ns);
+        self.packets += 1;
+        self.bytes += wire;
+    }
 }
 
 /// The results.
@@ -141,7 +158,7 @@ type Table = FxHashMap<Key, Counters>;
 #[derive(Serialize, Deserialize)]
 struct Saved {
     totals: Results,
-    links: Vec<(u64, u64)>,
+    links: Vec<LinkTotals>,
     flows: Vec<(Key, Counters)>,
     latest_ns: u64,
 }
@@ -152,7 +169,7 @@ pub struct FlowStats {
     flows: Table,
     /// Totals; `links`, `top` and `active_flows` are filled in `results`.
     totals: Results,
-    links: Vec<(u64, u64)>,
+    links: Vec<LinkTotals>,
     /// Latest packet time seen: the clock of the idle timeout.
     latest_ns: u64,
 }
@@ -198,10 +215,9 @@ impl Analyzer for FlowStats {
         self.totals.bytes += wire;
         let link = h.link as usize;
         if link >= self.links.len() {
-            self.links.resize(link + 1, (0, 0));
+            self.links.resize(link + 1, LinkTotals::default());
         }
-        self.links[link].0 += 1;
-        self.links[link].1 += wire;
+        self.links[link].add(wire, h.ts_ns);
         if h.ts_ns > self.latest_ns {
             self.latest_ns = h.ts_ns;
         }
@@ -248,9 +264,9 @@ impl Analyzer for FlowStats {
     fn results(&self) -> Results {
         let mut r = self.totals.clone();
         r.active_flows = self.flows.len() as u64;
-        for (id, &(packets, bytes)) in self.links.iter().enumerate() {
-            if packets > 0 {
-                r.links.insert(id as u32, LinkTotals { packets, bytes });
+        for (id, link) in self.links.iter().enumerate() {
+            if link.packets > 0 {
+                r.links.insert(id as u32, *link);
             }
         }
         let mut all: Vec<(&Key, &Counters)> = self.flows.iter().collect();

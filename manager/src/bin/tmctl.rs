@@ -10,10 +10,16 @@ use bus_schema::MonitorRecord;
 use bus_schema::store::{self, BlobKind, BlobMeta};
 use clap::{Parser, Subcommand};
 use futures::StreamExt;
+use manager::control::Control;
 use manager::topology::{self, Topology, TopologyError};
 
-/// Operates a tm system over NATS: analyzer modules in the object store,
-/// the network topology, the monitors that are up.
+#[path = "tmctl/ops.rs"]
+mod ops;
+
+/// Operates a tm system over NATS: analyzer and app modules in the object
+/// store, deployments of analyzers on monitors (deploy, configure, collect,
+/// unload, adopt), mgmt apps on managers, the network topology, and a live
+/// view of results, events and reports.
 #[derive(Parser, Debug)]
 #[command(
     name = "tmctl",
@@ -33,6 +39,10 @@ struct Cli {
     /// Print JSON instead of tables (for scripts).
     #[arg(long, global = true)]
     json: bool,
+    /// Identity commands are sent as: owner of what `deploy` creates; only
+    /// the owner may configure or unload (or `--force`).
+    #[arg(long = "as", global = true, env = "TMCTL_AS", default_value = "tmctl")]
+    identity: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -51,11 +61,189 @@ enum Command {
     },
     /// Monitors that are up (their liveness records in `tm_monitors`).
     Monitors,
+    /// Deploys an analyzer (claims the id in `tm_deployments`, loads it on
+    /// every target); prints where it runs.
+    Deploy(DeployArgs),
+    /// Unloads a deployment everywhere; prints each monitor's final figures.
+    Unload {
+        /// Deployment id.
+        deployment: String,
+        /// Even if another identity owns it.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Sends new params to a running deployment.
+    Configure {
+        /// Deployment id.
+        deployment: String,
+        /// The new params, JSON.
+        #[arg(long)]
+        params: String,
+        /// Even if another identity owns it.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Collects a deployment's results from every monitor it runs on.
+    Collect {
+        /// Deployment id.
+        deployment: String,
+        /// How long each monitor gets to answer, ms.
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+        /// Also write them to this archive (directory or URL).
+        #[arg(long)]
+        archive: Option<String>,
+    },
+    /// Takes ownership of a deployment whose owner is gone (`--force`: even
+    /// if it is up).
+    Adopt {
+        /// Deployment id.
+        deployment: String,
+        /// Even if its owner is up.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Deployment records (desired state) in `tm_deployments`.
+    Deployments,
+    /// Status of monitors: links and deployments (all monitors if none given).
+    Status {
+        /// Monitor ids.
+        monitors: Vec<String>,
+        /// How long each monitor gets to answer, ms.
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+    },
+    /// Management apps on managers.
+    Apps {
+        #[command(subcommand)]
+        command: AppsCommand,
+    },
+    /// Prints results, events and reports as they arrive (JetStream
+    /// consumers on TM_RESULTS, TM_EVENTS, TM_REPORTS).
+    Watch {
+        /// What to watch.
+        #[arg(value_enum, default_value = "all")]
+        what: Watched,
+        /// Only this deployment (results and events) or app (reports).
+        #[arg(long)]
+        only: Option<String>,
+        /// Stop after this many messages.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Start with what the streams already hold, not just new messages.
+        #[arg(long)]
+        from_start: bool,
+        /// Stop after this many seconds without a message.
+        #[arg(long)]
+        idle_s: Option<u64>,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct DeployArgs {
+    /// Analyzer blob name (see `tmctl analyzer list`).
+    analyzer: String,
+    /// Deployment id (letters, digits, `-`, `_`).
+    #[arg(long)]
+    id: String,
+    /// Expected SHA-256 of the blob.
+    #[arg(long)]
+    sha256: Option<String>,
+    /// Analyzer params, JSON.
+    #[arg(long)]
+    params: Option<String>,
+    /// Run on this monitor (repeatable; default: every monitor that is up).
+    #[arg(long = "monitor", conflicts_with = "links")]
+    monitors: Vec<String>,
+    /// Run on this link, `MONITOR_ADDRESS:LINK_ID` as in the topology (repeatable).
+    #[arg(long = "link", value_name = "ADDRESS:ID")]
+    links: Vec<String>,
+    /// Filter: source CIDR (repeatable).
+    #[arg(long)]
+    src: Vec<String>,
+    /// Filter: destination CIDR (repeatable).
+    #[arg(long)]
+    dst: Vec<String>,
+    /// Filter: source ports, `N` or `N-M` (repeatable).
+    #[arg(long)]
+    sport: Vec<String>,
+    /// Filter: destination ports, `N` or `N-M` (repeatable).
+    #[arg(long)]
+    dport: Vec<String>,
+    /// Filter: IP protocol number (repeatable).
+    #[arg(long)]
+    proto: Vec<u8>,
+    /// Filter: a BPF expression.
+    #[arg(long)]
+    bpf: Option<String>,
+    /// Publish results to TM_RESULTS every this many ms.
+    #[arg(long)]
+    report_every_ms: Option<u64>,
+}
+
+#[derive(Subcommand, Debug)]
+enum AppsCommand {
+    /// Stores a mgmt-app module in the object store.
+    Put {
+        /// The `.wasm` file.
+        file: PathBuf,
+        /// Name to store it under (default: the file name without `.wasm`).
+        #[arg(long)]
+        name: Option<String>,
+        /// The module's version.
+        #[arg(long, default_value = "0.1.0")]
+        version: String,
+        /// One line saying what it does.
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// Loads and starts an app on a manager (S1).
+    Load {
+        /// Name the app runs under on that manager.
+        app: String,
+        /// The manager's id.
+        #[arg(long)]
+        manager: String,
+        /// A `.wasm` file the manager can read.
+        #[arg(long, conflicts_with = "blob", required_unless_present = "blob")]
+        file: Option<PathBuf>,
+        /// A mgmt-app blob in the object store.
+        #[arg(long)]
+        blob: Option<String>,
+        /// Its expected SHA-256 (with --blob).
+        #[arg(long, requires = "blob")]
+        sha256: Option<String>,
+        /// The app's params, JSON.
+        #[arg(long)]
+        params: Option<String>,
+    },
+    /// Stops and unloads an app (S8).
+    Unload {
+        /// The app's name.
+        app: String,
+        /// The manager's id.
+        #[arg(long)]
+        manager: String,
+    },
+    /// Lists the apps of one manager, or of every manager that is up.
+    List {
+        /// The manager's id.
+        #[arg(long)]
+        manager: Option<String>,
+    },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Watched {
+    Results,
+    Events,
+    Reports,
+    All,
 }
 
 #[derive(Subcommand, Debug)]
 enum AnalyzerCommand {
-    /// Stores a WebAssembly module; prints its name and SHA-256 digest.
+    /// Stores an analyzer module; prints its name and SHA-256 digest.
     Put {
         /// The `.wasm` file.
         file: PathBuf,
@@ -98,12 +286,12 @@ enum TopologyCommand {
 
 /// A failure and the exit code it maps to.
 #[derive(Debug)]
-struct Failure {
-    code: u8,
-    error: anyhow::Error,
+pub(crate) struct Failure {
+    pub(crate) code: u8,
+    pub(crate) error: anyhow::Error,
 }
 
-fn fail(code: u8, error: impl Into<anyhow::Error>) -> Failure {
+pub(crate) fn fail(code: u8, error: impl Into<anyhow::Error>) -> Failure {
     Failure {
         code,
         error: error.into(),
@@ -116,8 +304,8 @@ impl From<anyhow::Error> for Failure {
     }
 }
 
-const BAD_INPUT: u8 = 2;
-const NOT_FOUND: u8 = 3;
+pub(crate) const BAD_INPUT: u8 = 2;
+pub(crate) const NOT_FOUND: u8 = 3;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -137,49 +325,46 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         .connect(cli.nats.as_str())
         .await
         .with_context(|| format!("cannot reach NATS at {}", cli.nats))?;
-    let js = jetstream::new(client);
+    let js = jetstream::new(client.clone());
+    let json = cli.json;
     match cli.command {
-        Command::Analyzer { command } => analyzer(&js, command, cli.json).await,
-        Command::Topology { command } => topology_cmd(&js, command, cli.json).await,
-        Command::Monitors => monitors(&js, cli.json).await,
+        Command::Analyzer { command } => analyzer(&js, command, json).await,
+        Command::Topology { command } => topology_cmd(&js, command, json).await,
+        Command::Monitors => monitors(&js, json).await,
+        Command::Watch {
+            what,
+            only,
+            count,
+            from_start,
+            idle_s,
+        } => ops::watch(&js, what, only, count, from_start, idle_s, json).await,
+        Command::Apps { command } => ops::apps(&client, &js, command, json).await,
+        command => {
+            let control = Control::connect(client, &cli.identity, 1)
+                .await
+                .map_err(ops::refused)?;
+            ops::run(&control, command, json).await
+        }
     }
 }
 
 async fn blobs(js: &jetstream::Context) -> anyhow::Result<object_store::ObjectStore> {
-    if let Ok(o) = js.get_object_store(store::BLOBS_BUCKET).await {
-        return Ok(o);
-    }
-    let created = js
-        .create_object_store(object_store::Config {
-            bucket: store::BLOBS_BUCKET.into(),
-            description: Some("analyzer and mgmt-app modules".into()),
-            ..Default::default()
-        })
-        .await;
-    match created {
-        Ok(o) => Ok(o),
-        // Another client may have created it in between.
-        Err(e) => js
-            .get_object_store(store::BLOBS_BUCKET)
-            .await
-            .map_err(|_| e)
-            .with_context(|| format!("cannot open object store {}", store::BLOBS_BUCKET)),
-    }
+    Ok(bus_schema::nats::open_blobs(js, 1).await?)
 }
 
-async fn analyzer(
+/// Stores a module of `kind` in the object store; prints name and digest.
+async fn put_blob(
     js: &jetstream::Context,
-    command: AnalyzerCommand,
+    kind: BlobKind,
+    file: PathBuf,
+    name: Option<String>,
+    version: String,
+    description: String,
     json: bool,
 ) -> Result<(), Failure> {
     let objects = blobs(js).await?;
-    match command {
-        AnalyzerCommand::Put {
-            file,
-            name,
-            version,
-            description,
-        } => {
+    {
+        {
             let bytes = std::fs::read(&file)
                 .with_context(|| format!("cannot read {}", file.display()))
                 .map_err(|e| fail(BAD_INPUT, e))?;
@@ -201,7 +386,7 @@ async fn analyzer(
             };
             bus_schema::validate_token("name", &name).map_err(|e| fail(BAD_INPUT, e))?;
             let meta = BlobMeta {
-                kind: BlobKind::Analyzer,
+                kind,
                 version,
                 sha256: wasm_host::sha256_hex(&bytes),
                 abi_version: 1,
@@ -228,6 +413,33 @@ async fn analyzer(
                 println!("{name} {} ({} bytes)", meta.sha256, bytes.len());
             }
             Ok(())
+        }
+    }
+}
+
+async fn analyzer(
+    js: &jetstream::Context,
+    command: AnalyzerCommand,
+    json: bool,
+) -> Result<(), Failure> {
+    let objects = blobs(js).await?;
+    match command {
+        AnalyzerCommand::Put {
+            file,
+            name,
+            version,
+            description,
+        } => {
+            put_blob(
+                js,
+                BlobKind::Analyzer,
+                file,
+                name,
+                version,
+                description,
+                json,
+            )
+            .await
         }
         AnalyzerCommand::List => {
             let mut list = objects.list().await.context("cannot list modules")?;
