@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 
+pub mod monitor;
+
 /// How long a server may take to accept clients and serve JetStream.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
 
