@@ -1,0 +1,381 @@
+//! A whole system for manager tests: a real nats-server, the figure-5
+//! topology in KV, three real `tm-monitor` processes replaying generated
+//! pcaps on their six links (the traffic each link carries follows the
+//! topology's flow paths), real modules from `target/wasm/`, and `tm-manager`
+//! processes.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, object_store};
+use bus_schema::store::{self, BlobKind, BlobMeta};
+use bus_schema::{AppList, AppListRequest, Reply, Report, subject};
+use harness::NatsServer;
+use harness::monitor::MonitorProc;
+use manager::topology::{self, Topology};
+use pcapgen::{Frame, linktype, write_pcap};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A module built by `cargo xtask guests`.
+pub fn wasm_path(name: &str) -> PathBuf {
+    let dir = std::env::var_os("TM_WASM_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target/wasm"));
+    let path = dir.join(format!("{name}.wasm"));
+    assert!(
+        path.is_file(),
+        "{}: build the guests first with `cargo xtask guests`",
+        path.display()
+    );
+    path
+}
+
+pub fn figure5() -> Topology {
+    Topology::from_path(&root().join("examples/topology/figure5.toml")).unwrap()
+}
+
+/// Router `n` (1..=4) of figure 5.
+pub fn router(n: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 0, n, 1)
+}
+
+/// Hosts behind router `n` are 10.{n}0.0.0/16 (`host(n, k)`).
+pub fn host(n: u8, k: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, n * 10, 0, k)
+}
+
+/// The `prefixes` param of link-load / congestion-locator / dos-trace.
+pub fn prefixes() -> serde_json::Value {
+    serde_json::Value::Array(
+        (1..=4u8)
+            .map(|n| serde_json::json!({"prefix": format!("10.{}.0.0/16", n * 10), "router": router(n).to_string()}))
+            .collect(),
+    )
+}
+
+/// What one tap saw, exactly.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TapTruth {
+    pub packets: u64,
+    pub bytes: u64,
+    pub first_ns: u64,
+    pub last_ns: u64,
+}
+
+/// The generated traffic and what each tap and router pair carries.
+#[derive(Debug, Default)]
+pub struct Traffic {
+    /// Frames per tap (monitor address, link id), in time order.
+    pub frames: BTreeMap<(String, u32), Vec<Frame>>,
+    pub taps: BTreeMap<(String, u32), TapTruth>,
+    /// (from router, to router) → (flows, packets, bytes), for flows some
+    /// tap sees.
+    pub matrix: BTreeMap<(String, String), (u64, u64, u64)>,
+}
+
+/// UDP flows between hosts behind routers, each `(from router, to router,
+/// flows, packets per flow, payload)`, laid on the links of their flow
+/// paths.
+pub fn traffic(topo: &Topology, flows: &[(u8, u8, u8, u32, usize)]) -> Traffic {
+    let mut t = Traffic::default();
+    let start = 1_764_000_000_000_000_000u64;
+    for (i, &(from, to, n, packets, payload)) in flows.iter().enumerate() {
+        let path = topo
+            .flow_path(IpAddr::V4(router(from)), IpAddr::V4(router(to)))
+            .unwrap();
+        let seen = path.iter().any(|l| l.is_monitored());
+        for k in 0..n {
+            let src = host(from, k + 1);
+            let dst = host(to, k + 1);
+            let sport = 40_000 + i as u16 * 100 + u16::from(k);
+            let mut frames = Vec::new();
+            for p in 0..packets {
+                let ts =
+                    start + (i as u64 * 1_000 + u64::from(k) * 10 + u64::from(p) * 97) * 1_000_000;
+                let data =
+                    pcapgen::udp(src, dst, sport, 53, &vec![0x5a; payload + (p as usize % 7)]);
+                frames.push(Frame {
+                    ts_ns: ts,
+                    data,
+                    wire_len: None,
+                });
+            }
+            let bytes: u64 = frames.iter().map(|f| f.data.len() as u64).sum();
+            if seen {
+                let cell = t
+                    .matrix
+                    .entry((router(from).to_string(), router(to).to_string()))
+                    .or_default();
+                cell.0 += 1;
+                cell.1 += u64::from(packets);
+                cell.2 += bytes;
+            }
+            for link in &path {
+                for tap in &link.seen_by {
+                    let key = (tap.monitor.to_string(), tap.link_id);
+                    t.frames
+                        .entry(key)
+                        .or_default()
+                        .extend(frames.iter().cloned());
+                }
+            }
+        }
+    }
+    for (key, frames) in &mut t.frames {
+        frames.sort_by_key(|f| f.ts_ns);
+        t.taps.insert(
+            key.clone(),
+            TapTruth {
+                packets: frames.len() as u64,
+                bytes: frames.iter().map(|f| f.data.len() as u64).sum(),
+                first_ns: frames.first().map_or(0, |f| f.ts_ns),
+                last_ns: frames.last().map_or(0, |f| f.ts_ns),
+            },
+        );
+    }
+    t
+}
+
+/// The monitor id of a monitor address.
+pub fn monitor_id(address: &str) -> String {
+    bus_schema::id_from_address(address)
+}
+
+/// A nats-server with the figure-5 topology stored and one monitor per
+/// monitor address of the topology, replaying `traffic` (a link with no
+/// traffic replays an empty capture).
+pub struct System {
+    pub nats: NatsServer,
+    pub client: async_nats::Client,
+    pub js: jetstream::Context,
+    pub monitors: Vec<MonitorProc>,
+    pub topology: Topology,
+}
+
+impl System {
+    pub async fn start(traffic: &Traffic) -> System {
+        let nats = NatsServer::start().await.unwrap();
+        let client = nats.client().await;
+        let js = jetstream::new(client.clone());
+        let topology = figure5();
+        let kv = topology::open_bucket(&js, 1).await.unwrap();
+        topology::save(&kv, &topology.to_record("test", 1), None)
+            .await
+            .unwrap();
+        let mut monitors = Vec::new();
+        for address in topology.monitors() {
+            let dir = tempfile::tempdir().unwrap();
+            let mut config = format!("address = \"{address}\"\n");
+            for (id, link) in topology.links_of_monitor(address) {
+                let frames = traffic
+                    .frames
+                    .get(&(address.to_string(), id))
+                    .cloned()
+                    .unwrap_or_default();
+                let file = format!("l{id}.pcap");
+                write_pcap(&dir.path().join(&file), linktype::ETHERNET, &frames).unwrap();
+                config += &format!(
+                    "[[link]]\nid = {id}\npcap = \"{file}\"\nfrom_router = \"{}\"\nto_router = \"{}\"\n",
+                    link.from, link.to
+                );
+            }
+            let id = monitor_id(&address.to_string());
+            monitors.push(MonitorProc::start_in(&nats, &client, &id, &config, dir).await);
+        }
+        System {
+            nats,
+            client,
+            js,
+            monitors,
+            topology,
+        }
+    }
+
+    /// Stores a module in `tm_blobs`; returns its SHA-256.
+    pub async fn put(&self, name: &str, kind: BlobKind) -> String {
+        let bytes = std::fs::read(wasm_path(name)).unwrap();
+        let objects = bus_schema::nats::open_blobs(&self.js, 1).await.unwrap();
+        let sha256 = wasm_host::sha256_hex(&bytes);
+        let meta = BlobMeta {
+            kind,
+            version: "test".into(),
+            sha256: sha256.clone(),
+            abi_version: 1,
+            description: format!("{name} for tests"),
+        };
+        objects
+            .put(
+                object_store::ObjectMetadata {
+                    name: name.into(),
+                    metadata: meta.to_map(),
+                    ..Default::default()
+                },
+                &mut &bytes[..],
+            )
+            .await
+            .unwrap();
+        sha256
+    }
+
+    pub fn monitor(&self, id: &str) -> &MonitorProc {
+        self.monitors.iter().find(|m| m.id == id).unwrap()
+    }
+}
+
+/// Sends a command and decodes the reply envelope.
+pub async fn request<Q: Serialize, R: DeserializeOwned>(
+    client: &async_nats::Client,
+    subject: String,
+    q: &Q,
+) -> Reply<R> {
+    let payload = bus_schema::encode(q).unwrap();
+    let msg = tokio::time::timeout(
+        Duration::from_secs(60),
+        client.request(subject.clone(), payload.into()),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("no reply on {subject} within 60 s"))
+    .unwrap_or_else(|e| panic!("request on {subject}: {e}"));
+    bus_schema::decode(&msg.payload).unwrap_or_else(|e| panic!("reply on {subject}: {e}"))
+}
+
+/// A `tm-manager` process, killed on drop.
+pub struct ManagerProc {
+    pub id: String,
+    pub child: Child,
+    pub dir: tempfile::TempDir,
+}
+
+impl ManagerProc {
+    /// Starts `tm-manager --id id` with an archive in its temp dir; returns
+    /// once it answers `apps.list`.
+    pub async fn start(
+        nats: &NatsServer,
+        client: &async_nats::Client,
+        id: &str,
+        extra: &[&str],
+    ) -> ManagerProc {
+        let dir = tempfile::tempdir().unwrap();
+        let log = std::fs::File::create(dir.path().join("manager.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_tm-manager"))
+            .args([
+                "--id",
+                id,
+                "--nats",
+                &nats.url(),
+                "--log",
+                "info,manager=debug",
+            ])
+            .arg("--archive")
+            .arg(dir.path().join("archive"))
+            .args(extra)
+            .stdin(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut m = ManagerProc {
+            id: id.into(),
+            child,
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = m.child.try_wait() {
+                panic!("tm-manager exited with {status}:\n{}", m.log());
+            }
+            let q = bus_schema::encode(&AppListRequest {}).unwrap();
+            if let Ok(Ok(msg)) = tokio::time::timeout(
+                Duration::from_millis(500),
+                client.request(subject::manager_apps_list(id), q.into()),
+            )
+            .await
+                && bus_schema::decode::<Reply<AppList>>(&msg.payload).is_ok()
+            {
+                return m;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tm-manager {id} did not answer in 30 s:\n{}",
+                m.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("manager.log")).unwrap_or_default()
+    }
+
+    pub fn archive(&self) -> PathBuf {
+        self.dir.path().join("archive")
+    }
+
+    /// SIGKILL: the manager dies without unloading anything.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ManagerProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Reports of one app, as JSON, as they arrive.
+pub struct Reports {
+    sub: async_nats::Subscriber,
+}
+
+impl Reports {
+    pub async fn subscribe(client: &async_nats::Client, manager: &str, app: &str) -> Reports {
+        let sub = client
+            .subscribe(subject::reports(manager, app))
+            .await
+            .unwrap();
+        client.flush().await.unwrap();
+        Reports { sub }
+    }
+
+    /// The next report of `kind` whose body satisfies `done` (others are
+    /// skipped), within `within`.
+    pub async fn until(
+        &mut self,
+        kind: &str,
+        within: Duration,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> Option<(Report, serde_json::Value)> {
+        use futures::StreamExt;
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.sub.next())
+                .await
+                .ok()??;
+            let report: Report = bus_schema::decode(&msg.payload).unwrap();
+            let body = manager::archive::to_json(&report.body);
+            if report.kind == kind && done(&body) {
+                return Some((report, body));
+            }
+        }
+    }
+}
+
+/// The KV record of a deployment, if any.
+pub async fn deployment_record(
+    js: &jetstream::Context,
+    id: &str,
+) -> Option<bus_schema::DeploymentRecord> {
+    let kv = js.get_key_value(store::DEPLOYMENTS_BUCKET).await.ok()?;
+    let bytes = kv.get(id).await.ok()??;
+    Some(bus_schema::decode(&bytes).unwrap())
+}
