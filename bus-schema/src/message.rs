@@ -674,6 +674,18 @@ pub struct ManagerRecord {
     pub started_unix_ms: u64,
     /// Its latest heartbeat, Unix ms.
     pub heartbeat_unix_ms: u64,
+    /// How often it refreshes the record, ms: a record older than three
+    /// periods means the manager is gone, even before the bucket's max_age
+    /// removes it.
+    pub heartbeat_every_ms: u64,
+}
+
+impl ManagerRecord {
+    /// Whether the manager counts as up at `now_unix_ms`.
+    #[must_use]
+    pub fn is_up(&self, now_unix_ms: u64) -> bool {
+        now_unix_ms.saturating_sub(self.heartbeat_unix_ms) < 3 * self.heartbeat_every_ms.max(1)
+    }
 }
 
 /// What should happen to a deployment.

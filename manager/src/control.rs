@@ -710,7 +710,10 @@ impl Control {
         if previous == self.id {
             return Ok(previous);
         }
-        if !force && let Some(m) = self.managers().await?.get(&previous) {
+        if !force
+            && let Some(m) = self.managers().await?.get(&previous)
+            && m.is_up(now_ms())
+        {
             return refuse(
                 ErrorCode::NotOwner,
                 format!(

@@ -50,6 +50,11 @@ struct Args {
     /// Params of an app given with `--app`: `NAME=JSON`.
     #[arg(long = "app-params", value_name = "NAME=JSON")]
     app_params: Vec<String>,
+    /// How often the manager refreshes its liveness record, ms (at most
+    /// 5000). Three missed periods and other managers may adopt its
+    /// deployments.
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(50..=5000))]
+    heartbeat_ms: u64,
     /// Log filter (tracing's env-filter syntax).
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     log: String,
@@ -124,6 +129,7 @@ async fn main() -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?
         .get(&args.id)
+        .filter(|m| m.is_up(manager::control::now_ms()))
     {
         anyhow::bail!(
             "manager id {:?} is already up (heartbeat {} ms ago); pick another --id",
@@ -143,7 +149,11 @@ async fn main() -> anyhow::Result<()> {
         },
     )
     .await?;
-    let heartbeat = tokio::spawn(manager::service::heartbeat(apps.clone(), control.clone()));
+    let heartbeat = tokio::spawn(manager::service::heartbeat(
+        apps.clone(),
+        control.clone(),
+        Duration::from_millis(args.heartbeat_ms),
+    ));
     let server = tokio::spawn(manager::service::serve(apps.clone(), client.clone()));
     for (name, source, params) in startup {
         apps.load(&name, source, params)

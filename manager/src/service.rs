@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_nats::service::ServiceExt;
 use bus_schema::{
     AppList, AppListRequest, AppLoadRequest, AppUnloadRequest, ErrorBody, ErrorCode, ManagerRecord,
-    Reply, store, subject,
+    Reply, subject,
 };
 use futures::StreamExt;
 use serde::Serialize;
@@ -118,9 +118,9 @@ pub async fn serve(apps: Apps, client: async_nats::Client) -> anyhow::Result<()>
     Ok(())
 }
 
-/// Refreshes the manager's record in `tm_managers` every
-/// [`store::HEARTBEAT_EVERY`] until aborted.
-pub async fn heartbeat(apps: Apps, control: crate::control::Control) {
+/// Refreshes the manager's record in `tm_managers` every `every` (at most
+/// [`bus_schema::store::HEARTBEAT_EVERY`]) until aborted.
+pub async fn heartbeat(apps: Apps, control: crate::control::Control, every: Duration) {
     let started = now_ms();
     loop {
         let record = ManagerRecord {
@@ -129,10 +129,11 @@ pub async fn heartbeat(apps: Apps, control: crate::control::Control) {
             apps: apps.running(),
             started_unix_ms: started,
             heartbeat_unix_ms: now_ms(),
+            heartbeat_every_ms: every.as_millis() as u64,
         };
         if let Err(e) = control.heartbeat(&record).await {
             tracing::warn!(error = %e, "heartbeat not written");
         }
-        tokio::time::sleep(store::HEARTBEAT_EVERY.min(Duration::from_secs(5))).await;
+        tokio::time::sleep(every).await;
     }
 }

@@ -306,7 +306,7 @@ pub(crate) async fn run(control: &Control, command: Command, json: bool) -> Resu
                     .values()
                     .map(|(r, rev)| {
                         json!({"deployment": r.deployment, "analyzer": r.analyzer.name, "sha256": r.analyzer.sha256,
-                            "owner": r.owner, "owner_up": managers.contains_key(&r.owner),
+                            "owner": r.owner, "owner_up": managers.get(&r.owner).is_some_and(|m| m.is_up(now_ms())),
                             "desired": format!("{:?}", r.desired).to_lowercase(), "revision": rev,
                             "params": to_json(&r.params),
                             "targets": r.targets.iter().map(|t| json!({"monitor": t.monitor, "links": t.links})).collect::<Vec<_>>(),
@@ -338,7 +338,7 @@ pub(crate) async fn run(control: &Control, command: Command, json: bool) -> Resu
                     r.deployment,
                     r.analyzer.name,
                     r.owner,
-                    if managers.contains_key(&r.owner) {
+                    if managers.get(&r.owner).is_some_and(|m| m.is_up(now_ms())) {
                         "yes"
                     } else {
                         "no"
