@@ -1,6 +1,6 @@
 //! `tmctl` against a live system: a real nats-server, real modules from
-//! target/wasm/, the shipped figure-5 topology. Every verb it has so far,
-//! with its error paths and exit codes.
+//! target/wasm/, the shipped figure-5 topology, real monitors and a real
+//! tm-manager. Every verb, with its error paths and exit codes.
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -261,4 +261,464 @@ async fn monitors_lists_liveness_records_and_bad_nats_is_named() {
     let (code, msg) = err(&out);
     assert_eq!(code, 1);
     assert!(msg.contains("nats://127.0.0.1:1"), "{msg}");
+}
+
+mod common;
+
+use common::{ManagerProc, System};
+
+fn json_out(out: &Output) -> serde_json::Value {
+    serde_json::from_str(&ok(out))
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// deploy, deployments, collect (with archive), configure, status, adopt,
+/// unload against three live monitors, with their error paths.
+#[tokio::test]
+async fn deployments_from_the_command_line() {
+    let topology = common::figure5();
+    let traffic = common::traffic(&topology, &[(1, 3, 3, 20, 100), (3, 1, 1, 10, 300)]);
+    let system = System::start(&traffic).await;
+    let nats = &system.nats;
+    let flow = wasm("flow-stats");
+    let flow = flow.to_str().unwrap();
+    ok(&tmctl(nats, &["analyzer", "put", flow]));
+
+    let d = json_out(&tmctl(
+        nats,
+        &[
+            "--json",
+            "deploy",
+            "flow-stats",
+            "--id",
+            "f1",
+            "--link",
+            "10.9.0.1:0",
+            "--link",
+            "10.9.0.2:0",
+            "--params",
+            r#"{"top_n": 5}"#,
+        ],
+    ));
+    assert_eq!(d["owner"], "tmctl");
+    assert_eq!(d["placed"].as_array().unwrap().len(), 2);
+    for p in d["placed"].as_array().unwrap() {
+        assert_eq!(p["links"], serde_json::json!([0]));
+    }
+
+    // Refusals, each with its exit code and cause.
+    let cases: &[(&[&str], i32, &str)] = &[
+        (
+            &["deploy", "flow-stats", "--id", "f1"],
+            1,
+            "already exists, owned by \"tmctl\"",
+        ),
+        (&["deploy", "nosuch", "--id", "f2"], 3, "no such blob"),
+        (
+            &["deploy", "flow-stats", "--id", "f2", "--link", "10.9.0.1"],
+            2,
+            "expected MONITOR_ADDRESS:LINK_ID",
+        ),
+        (
+            &["deploy", "flow-stats", "--id", "f2", "--link", "10.9.0.1:7"],
+            2,
+            "has no link 7",
+        ),
+        (
+            &["deploy", "flow-stats", "--id", "f2", "--link", "10.9.9.9:0"],
+            2,
+            "no monitor with that address",
+        ),
+        (
+            &["deploy", "flow-stats", "--id", "f2", "--params", "{top_n"],
+            2,
+            "--params",
+        ),
+        (
+            &[
+                "deploy",
+                "flow-stats",
+                "--id",
+                "f2",
+                "--params",
+                r#"{"top_n": 99999}"#,
+            ],
+            2,
+            "top_n",
+        ),
+        (
+            &["deploy", "flow-stats", "--id", "f2", "--sha256", "00"],
+            1,
+            "stored with digest",
+        ),
+        (
+            &["deploy", "flow-stats", "--id", "a.b"],
+            2,
+            "deployment = \"a.b\"",
+        ),
+        (
+            &["deploy", "flow-stats", "--id", "f2", "--dport", "9-1"],
+            2,
+            "--dport \"9-1\"",
+        ),
+        (&["collect", "nosuch"], 3, "no such deployment"),
+        (
+            &[
+                "configure",
+                "f1",
+                "--params",
+                r#"{"top_n": 1}"#,
+                "--as",
+                "other",
+            ],
+            1,
+            "owned by \"tmctl\"",
+        ),
+        (&["status", "nosuch"], 3, "no such monitor"),
+    ];
+    for (args, code, needle) in cases {
+        let (c, msg) = err(&tmctl(nats, args));
+        assert_eq!(c, *code, "{args:?}: {msg}");
+        assert!(msg.contains(needle), "{args:?}: {msg}");
+    }
+    // The refused deploys left nothing behind.
+    let list = json_out(&tmctl(nats, &["--json", "deployments"]));
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list:#}");
+    assert_eq!(list[0]["deployment"], "f1");
+    assert_eq!(list[0]["owner_up"], false);
+
+    // Collect until both taps' captures are analyzed; archive the results.
+    let want = traffic.taps[&("10.9.0.1".to_string(), 0)].packets
+        + traffic.taps[&("10.9.0.2".to_string(), 0)].packets;
+    let archive = tempfile::tempdir().unwrap();
+    let mut got = serde_json::Value::Null;
+    for _ in 0..100 {
+        got = json_out(&tmctl(
+            nats,
+            &[
+                "--json",
+                "collect",
+                "f1",
+                "--archive",
+                archive.path().to_str().unwrap(),
+            ],
+        ));
+        let sum: u64 = got["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["stats"]["packets_in"].as_u64().unwrap())
+            .sum();
+        if sum == want {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let results = got["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2);
+    assert_eq!(
+        results
+            .iter()
+            .map(|r| r["stats"]["packets_in"].as_u64().unwrap())
+            .sum::<u64>(),
+        want
+    );
+    assert_eq!(results[0]["address"], "10.9.0.1");
+    assert_eq!(
+        results[0]["results"]["links"]["0"]["packets"],
+        traffic.taps[&("10.9.0.1".to_string(), 0)].packets
+    );
+    let files: Vec<_> = std::fs::read_dir(archive.path())
+        .unwrap()
+        .flatten()
+        .collect();
+    assert_eq!(files.len(), 1, "one date partition");
+    let table = ok(&tmctl(nats, &["collect", "f1"]));
+    assert!(table.starts_with("MONITOR"), "{table}");
+    assert!(
+        table.contains("10-9-0-2") && table.contains("\"top\""),
+        "{table}"
+    );
+
+    // Configure as the owner; the next collect shows it.
+    ok(&tmctl(
+        nats,
+        &["configure", "f1", "--params", r#"{"top_n": 1}"#],
+    ));
+    let got = json_out(&tmctl(nats, &["--json", "collect", "f1"]));
+    for r in got["results"].as_array().unwrap() {
+        assert!(r["results"]["top"].as_array().unwrap().len() <= 1);
+    }
+
+    // Status of every monitor, and of one.
+    let st = json_out(&tmctl(nats, &["--json", "status"]));
+    assert_eq!(st.as_array().unwrap().len(), 3);
+    let text = ok(&tmctl(nats, &["status", "10-9-0-1"]));
+    assert!(
+        text.contains("deployment f1 (flow-stats) owner tmctl"),
+        "{text}"
+    );
+
+    // tmctl as such is no manager, so its deployments may be adopted.
+    let a = json_out(&tmctl(nats, &["--json", "--as", "ops", "adopt", "f1"]));
+    assert_eq!(a["previous_owner"], "tmctl");
+    let (c, msg) = err(&tmctl(nats, &["unload", "f1"]));
+    assert_eq!(c, 1);
+    assert!(msg.contains("owned by \"ops\""), "{msg}");
+    let fin = json_out(&tmctl(nats, &["--json", "--as", "ops", "unload", "f1"]));
+    assert_eq!(fin["results"].as_array().unwrap().len(), 2);
+    assert!(
+        fin["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["last"] == true)
+    );
+    let (c, _) = err(&tmctl(nats, &["--as", "ops", "unload", "f1"]));
+    assert_eq!(c, 3);
+    assert_eq!(
+        json_out(&tmctl(nats, &["--json", "deployments"])),
+        serde_json::json!([])
+    );
+}
+
+/// apps put/load/list/unload on a live tm-manager, and watch on the
+/// streams, with their error paths.
+#[tokio::test]
+async fn apps_and_watch_from_the_command_line() {
+    let topology = common::figure5();
+    let traffic = common::traffic(&topology, &[(1, 3, 2, 10, 100)]);
+    let system = System::start(&traffic).await;
+    let nats = &system.nats;
+    let _manager = ManagerProc::start(nats, &system.client, "mgr-a", &[]).await;
+    ok(&tmctl(
+        nats,
+        &["analyzer", "put", wasm("flow-stats").to_str().unwrap()],
+    ));
+    let put = json_out(&tmctl(
+        nats,
+        &["--json", "apps", "put", wasm("link-load").to_str().unwrap()],
+    ));
+    assert_eq!(put["name"], "link-load");
+    let list = json_out(&tmctl(nats, &["--json", "analyzer", "list"]));
+    let kinds: Vec<_> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["name"].as_str().unwrap().to_owned(),
+                b["kind"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert!(
+        kinds.contains(&("link-load".into(), "mgmt-app".into())),
+        "{kinds:?}"
+    );
+
+    let loaded = json_out(&tmctl(
+        nats,
+        &[
+            "--json",
+            "apps",
+            "load",
+            "link-load",
+            "--manager",
+            "mgr-a",
+            "--blob",
+            "link-load",
+            "--params",
+            r#"{"every_ms": 200}"#,
+        ],
+    ));
+    assert_eq!(loaded[0]["state"], "running");
+    let all = json_out(&tmctl(nats, &["--json", "apps", "list"]));
+    assert_eq!(all.as_array().unwrap().len(), 1);
+    assert_eq!(all[0]["manager"], "mgr-a");
+    assert!(ok(&tmctl(nats, &["apps", "list", "--manager", "mgr-a"])).contains("link-load"));
+
+    // Reports as they are stored, as JSON lines.
+    let out = tmctl(
+        nats,
+        &[
+            "--json",
+            "watch",
+            "reports",
+            "--from-start",
+            "--count",
+            "2",
+            "--idle-s",
+            "20",
+        ],
+    );
+    let lines: Vec<serde_json::Value> = ok(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["type"] == "report" && l["kind"] == "link-load" && l["manager"] == "mgr-a")
+    );
+    // The monitors' lifecycle events for the app's deployment.
+    let d = "link-load-flow-stats-mgr-a-1";
+    let out = tmctl(
+        nats,
+        &[
+            "watch",
+            "events",
+            "--only",
+            d,
+            "--from-start",
+            "--count",
+            "3",
+            "--idle-s",
+            "20",
+        ],
+    );
+    let text = ok(&out);
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.starts_with("event ") && l.contains(d) && l.contains("Loaded"))
+            .count(),
+        3,
+        "{text}"
+    );
+
+    // Unloading the app unloads its analyzer; the final windows reach TM_RESULTS.
+    let stopped = json_out(&tmctl(
+        nats,
+        &[
+            "--json",
+            "apps",
+            "unload",
+            "link-load",
+            "--manager",
+            "mgr-a",
+        ],
+    ));
+    assert_eq!(stopped[0]["state"], "stopped");
+    let out = tmctl(
+        nats,
+        &[
+            "--json",
+            "watch",
+            "results",
+            "--only",
+            d,
+            "--from-start",
+            "--count",
+            "3",
+            "--idle-s",
+            "20",
+        ],
+    );
+    let windows: Vec<serde_json::Value> = ok(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(windows.len(), 3);
+    assert!(windows.iter().all(|w| w["window"]["last"] == true));
+    // Nothing more arrives: watch ends after its idle time with what it got.
+    let out = tmctl(nats, &["watch", "results", "--only", d, "--idle-s", "1"]);
+    assert_eq!(ok(&out), "");
+
+    let cases: &[(&[&str], i32, &str)] = &[
+        (
+            &[
+                "apps",
+                "load",
+                "x",
+                "--manager",
+                "nobody",
+                "--blob",
+                "link-load",
+            ],
+            3,
+            "is the manager up?",
+        ),
+        (
+            &["apps", "unload", "nosuch", "--manager", "mgr-a"],
+            3,
+            "no such app",
+        ),
+        (
+            &[
+                "apps",
+                "load",
+                "x",
+                "--manager",
+                "mgr-a",
+                "--blob",
+                "nosuch",
+            ],
+            3,
+            "no such blob",
+        ),
+        (
+            &[
+                "apps",
+                "load",
+                "x",
+                "--manager",
+                "mgr-a",
+                "--blob",
+                "flow-stats",
+            ],
+            1,
+            "not a mgmt app",
+        ),
+        (
+            &[
+                "apps",
+                "load",
+                "x",
+                "--manager",
+                "mgr-a",
+                "--file",
+                "/nonexistent.wasm",
+            ],
+            2,
+            "/nonexistent.wasm",
+        ),
+        (
+            &[
+                "apps",
+                "load",
+                "x",
+                "--manager",
+                "mgr-a",
+                "--blob",
+                "link-load",
+                "--params",
+                r#"{"every_ms": 1}"#,
+            ],
+            2,
+            "every_ms = 1",
+        ),
+        (
+            &[
+                "apps",
+                "load",
+                "x",
+                "--manager",
+                "mgr-a",
+                "--blob",
+                "link-load",
+                "--sha256",
+                "ab",
+            ],
+            1,
+            "digest",
+        ),
+        (&["watch", "results", "--only", "a.b"], 2, "--only"),
+        (&["apps", "put", "/nonexistent.wasm"], 2, "cannot read"),
+    ];
+    for (args, code, needle) in cases {
+        let (c, msg) = err(&tmctl(nats, args));
+        assert_eq!(c, *code, "{args:?}: {msg}");
+        assert!(msg.contains(needle), "{args:?}: {msg}");
+    }
 }

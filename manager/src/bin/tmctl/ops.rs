@@ -646,7 +646,7 @@ pub(crate) async fn watch(
             .await
             .map_err(|e| fail(1, anyhow!("stream {name}: {e}")))?;
         let consumer = stream
-            .create_consumer(consumer::push::OrderedConfig {
+            .create_consumer(consumer::pull::OrderedConfig {
                 filter_subject: filter,
                 deliver_policy: if from_start {
                     consumer::DeliverPolicy::All
