@@ -130,19 +130,36 @@ pub fn traffic(topo: &Topology, flows: &[(u8, u8, u8, u32, usize)]) -> Traffic {
             }
         }
     }
-    for (key, frames) in &mut t.frames {
-        frames.sort_by_key(|f| f.ts_ns);
-        t.taps.insert(
-            key.clone(),
-            TapTruth {
-                packets: frames.len() as u64,
-                bytes: frames.iter().map(|f| f.data.len() as u64).sum(),
-                first_ns: frames.first().map_or(0, |f| f.ts_ns),
-                last_ns: frames.last().map_or(0, |f| f.ts_ns),
-            },
-        );
-    }
+    t.finish();
     t
+}
+
+impl Traffic {
+    /// Adds frames to a tap (monitor address, link id).
+    pub fn add(&mut self, tap: (&str, u32), frames: impl IntoIterator<Item = Frame>) {
+        self.frames
+            .entry((tap.0.to_owned(), tap.1))
+            .or_default()
+            .extend(frames);
+    }
+
+    /// Sorts each tap's frames by time and computes what each tap carries.
+    pub fn finish(&mut self) {
+        let t = self;
+        t.taps.clear();
+        for (key, frames) in &mut t.frames {
+            frames.sort_by_key(|f| f.ts_ns);
+            t.taps.insert(
+                key.clone(),
+                TapTruth {
+                    packets: frames.len() as u64,
+                    bytes: frames.iter().map(|f| f.data.len() as u64).sum(),
+                    first_ns: frames.first().map_or(0, |f| f.ts_ns),
+                    last_ns: frames.last().map_or(0, |f| f.ts_ns),
+                },
+            );
+        }
+    }
 }
 
 /// The monitor id of a monitor address.
