@@ -801,16 +801,15 @@ async fn read_all<T: DeserializeOwned>(
     let mut out = BTreeMap::new();
     let mut unreadable = HashMap::new();
     for (key, value) in keys.into_iter().zip(values) {
-        match value.map_err(|e| bus(name, e))? {
-            Some(bytes) => match bus_schema::decode::<T>(&bytes) {
+        if let Some(bytes) = value.map_err(|e| bus(name, e))? {
+            match bus_schema::decode::<T>(&bytes) {
                 Ok(r) => {
                     out.insert(key, r);
                 }
                 Err(e) => {
                     unreadable.insert(key, e.to_string());
                 }
-            },
-            None => {}
+            }
         }
     }
     for (key, e) in unreadable {

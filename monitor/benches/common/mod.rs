@@ -112,7 +112,6 @@ pub fn monitor_run(
             monitor: "bench".into(),
             deployment: "bench".into(),
             analyzer: request.analyzer.clone(),
-            owner: "bench".into(),
             links: vec![0],
             started_unix_ms: 0,
         },
