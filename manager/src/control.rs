@@ -198,9 +198,12 @@ impl Control {
     ) -> Result<R, ErrorBody> {
         let payload = bus_schema::encode(request)
             .map_err(|e| ErrorBody::new(ErrorCode::BadRequest, e.to_string()))?;
+        let request = async_nats::client::Request::new()
+            .payload(payload.into())
+            .timeout(Some(timeout));
         let reply = match tokio::time::timeout(
-            timeout,
-            self.client.request(subject.clone(), payload.into()),
+            timeout + Duration::from_millis(100),
+            self.client.send_request(subject.clone(), request),
         )
         .await
         {
@@ -219,7 +222,7 @@ impl Control {
                     ),
                     RequestErrorKind::TimedOut => refuse(
                         ErrorCode::Timeout,
-                        format!("no reply on {subject} (NATS request timeout)"),
+                        format!("no reply on {subject} within {} ms", timeout.as_millis()),
                     ),
                     _ => Err(bus(&subject, e)),
                 };

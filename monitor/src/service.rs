@@ -95,8 +95,21 @@ impl Monitor {
         config: Config,
         js: jetstream::Context,
     ) -> anyhow::Result<(Arc<Monitor>, mpsc::UnboundedReceiver<Outgoing>)> {
-        bus_schema::nats::ensure_stores(&js, config.replicas).await?;
         let sandbox = Sandbox::new(&wasm_host::SandboxConfig::default())?;
+        Self::start_with(config, js, sandbox).await
+    }
+
+    /// [`Monitor::start`] with a given sandbox (engine and module cache),
+    /// which several in-process monitors may share (benchmarks).
+    ///
+    /// # Errors
+    /// If the stores cannot be created or a link cannot start.
+    pub async fn start_with(
+        config: Config,
+        js: jetstream::Context,
+        sandbox: Sandbox,
+    ) -> anyhow::Result<(Arc<Monitor>, mpsc::UnboundedReceiver<Outgoing>)> {
+        bus_schema::nats::ensure_stores(&js, config.replicas).await?;
         let mut links = BTreeMap::new();
         for link in &config.links {
             links.insert(link.id, LinkHandle::start(link.clone())?);
