@@ -768,6 +768,48 @@ fn filter(f: api::Filter) -> bus_schema::Filter {
     }
 }
 
+fn snake<T: Serialize>(v: T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+fn status_view(s: bus_schema::MonitorStatus) -> api::MonitorStatusView {
+    api::MonitorStatusView {
+        monitor: s.monitor,
+        address: s.address,
+        uptime_s: s.uptime_s,
+        links: s
+            .links
+            .into_iter()
+            .map(|l| api::LinkStatusView {
+                id: l.link.id,
+                state: snake(l.state),
+                packets: l.packets,
+                bytes: l.bytes,
+                drops: l.kernel_drops + l.interface_drops,
+            })
+            .collect(),
+        deployments: s
+            .deployments
+            .into_iter()
+            .map(|d| api::DeploymentStatusView {
+                deployment: d.deployment,
+                analyzer: d.analyzer.name,
+                owner: d.owner,
+                state: snake(d.state),
+                stats: api::Stats {
+                    packets_in: d.stats.packets_in,
+                    bytes_in: d.stats.bytes_in,
+                    dropped: d.stats.dropped,
+                },
+                last_error: d.last_error,
+            })
+            .collect(),
+    }
+}
+
 fn missing(m: control::Missing) -> api::Missing {
     api::Missing {
         monitor: m.monitor,
@@ -897,6 +939,28 @@ async fn dispatch(ctx: &mut Ctx, op: &str, request: &[u8]) -> Vec<u8> {
                 })
                 .collect::<Vec<_>>()
         })),
+        api::op::STATUS => encode_reply(
+            async {
+                let q: api::StatusQuery = decode_request(op, request)?;
+                let timeout = Duration::from_millis(q.timeout_ms.unwrap_or(2000).clamp(1, 60_000));
+                let all = shared.control.status(&q.monitors, timeout).await?;
+                let mut out = api::Statuses {
+                    monitors: Vec::new(),
+                    missing: Vec::new(),
+                };
+                for (monitor, reply) in all {
+                    match reply {
+                        Ok(s) => out.monitors.push(status_view(s)),
+                        Err(error) => out
+                            .missing
+                            .push(missing(control::Missing { monitor, error })),
+                    }
+                }
+                out.monitors.sort_by(|a, b| a.monitor.cmp(&b.monitor));
+                Ok(out)
+            }
+            .await,
+        ),
         api::op::DEPLOY => {
             let reply = async {
                 let q: api::Deploy<Value> = decode_request(op, request)?;
@@ -1102,10 +1166,7 @@ async fn dispatch(ctx: &mut Ctx, op: &str, request: &[u8]) -> Vec<u8> {
                             address: addresses.get(&event.monitor).cloned().unwrap_or_default(),
                             monitor: event.monitor,
                             deployment: event.deployment,
-                            kind: serde_json::to_value(event.kind)
-                                .ok()
-                                .and_then(|v| v.as_str().map(str::to_owned))
-                                .unwrap_or_default(),
+                            kind: snake(event.kind),
                             message: event.message,
                             at_unix_ms: event.at_unix_ms,
                             data: event.data,

@@ -149,6 +149,9 @@ async fn link_load_runs_s1_to_s8_with_per_link_truth() {
         assert!((l["pps"].as_f64().unwrap() - t.packets as f64 / span).abs() < 1e-6);
         assert!((l["bps"].as_f64().unwrap() - bps).abs() < 1e-6);
         assert!((l["utilisation"].as_f64().unwrap() - bps / 1e6).abs() < 1e-9);
+        // From the monitors' status: each replay ran to its end, losing nothing.
+        assert_eq!(l["capture_state"], "finished", "{l:#}");
+        assert_eq!(l["capture_drops"], 0);
     }
     // The traffic matrix: each flow once, however many taps saw it; R4→R1
     // traffic crosses no tap and is absent.

@@ -130,6 +130,9 @@ pub mod op {
     pub const UNMONITORED: &str = "unmonitored";
     /// [`crate::Empty`] → `Vec<`[`crate::MonitorView`]`>` (monitors that are up)
     pub const MONITORS: &str = "monitors";
+    /// [`crate::StatusQuery`] → [`crate::Statuses`] (each monitor's links
+    /// and deployments; silent monitors in `missing`)
+    pub const STATUS: &str = "status";
     /// [`crate::Deploy`] → [`crate::Deployed`] (S2/S3)
     pub const DEPLOY: &str = "deploy";
     /// [`crate::Configure`] → [`crate::Outcome`]
@@ -273,6 +276,73 @@ pub struct MonitorView {
     pub links: Vec<MonitorLink>,
     /// Milliseconds since its last heartbeat.
     pub heartbeat_age_ms: u64,
+}
+
+/// Ask monitors for their status.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusQuery {
+    /// Monitor ids; empty: every monitor that is up.
+    #[serde(default)]
+    pub monitors: Vec<String>,
+    /// How long each monitor gets, ms (default 2000).
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+}
+
+/// One link as its monitor reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkStatusView {
+    /// Link id.
+    pub id: u32,
+    /// `running`, `finished` (a replay that ended) or `failed`.
+    pub state: String,
+    /// Packets captured.
+    pub packets: u64,
+    /// Bytes captured.
+    pub bytes: u64,
+    /// Packets the kernel or interface dropped.
+    pub drops: u64,
+}
+
+/// One deployment as a monitor reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentStatusView {
+    /// Deployment id.
+    pub deployment: String,
+    /// Analyzer name.
+    pub analyzer: String,
+    /// Owner.
+    pub owner: String,
+    /// `running` or `failed`.
+    pub state: String,
+    /// Counters.
+    pub stats: Stats,
+    /// Why it failed, if it did.
+    pub last_error: Option<String>,
+}
+
+/// One monitor's status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MonitorStatusView {
+    /// Monitor id.
+    pub monitor: String,
+    /// Its address.
+    pub address: String,
+    /// Seconds since it started.
+    pub uptime_s: u64,
+    /// Its links.
+    pub links: Vec<LinkStatusView>,
+    /// Its deployments.
+    pub deployments: Vec<DeploymentStatusView>,
+}
+
+/// Reply to [`op::STATUS`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Statuses {
+    /// Monitors that answered, sorted by id.
+    pub monitors: Vec<MonitorStatusView>,
+    /// Monitors that did not.
+    pub missing: Vec<Missing>,
 }
 
 /// Packet filter of a deployment (applied by the monitor before the analyzer).

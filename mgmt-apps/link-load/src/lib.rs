@@ -134,7 +134,16 @@ pub struct LinkLoad {
     pub bps: f64,
     /// `bps / capacity_bps`.
     pub utilisation: f64,
+    /// The capture's state at the monitor (`running`, `finished` for a
+    /// replay that ended, `failed`), empty if its status did not come.
+    pub capture_state: String,
+    /// Packets the capture lost (kernel and interface drops): the figures
+    /// above undercount the link by this much.
+    pub capture_drops: u64,
 }
+
+/// Capture state and drops per tap (monitor address, link id).
+pub type Captures = BTreeMap<(String, u32), (String, u64)>;
 
 /// Traffic from one router's hosts to another's.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -189,6 +198,7 @@ pub fn build_report(
     topology: &TopologyView,
     collected: &Collected<FlowResults>,
     routers: &Table<String>,
+    captures: &Captures,
     capacity_bps: f64,
     round: u32,
 ) -> Report {
@@ -235,6 +245,11 @@ pub fn build_report(
                 } else {
                     0.0
                 },
+                capture_state: captures
+                    .get(&(m.address.clone(), id))
+                    .map(|c| c.0.clone())
+                    .unwrap_or_default(),
+                capture_drops: captures.get(&(m.address.clone(), id)).map_or(0, |c| c.1),
             });
         }
         for f in &m.results.top {
@@ -325,10 +340,18 @@ fn err(e: tm_app_sdk::CallError) -> String {
 impl LinkLoadApp {
     fn report(&self, collected: &Collected<FlowResults>, kind: &str) -> Result<(), String> {
         let topology = tm_app_sdk::topology().map_err(err)?;
+        let statuses = tm_app_sdk::status(&[], self.params.collect_timeout_ms).map_err(err)?;
+        let mut captures = Captures::new();
+        for m in statuses.monitors {
+            for l in m.links {
+                captures.insert((m.address.clone(), l.id), (l.state, l.drops));
+            }
+        }
         let report = build_report(
             &topology,
             collected,
             &self.routers,
+            &captures,
             self.params.capacity_bps,
             self.round,
         );
@@ -538,12 +561,22 @@ mod tests {
         let mut routers = Table::new();
         routers.insert(Prefix::parse("10.1.0.0/16").unwrap(), "r1".to_string());
         routers.insert(Prefix::parse("10.3.0.0/16").unwrap(), "r3".to_string());
-        let r = build_report(&topology, &collected, &routers, 8000.0, 4);
+        let mut captures = Captures::new();
+        captures.insert(("m1".into(), 0), ("finished".into(), 3));
+        let r = build_report(&topology, &collected, &routers, &captures, 8000.0, 4);
         assert_eq!(r.links.len(), 2);
         assert_eq!(r.links[0].from_router, "r1");
         assert_eq!(r.links[0].pps, 5.5);
         assert_eq!(r.links[0].bps, 4000.0);
         assert_eq!(r.links[0].utilisation, 0.5);
+        assert_eq!(
+            (r.links[0].capture_state.as_str(), r.links[0].capture_drops),
+            ("finished", 3)
+        );
+        assert_eq!(
+            (r.links[1].capture_state.as_str(), r.links[1].capture_drops),
+            ("", 0)
+        );
         assert_eq!(r.unknown_taps, vec!["m2:7".to_string()]);
         assert_eq!(r.unmonitored.len(), 1);
         assert_eq!(r.matrix.len(), 1);

@@ -238,6 +238,17 @@ pub fn monitors() -> Result<Vec<MonitorView>, CallError> {
     call(op::MONITORS, &Empty {})
 }
 
+/// Status of the given monitors (every monitor that is up if empty).
+pub fn status(monitors: &[String], timeout_ms: u64) -> Result<api::Statuses, CallError> {
+    call(
+        op::STATUS,
+        &api::StatusQuery {
+            monitors: monitors.to_vec(),
+            timeout_ms: Some(timeout_ms),
+        },
+    )
+}
+
 /// Deploys an analyzer (S2); the monitors fetch and start it (S3).
 pub fn deploy<P: Serialize>(request: &Deploy<P>) -> Result<Deployed, CallError> {
     call(op::DEPLOY, request)
