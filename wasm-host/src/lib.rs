@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -42,7 +42,9 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 pub struct Sandbox {
     engine: Engine,
     epoch_tick: Duration,
-    cache: Arc<Mutex<HashMap<String, Module>>>,
+    /// Per digest, the compilation: one at a time per digest, so many
+    /// deployments loading the same module at once compile it once.
+    cache: Arc<Mutex<HashMap<String, Arc<OnceLock<Result<Module, String>>>>>>,
     _ticker: Arc<Ticker>,
 }
 
@@ -128,21 +130,28 @@ impl Sandbox {
     /// # Errors
     /// If `bytes` is not a valid module.
     pub fn module(&self, sha256: &str, bytes: &[u8]) -> Result<Module, CompileError> {
-        if let Some(m) = self.cache.lock().expect("module cache").get(sha256) {
-            return Ok(m.clone());
-        }
-        let module = Module::new(&self.engine, bytes).map_err(CompileError)?;
-        self.cache
+        let cell = self
+            .cache
             .lock()
             .expect("module cache")
-            .insert(sha256.to_owned(), module.clone());
-        Ok(module)
+            .entry(sha256.to_owned())
+            .or_default()
+            .clone();
+        // Others asking for this digest meanwhile wait for this compilation.
+        cell.get_or_init(|| Module::new(&self.engine, bytes).map_err(|e| format!("{e:#}")))
+            .clone()
+            .map_err(|e| CompileError(wasmtime::Error::msg(e)))
     }
 
     /// How many distinct modules are compiled and cached.
     #[must_use]
     pub fn cached_modules(&self) -> usize {
-        self.cache.lock().expect("module cache").len()
+        self.cache
+            .lock()
+            .expect("module cache")
+            .values()
+            .filter(|c| c.get().is_some_and(Result::is_ok))
+            .count()
     }
 }
 

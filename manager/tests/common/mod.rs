@@ -3,10 +3,9 @@
 //! pcaps on their six links (the traffic each link carries follows the
 //! topology's flow paths), real modules from `target/wasm/`, and `tm-manager`
 //! processes.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
-use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -17,7 +16,7 @@ use bus_schema::{AppList, AppListRequest, Reply, Report, subject};
 use harness::NatsServer;
 use harness::monitor::MonitorProc;
 use manager::topology::{self, Topology};
-use pcapgen::{Frame, linktype, write_pcap};
+use pcapgen::{linktype, write_pcap};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -43,123 +42,46 @@ pub fn figure5() -> Topology {
     Topology::from_path(&root().join("examples/topology/figure5.toml")).unwrap()
 }
 
-/// Router `n` (1..=4) of figure 5.
-pub fn router(n: u8) -> Ipv4Addr {
-    Ipv4Addr::new(10, 0, n, 1)
-}
-
-/// Hosts behind router `n` are 10.{n}0.0.0/16 (`host(n, k)`).
-pub fn host(n: u8, k: u8) -> Ipv4Addr {
-    Ipv4Addr::new(10, n * 10, 0, k)
-}
+pub use pcapgen::network::{TapTruth, Traffic, host, router};
 
 /// The `prefixes` param of link-load / congestion-locator / dos-trace.
 pub fn prefixes() -> serde_json::Value {
     serde_json::Value::Array(
         (1..=4u8)
-            .map(|n| serde_json::json!({"prefix": format!("10.{}.0.0/16", n * 10), "router": router(n).to_string()}))
+            .map(|n| serde_json::json!({"prefix": pcapgen::network::prefix(n), "router": router(n).to_string()}))
             .collect(),
     )
 }
 
-/// What one tap saw, exactly.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct TapTruth {
-    pub packets: u64,
-    pub bytes: u64,
-    pub first_ns: u64,
-    pub last_ns: u64,
-}
-
-/// The generated traffic and what each tap and router pair carries.
-#[derive(Debug, Default)]
-pub struct Traffic {
-    /// Frames per tap (monitor address, link id), in time order.
-    pub frames: BTreeMap<(String, u32), Vec<Frame>>,
-    pub taps: BTreeMap<(String, u32), TapTruth>,
-    /// (from router, to router) → (flows, packets, bytes), for flows some
-    /// tap sees.
-    pub matrix: BTreeMap<(String, String), (u64, u64, u64)>,
-}
-
 /// UDP flows between hosts behind routers, each `(from router, to router,
-/// flows, packets per flow, payload)`, laid on the links of their flow
-/// paths.
+/// flows, packets per flow, payload)`, laid on the taps of their flow paths.
 pub fn traffic(topo: &Topology, flows: &[(u8, u8, u8, u32, usize)]) -> Traffic {
-    let mut t = Traffic::default();
-    let start = 1_764_000_000_000_000_000u64;
-    for (i, &(from, to, n, packets, payload)) in flows.iter().enumerate() {
-        let path = topo
-            .flow_path(IpAddr::V4(router(from)), IpAddr::V4(router(to)))
-            .unwrap();
-        let seen = path.iter().any(|l| l.is_monitored());
-        for k in 0..n {
-            let src = host(from, k + 1);
-            let dst = host(to, k + 1);
-            let sport = 40_000 + i as u16 * 100 + u16::from(k);
-            let mut frames = Vec::new();
-            for p in 0..packets {
-                let ts =
-                    start + (i as u64 * 1_000 + u64::from(k) * 10 + u64::from(p) * 97) * 1_000_000;
-                let data =
-                    pcapgen::udp(src, dst, sport, 53, &vec![0x5a; payload + (p as usize % 7)]);
-                frames.push(Frame {
-                    ts_ns: ts,
-                    data,
-                    wire_len: None,
-                });
-            }
-            let bytes: u64 = frames.iter().map(|f| f.data.len() as u64).sum();
-            if seen {
-                let cell = t
-                    .matrix
-                    .entry((router(from).to_string(), router(to).to_string()))
-                    .or_default();
-                cell.0 += 1;
-                cell.1 += u64::from(packets);
-                cell.2 += bytes;
-            }
-            for link in &path {
-                for tap in &link.seen_by {
-                    let key = (tap.monitor.to_string(), tap.link_id);
-                    t.frames
-                        .entry(key)
-                        .or_default()
-                        .extend(frames.iter().cloned());
-                }
-            }
-        }
-    }
-    t.finish();
-    t
+    let flows: Vec<pcapgen::network::Flows> = flows
+        .iter()
+        .map(
+            |&(from, to, count, packets, payload)| pcapgen::network::Flows {
+                from,
+                to,
+                count,
+                packets,
+                payload,
+            },
+        )
+        .collect();
+    pcapgen::network::udp_flows(
+        &flows,
+        |a, b| taps_on_path(topo, a, b),
+        1_764_000_000_000_000_000,
+    )
 }
 
-impl Traffic {
-    /// Adds frames to a tap (monitor address, link id).
-    pub fn add(&mut self, tap: (&str, u32), frames: impl IntoIterator<Item = Frame>) {
-        self.frames
-            .entry((tap.0.to_owned(), tap.1))
-            .or_default()
-            .extend(frames);
-    }
-
-    /// Sorts each tap's frames by time and computes what each tap carries.
-    pub fn finish(&mut self) {
-        let t = self;
-        t.taps.clear();
-        for (key, frames) in &mut t.frames {
-            frames.sort_by_key(|f| f.ts_ns);
-            t.taps.insert(
-                key.clone(),
-                TapTruth {
-                    packets: frames.len() as u64,
-                    bytes: frames.iter().map(|f| f.data.len() as u64).sum(),
-                    first_ns: frames.first().map_or(0, |f| f.ts_ns),
-                    last_ns: frames.last().map_or(0, |f| f.ts_ns),
-                },
-            );
-        }
-    }
+/// The taps along the flow path from router `a` to router `b`.
+pub fn taps_on_path(topo: &Topology, a: u8, b: u8) -> Vec<(String, u32)> {
+    topo.flow_path(IpAddr::V4(router(a)), IpAddr::V4(router(b)))
+        .unwrap()
+        .iter()
+        .flat_map(|l| l.seen_by.iter().map(|t| (t.monitor.to_string(), t.link_id)))
+        .collect()
 }
 
 /// The monitor id of a monitor address.

@@ -13,6 +13,7 @@ use etherparse::{IpHeaders, PacketBuilder, PacketBuilderStep};
 
 pub mod apps;
 pub mod dns;
+pub mod network;
 pub mod scenarios;
 
 /// pcap link types.
