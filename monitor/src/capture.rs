@@ -590,9 +590,11 @@ impl LinkThread {
             return self.serve_controls();
         };
         self.shared.dlt.store(dlt, Ordering::Release);
-        // A replay into nothing is lost: wait for the first deployment.
+        // A replay into nothing is lost: wait for the first deployment (or
+        // as many as the link's `replay_waits_for`).
         if capture.is_replay() {
-            while self.taps.is_empty() {
+            let wanted = self.shared.config.replay_waits_for.max(1) as usize;
+            while self.taps.len() < wanted {
                 let Ok(msg) = self.ctl.recv() else { return };
                 if !self.control(msg) {
                     return;

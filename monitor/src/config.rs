@@ -19,6 +19,7 @@
 //! id = 0
 //! pcap = "captures/l12.pcap"   # or: interface = "tap0"
 //! replay = "instant"           # instant | recorded-pace | loop (pcap only)
+//! replay_waits_for = 1         # deployments attached before the replay starts
 //! snaplen = 65535
 //! buffer_mb = 16               # kernel buffer (interface only)
 //! from_router = "133.129.11.1"
@@ -90,6 +91,11 @@ pub struct LinkConfig {
     /// How a pcap file is replayed.
     #[serde(default)]
     pub replay: Replay,
+    /// A replay starts once this many deployments are attached to the link
+    /// (pcap only), so that analyzers loaded one after the other all see
+    /// the whole file.
+    #[serde(default = "default_replay_waits_for")]
+    pub replay_waits_for: u32,
     /// Bytes kept of each packet.
     #[serde(default = "default_snaplen")]
     pub snaplen: u32,
@@ -100,6 +106,10 @@ pub struct LinkConfig {
     pub from_router: String,
     /// Router the traffic goes to.
     pub to_router: String,
+}
+
+fn default_replay_waits_for() -> u32 {
+    1
 }
 
 fn default_snaplen() -> u32 {
@@ -277,6 +287,9 @@ impl Config {
                     if iface.is_empty() {
                         bail!("{at}.interface = \"\": empty");
                     }
+                    if link.replay_waits_for != 1 {
+                        bail!("{at}.replay_waits_for: only pcap links are replayed");
+                    }
                     if link.replay != Replay::Instant {
                         bail!("{at}.replay: only pcap links are replayed");
                     }
@@ -284,6 +297,12 @@ impl Config {
                 (None, Some(p)) => {
                     if !p.is_file() {
                         bail!("{at}.pcap = {:?}: no such file", p.display().to_string());
+                    }
+                    if !(1..=64).contains(&link.replay_waits_for) {
+                        bail!(
+                            "{at}.replay_waits_for = {}: must be 1 to 64",
+                            link.replay_waits_for
+                        );
                     }
                 }
             }

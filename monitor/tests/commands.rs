@@ -867,3 +867,46 @@ async fn a_crashed_monitor_recovers_its_deployments_from_snapshots() {
     s.monitor.crash_and_restart(&s.client).await;
     assert!(s.monitor.status(&s.client).await.deployments.is_empty());
 }
+
+/// `replay_waits_for = 2`: the replay holds until the second deployment is
+/// attached, so two analyzers loaded one after the other both see the whole
+/// file.
+#[tokio::test]
+async fn a_replay_waits_for_its_deployments() {
+    let nats = NatsServer::start().await.unwrap();
+    let client = nats.client().await;
+    let js = jetstream::new(client.clone());
+    let sha = put_blob(&js, "packet-count", &wasm("packet-count")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let frames = mixed(ROUNDS, 1_764_000_000_000_000_000);
+    let pcap = dir.path().join("l0.pcap");
+    write_pcap(&pcap, linktype::ETHERNET, &frames).unwrap();
+    let config = format!(
+        "address = \"10.9.9.9\"\n{}replay_waits_for = 2\n",
+        link_config(0, &pcap, "instant")
+    );
+    let monitor = MonitorProc::start_in(&nats, &client, "m1", &config, dir).await;
+    let load = |d: &'static str| {
+        let client = client.clone();
+        let req = load_req(d, &sha, vec![0], Filter::default());
+        async move { request::<_, LoadReply>(&client, subject::monitor_load("m1"), &req).await }
+    };
+    load("first").await.into_result().unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let s = monitor.status(&client).await;
+    assert_eq!(
+        s.links[0].packets, 0,
+        "the replay started with one deployment"
+    );
+    assert_eq!(s.links[0].state, LinkState::Running);
+    load("second").await.into_result().unwrap();
+    let total = frames.len() as u64;
+    let s = monitor
+        .wait_status(&client, "both deployments saw the whole file", |s| {
+            s.links[0].state == LinkState::Finished
+                && s.deployments.len() == 2
+                && s.deployments.iter().all(|d| d.stats.packets_in == total)
+        })
+        .await;
+    assert_eq!(s.links[0].packets, total);
+}

@@ -36,6 +36,9 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// One digest's compilation, done once; a failure keeps its message.
+type Compilation = Arc<OnceLock<Result<Module, String>>>;
+
 /// A wasmtime engine for untrusted guests, its epoch ticker and a cache of
 /// compiled modules. Cheap to clone.
 #[derive(Clone)]
@@ -44,7 +47,7 @@ pub struct Sandbox {
     epoch_tick: Duration,
     /// Per digest, the compilation: one at a time per digest, so many
     /// deployments loading the same module at once compile it once.
-    cache: Arc<Mutex<HashMap<String, Arc<OnceLock<Result<Module, String>>>>>>,
+    cache: Arc<Mutex<HashMap<String, Compilation>>>,
     _ticker: Arc<Ticker>,
 }
 

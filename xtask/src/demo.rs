@@ -40,7 +40,7 @@ impl Drop for Procs {
                 libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
             }
         }
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(20);
         for (name, child) in &mut self.0 {
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = child.try_wait() {
@@ -284,7 +284,7 @@ fn demo(root: &Path, bins: &Bins, wasm: &Path, url: &str, started: Instant) -> R
                 .unwrap_or_default();
             pcapgen::write_pcap(&file, pcapgen::linktype::ETHERNET, &frames)?;
             config += &format!(
-                "[[link]]\nid = {id}\npcap = \"{}\"\nfrom_router = \"{}\"\nto_router = \"{}\"\n",
+                "[[link]]\nid = {id}\npcap = \"{}\"\nreplay_waits_for = 2\nfrom_router = \"{}\"\nto_router = \"{}\"\n",
                 file.display(),
                 link.from,
                 link.to
@@ -338,7 +338,10 @@ fn demo(root: &Path, bins: &Bins, wasm: &Path, url: &str, started: Instant) -> R
     }
     step(started, &format!("manager {MANAGER} up"));
     tmctl(bins, url, &["deploy", "proto-id", "--id", "demo-protocols"])?;
-    step(started, "proto-id deployed to every monitor (tmctl deploy)");
+    step(
+        started,
+        "proto-id deployed to every monitor (tmctl deploy); the replays wait for a second analyzer",
+    );
 
     // Reports as they come, through tmctl watch.
     let mut watch = Command::new(&bins.tmctl)
@@ -415,6 +418,7 @@ fn demo(root: &Path, bins: &Bins, wasm: &Path, url: &str, started: Instant) -> R
     );
     let total: u64 = traffic.taps.values().map(|t| t.packets).sum();
     let deadline = Instant::now() + Duration::from_secs(60);
+    let mut shown = None;
     loop {
         let remaining = deadline.saturating_duration_since(Instant::now());
         let Some(report) = next(&lines, remaining)? else {
@@ -430,6 +434,10 @@ fn demo(root: &Path, bins: &Bins, wasm: &Path, url: &str, started: Instant) -> R
             .iter()
             .filter(|l| l["capture_state"] == "finished")
             .count();
+        if shown == Some((seen, finished)) {
+            continue;
+        }
+        shown = Some((seen, finished));
         step(
             started,
             &format!(
@@ -478,17 +486,8 @@ fn print_links(topology: &Topology, traffic: &Traffic, body: &Value) {
         "\nPer link (the figure-5 table with what each tap saw; rates over its packet-time span):\n"
     );
     println!(
-        "{:<15} {:>4}  {:<10} {:<10} {:>8} {:>11} {:>9} {:>9} {:>7}  {}",
-        "monitor",
-        "link",
-        "from",
-        "to",
-        "packets",
-        "bytes",
-        "pps",
-        "Mbit/s",
-        "util%",
-        "matches capture"
+        "{:<15} {:>4}  {:<10} {:<10} {:>8} {:>11} {:>9} {:>9} {:>7}  matches capture",
+        "monitor", "link", "from", "to", "packets", "bytes", "pps", "Mbit/s", "util%",
     );
     for row in topology.rows() {
         let l = links.iter().find(|l| {
@@ -507,8 +506,8 @@ fn print_links(topology: &Topology, traffic: &Traffic, body: &Value) {
                     row.link_id,
                     row.from_router,
                     row.to_router,
-                    l["packets"],
-                    l["bytes"],
+                    l["packets"].as_u64().unwrap_or(0),
+                    l["bytes"].as_u64().unwrap_or(0),
                     l["pps"].as_f64().unwrap_or(0.0),
                     l["bps"].as_f64().unwrap_or(0.0) / 1e6,
                     l["utilisation"].as_f64().unwrap_or(0.0) * 100.0,
@@ -543,9 +542,9 @@ fn print_matrix(body: &Value) {
             "{:<10} {:<10} {:>6} {:>8} {:>11}",
             c["from_router"].as_str().unwrap_or(""),
             c["to_router"].as_str().unwrap_or(""),
-            c["flows"],
-            c["packets"],
-            c["bytes"]
+            c["flows"].as_u64().unwrap_or(0),
+            c["packets"].as_u64().unwrap_or(0),
+            c["bytes"].as_u64().unwrap_or(0)
         );
     }
     println!("(traffic from R4 to R1 crosses no tap, so it is not in the matrix)");
@@ -565,7 +564,7 @@ fn print_protocols(collected: &Value) {
     println!("\nProtocol mix (proto-id on every link, summed):\n");
     println!("{:<10} {:>9} {:>12}", "protocol", "packets", "bytes");
     let mut rows: Vec<_> = apps.into_iter().filter(|(_, (p, _))| *p > 0).collect();
-    rows.sort_by(|a, b| b.1.1.cmp(&a.1.1));
+    rows.sort_by_key(|r| std::cmp::Reverse(r.1.1));
     for (name, (p, b)) in rows {
         println!("{name:<10} {p:>9} {b:>12}");
     }

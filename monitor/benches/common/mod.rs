@@ -88,6 +88,7 @@ pub fn monitor_run(
         interface: None,
         pcap: Some(path.to_owned()),
         replay: Replay::Instant,
+        replay_waits_for: 1,
         snaplen: 65535,
         buffer_mb: 16,
         from_router: "a".into(),
