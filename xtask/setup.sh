@@ -17,7 +17,7 @@ CHECK_ONLY=0
 # Debian packages: capture library, capture and traffic tools for tests and the lab.
 # clang-14 + lld-14 build the C analyzer (analyzers/c/) for wasm32;
 # softflowd and pmacct are what the analyzer benchmark compares against.
-APT_PACKAGES=(libpcap-dev tcpdump tshark iperf3 iproute2 iputils-ping python3-pip clang-14 lld-14 softflowd pmacct)
+APT_PACKAGES=(libpcap-dev tcpdump tshark iperf3 iproute2 iputils-ping python3-pip python3-yaml clang-14 lld-14 softflowd pmacct)
 NATS_MIN_MAJOR=2
 NATS_MIN_MINOR=10
 

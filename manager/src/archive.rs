@@ -170,17 +170,24 @@ impl Archive {
     }
 }
 
+/// `s3://bucket/prefix`, configured from the usual `AWS_*` environment
+/// variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`,
+/// `AWS_ENDPOINT` and `AWS_ALLOW_HTTP` for S3-compatible servers).
 #[cfg(feature = "s3")]
 fn open_s3(location: &str) -> Result<(Arc<dyn ObjectStore>, Path), String> {
     let url = url::Url::parse(location).map_err(|e| e.to_string())?;
-    let (store, prefix) = object_store::parse_url_opts(
-        &url,
-        std::env::vars()
-            .filter(|(k, _)| k.starts_with("AWS_"))
-            .map(|(k, v)| (k.to_ascii_lowercase(), v)),
-    )
-    .map_err(|e| e.to_string())?;
-    Ok((Arc::from(store), prefix))
+    let bucket = url
+        .host_str()
+        .filter(|b| !b.is_empty())
+        .ok_or("no bucket in the URL (want s3://bucket/prefix)")?;
+    let store = object_store::aws::AmazonS3Builder::from_env()
+        .with_bucket_name(bucket)
+        .build()
+        .map_err(|e| e.to_string())?;
+    Ok((
+        Arc::new(store),
+        Path::from(url.path().trim_start_matches('/')),
+    ))
 }
 
 #[cfg(not(feature = "s3"))]

@@ -55,6 +55,10 @@ struct Args {
     /// deployments.
     #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(50..=5000))]
     heartbeat_ms: u64,
+    /// Check the flags (id, archive, apps given with --app) and exit: 0 if
+    /// they are valid, 1 naming the bad one. Connects to nothing.
+    #[arg(long)]
+    check_config: bool,
     /// Log filter (tracing's env-filter syntax).
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     log: String,
@@ -103,6 +107,23 @@ async fn main() -> anyhow::Result<()> {
         startup.push((name.to_owned(), source, params));
     }
     let archive = args.archive.as_deref().map(Archive::open).transpose()?;
+    for (name, source, _) in &startup {
+        bus_schema::validate_token("--app NAME", name)?;
+        if let AppSource::File { path } = source
+            && !std::path::Path::new(path).is_file()
+        {
+            anyhow::bail!("--app {name}={path}: no such file");
+        }
+    }
+    if args.check_config {
+        println!(
+            "flags are valid: manager {} with {} app(s) at start, archive {}",
+            args.id,
+            startup.len(),
+            archive.as_ref().map_or("none", |a| a.location())
+        );
+        return Ok(());
+    }
     let addrs: Vec<async_nats::ServerAddr> = args
         .nats
         .split(',')

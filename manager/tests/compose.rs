@@ -1,0 +1,121 @@
+//! docker-compose.yml cannot drift from the code: every service that runs
+//! one of our binaries has its command line run against the built binary
+//! with `--check-config`, its bind-mounted config files read from where
+//! compose would mount them from.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The compose file as JSON (through python3's yaml, which setup installs).
+fn compose() -> serde_json::Value {
+    // Debian's python3 has python3-yaml (setup installs it); another
+    // python3 on PATH may not.
+    let python = if Path::new("/usr/bin/python3").is_file() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    };
+    let out = Command::new(python)
+        .args([
+            "-c",
+            "import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))",
+        ])
+        .arg(root().join("docker-compose.yml"))
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "cannot read docker-compose.yml: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn every_service_command_passes_check_config() {
+    let compose = compose();
+    let services = compose["services"].as_object().expect("services");
+    let mut checked = Vec::new();
+    for (name, service) in services {
+        let Some(command) = service["command"].as_array() else {
+            continue;
+        };
+        let mut argv: Vec<String> = service["entrypoint"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .chain(command)
+            .map(|a| a.as_str().unwrap().to_owned())
+            .collect();
+        let bin = match argv[0].as_str() {
+            "tm-monitor" => harness::monitor::monitor_bin(),
+            "tm-manager" => PathBuf::from(env!("CARGO_BIN_EXE_tm-manager")),
+            "tmctl" => PathBuf::from(env!("CARGO_BIN_EXE_tmctl")),
+            _ => continue,
+        };
+        // Bind mounts: container paths in the arguments become host paths.
+        let archive = tempfile::tempdir().unwrap();
+        for volume in service["volumes"].as_array().into_iter().flatten() {
+            let spec = volume.as_str().unwrap();
+            let mut parts = spec.split(':');
+            let (host, container) = (parts.next().unwrap(), parts.next().unwrap());
+            let host = if host.starts_with("./") {
+                root().join(host).to_string_lossy().into_owned()
+            } else {
+                // A named volume: a temp dir stands in for it.
+                archive.path().to_string_lossy().into_owned()
+            };
+            for a in &mut argv[1..] {
+                if let Some(rest) = a.strip_prefix(container) {
+                    *a = format!("{host}{rest}");
+                }
+            }
+        }
+        if argv[0] == "tmctl" {
+            // tmctl has no config to check: its usage must parse.
+            argv.push("--help".into());
+        } else {
+            argv.push("--check-config".into());
+        }
+        let out = Command::new(&bin).args(&argv[1..]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "service {name}: {argv:?} failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        checked.push(name.clone());
+    }
+    checked.sort();
+    assert_eq!(
+        checked,
+        ["manager", "monitor-1", "monitor-2", "monitor-3", "tmctl"],
+        "services running our binaries"
+    );
+}
+
+/// The monitors' configs are the figure-5 table's rows.
+#[test]
+fn compose_monitors_tap_figure5_links() {
+    let topo =
+        manager::topology::Topology::from_path(&root().join("examples/topology/figure5.toml"))
+            .unwrap();
+    for i in 1..=3 {
+        let text =
+            std::fs::read_to_string(root().join(format!("examples/compose/monitor-{i}.toml")))
+                .unwrap();
+        let v: toml::Value = toml::from_str(&text).unwrap();
+        let address: std::net::IpAddr = v["address"].as_str().unwrap().parse().unwrap();
+        let link = &v["link"][0];
+        let id = link["id"].as_integer().unwrap() as u32;
+        let l = topo
+            .link(address, id)
+            .unwrap_or_else(|| panic!("{address}:{id} is not in figure 5"));
+        assert_eq!(l.from.to_string(), link["from_router"].as_str().unwrap());
+        assert_eq!(l.to.to_string(), link["to_router"].as_str().unwrap());
+    }
+}
