@@ -633,6 +633,109 @@ pub mod lpm {
     }
 }
 
+/// Test support for apps' native unit tests: the seed's figure-5 network as
+/// the host's `topology` op returns it, and the host's `flow_path` rule.
+///
+/// Routers R1..R4 = 10.0.1.1..10.0.4.1; monitor 10.9.0.1 taps R1→R2 (link
+/// 0) and R2→R1 (1), 10.9.0.2 taps R2→R3 (0) and R3→R2 (1), 10.9.0.3 taps
+/// R3→R4 (0) and R1→R4 (1); R4→R1 and R4→R3 exist and nobody taps them.
+#[cfg(not(target_arch = "wasm32"))]
+pub mod testing {
+    use std::collections::{BTreeMap, BTreeSet, VecDeque};
+    use std::net::IpAddr;
+
+    use crate::{LinkView, TapView, TopologyView};
+
+    pub const R1: &str = "10.0.1.1";
+    pub const R2: &str = "10.0.2.1";
+    pub const R3: &str = "10.0.3.1";
+    pub const R4: &str = "10.0.4.1";
+    pub const M1: &str = "10.9.0.1";
+    pub const M2: &str = "10.9.0.2";
+    pub const M3: &str = "10.9.0.3";
+
+    pub fn link(from: &str, to: &str, taps: &[(&str, u32)]) -> LinkView {
+        LinkView {
+            from_router: from.into(),
+            to_router: to.into(),
+            taps: taps
+                .iter()
+                .map(|&(m, id)| TapView {
+                    monitor_address: m.into(),
+                    link_id: id,
+                })
+                .collect(),
+        }
+    }
+
+    /// What the host's `topology` returns for figure5.toml.
+    pub fn figure5() -> TopologyView {
+        TopologyView {
+            revision: 7,
+            routers: vec![R1.into(), R2.into(), R3.into(), R4.into()],
+            links: vec![
+                link(R1, R2, &[(M1, 0)]),
+                link(R1, R4, &[(M3, 1)]),
+                link(R2, R1, &[(M1, 1)]),
+                link(R2, R3, &[(M2, 0)]),
+                link(R3, R2, &[(M2, 1)]),
+                link(R3, R4, &[(M3, 0)]),
+                link(R4, R1, &[]),
+                link(R4, R3, &[]),
+            ],
+        }
+    }
+
+    /// The host's `flow_path`: the fewest hops, ties to the smallest sequence
+    /// of router addresses (breadth-first, successors in address order).
+    pub fn host_flow_path(t: &TopologyView, from: &str, to: &str) -> Option<Vec<LinkView>> {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let mut parent: BTreeMap<String, String> = BTreeMap::new();
+        let mut seen: BTreeSet<String> = BTreeSet::new();
+        seen.insert(from.to_string());
+        let mut queue = VecDeque::new();
+        queue.push_back(from.to_string());
+        while let Some(n) = queue.pop_front() {
+            if n == to {
+                break;
+            }
+            let mut next: Vec<&String> = t
+                .links
+                .iter()
+                .filter(|l| l.from_router == n)
+                .map(|l| &l.to_router)
+                .collect();
+            next.sort_by_key(|r| ip(r));
+            for r in next {
+                if seen.insert(r.clone()) {
+                    parent.insert(r.clone(), n.clone());
+                    queue.push_back(r.clone());
+                }
+            }
+        }
+        if !seen.contains(to) {
+            return None;
+        }
+        let mut routers = vec![to.to_string()];
+        while let Some(p) = parent.get(routers.last().unwrap()) {
+            routers.push(p.clone());
+        }
+        routers.reverse();
+        Some(
+            routers
+                .windows(2)
+                .map(|w| {
+                    t.links
+                        .iter()
+                        .find(|l| l.from_router == w[0] && l.to_router == w[1])
+                        .unwrap()
+                        .clone()
+                })
+                .collect(),
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::lpm::Table;
