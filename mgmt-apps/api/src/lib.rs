@@ -441,7 +441,8 @@ pub struct Deployed {
     pub deployment: String,
     /// The analyzer's SHA-256.
     pub sha256: String,
-    /// Where it runs.
+    /// Where it runs: never empty (a deploy that loads nowhere is withdrawn
+    /// and fails with the first monitor's refusal).
     pub placed: Vec<Placement>,
     /// Monitors that refused or did not answer.
     pub failed: Vec<Missing>,
