@@ -98,16 +98,21 @@ async fn results_are_archived_to_s3() {
         "{}",
         paths[0]
     );
-    let got = http(
-        port,
-        &format!(
-            "GET /tm-archive/{} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
-            paths[0]
-        ),
-    );
-    let body = got.split("\r\n\r\n").nth(1).unwrap_or_default();
-    let line: serde_json::Value =
-        serde_json::from_str(body.trim()).unwrap_or_else(|e| panic!("{e}: {got}"));
+    // Read it back with a signed request, as any S3 client would.
+    let s3 = object_store::aws::AmazonS3Builder::from_env()
+        .with_bucket_name("tm-archive")
+        .build()
+        .unwrap();
+    let bytes =
+        object_store::ObjectStoreExt::get(&s3, &object_store::path::Path::from(paths[0].as_str()))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+    let text = String::from_utf8(bytes.to_vec()).unwrap();
+    assert!(text.ends_with('\n') && text.lines().count() == 1, "{text}");
+    let line: serde_json::Value = serde_json::from_str(text.trim_end()).unwrap();
     assert_eq!(line["results"]["packets"], 7);
     assert_eq!(line["monitor"], "mon-a");
 }
