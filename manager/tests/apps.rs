@@ -8,13 +8,9 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use bus_schema::store::BlobKind;
-use bus_schema::{AppLoadRequest, AppSource, AppStatus, AppUnloadRequest, BlobRef, Value, subject};
-use common::{ManagerProc, Reports, System, Traffic, host};
+use bus_schema::{AppLoadRequest, AppSource, AppStatus, AppUnloadRequest, BlobRef, subject};
+use common::{ManagerProc, Reports, System, Traffic, host, params};
 use pcapgen::{Frame, Timeline, scenarios};
-
-fn params(json: serde_json::Value) -> Value {
-    rmp_serde::from_slice(&rmp_serde::to_vec_named(&json).unwrap()).unwrap()
-}
 
 async fn load(system: &System, app: &str, p: serde_json::Value) -> AppStatus {
     common::request(

@@ -12,12 +12,8 @@ use bus_schema::{
     AppList, AppListRequest, AppLoadRequest, AppSource, AppState, AppStatus, BlobRef,
     DeploymentRecord, DesiredState, ErrorCode, Filter, Reply, Value, subject,
 };
-use common::{ManagerProc, Reports, System, Traffic, deployment_record, monitor_id};
+use common::{ManagerProc, Reports, System, Traffic, deployment_record, monitor_id, params};
 use manager::control::{Control, DeploySpec, Targets};
-
-fn params(json: serde_json::Value) -> Value {
-    rmp_serde::from_slice(&rmp_serde::to_vec_named(&json).unwrap()).unwrap()
-}
 
 fn small_traffic(topology: &manager::topology::Topology) -> Traffic {
     common::traffic(

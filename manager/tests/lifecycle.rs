@@ -12,11 +12,7 @@ use bus_schema::{
     AppList, AppListRequest, AppLoadRequest, AppSource, AppState, AppStatus, AppUnloadRequest,
     BlobRef, ErrorCode, Reply, Value, subject,
 };
-use common::{ManagerProc, Reports, System, TapTruth, Traffic, deployment_record};
-
-fn params(json: serde_json::Value) -> Value {
-    rmp_serde::from_slice(&rmp_serde::to_vec_named(&json).unwrap()).unwrap()
-}
+use common::{ManagerProc, Reports, System, TapTruth, Traffic, deployment_record, params};
 
 /// The figure-5 network's traffic: every tapped direction carries some,
 /// R4→R1 carries traffic nobody sees.

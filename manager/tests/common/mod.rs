@@ -170,6 +170,11 @@ impl System {
     }
 }
 
+/// JSON params as the MessagePack value a request carries.
+pub fn params(json: serde_json::Value) -> bus_schema::Value {
+    rmp_serde::from_slice(&rmp_serde::to_vec_named(&json).unwrap()).unwrap()
+}
+
 /// Sends a command and decodes the reply envelope.
 pub async fn request<Q: Serialize, R: DeserializeOwned>(
     client: &async_nats::Client,

@@ -58,8 +58,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
-use tm_app_sdk::lpm::Table;
-use tm_app_sdk::net::Prefix;
+pub use tm_app_sdk::lpm::{routers_of, PrefixRow, Table};
 use tm_app_sdk::{
     Collected, Deploy, EventView, Filter, Level, LinkView, TapView, Targets, TopologyView,
 };
@@ -116,16 +115,6 @@ impl Default for Params {
             archive: false,
         }
     }
-}
-
-/// A prefix and the router it sits behind.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PrefixRow {
-    /// `10.1.0.0/16`
-    pub prefix: String,
-    /// The router's address.
-    pub router: String,
 }
 
 /// dos-detect's params; unset fields are left to dos-detect's defaults.
@@ -239,22 +228,6 @@ impl Params {
         };
         Ok((detect, routers_of(&self.prefixes)?))
     }
-}
-
-/// The prefix table of `prefixes`, naming the bad row.
-pub fn routers_of(rows: &[PrefixRow]) -> Result<Table<String>, String> {
-    let mut routers = Table::new();
-    for (i, row) in rows.iter().enumerate() {
-        let p = Prefix::parse(&row.prefix).map_err(|e| format!("prefixes[{}].prefix: {}", i, e))?;
-        if row.router.parse::<IpAddr>().is_err() {
-            return Err(format!(
-                "prefixes[{}].router = {:?}: not an IP address",
-                i, row.router
-            ));
-        }
-        routers.insert(p, row.router.clone());
-    }
-    Ok(routers)
 }
 
 /// A dos-detect alert (the event's data, and an entry of its results).

@@ -15,8 +15,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
-use tm_app_sdk::lpm::Table;
-use tm_app_sdk::net::Prefix;
+pub use tm_app_sdk::lpm::{routers_of, PrefixRow, Table};
 use tm_app_sdk::{Collected, Deploy, Level, Targets, TopologyView};
 
 /// Params.
@@ -57,15 +56,6 @@ impl Default for Params {
             archive: false,
         }
     }
-}
-
-/// A prefix and the router it sits behind.
-#[derive(Debug, Clone, Deserialize)]
-pub struct PrefixRow {
-    /// `10.1.0.0/16`
-    pub prefix: String,
-    /// The router's address.
-    pub router: String,
 }
 
 /// The part of flow-stats' results this app reads.
@@ -393,12 +383,7 @@ impl tm_app_sdk::App for LinkLoadApp {
                 params.capacity_bps
             ));
         }
-        let mut routers = Table::new();
-        for (i, row) in params.prefixes.iter().enumerate() {
-            let p =
-                Prefix::parse(&row.prefix).map_err(|e| format!("prefixes[{}].prefix: {}", i, e))?;
-            routers.insert(p, row.router.clone());
-        }
+        let routers = routers_of(&params.prefixes)?;
         let deployed = tm_app_sdk::deploy(&Deploy {
             deployment: String::new(),
             analyzer: params.analyzer.clone(),
@@ -459,6 +444,7 @@ tm_app_sdk::export_app!(LinkLoadApp);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tm_app_sdk::net::Prefix;
     use tm_app_sdk::{LinkView, Missing, MonitorResults, Stats, TapView};
 
     fn tap(addr: &str, id: u32) -> TapView {

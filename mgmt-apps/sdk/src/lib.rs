@@ -592,6 +592,34 @@ pub mod lpm {
     use super::net::Prefix;
     use std::net::IpAddr;
 
+    /// A prefix and the router it sits behind: the rows of the apps'
+    /// `prefixes` param.
+    #[derive(Debug, Clone, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct PrefixRow {
+        /// `10.10.0.0/16`
+        pub prefix: String,
+        /// The router's address.
+        pub router: String,
+    }
+
+    /// The router table of a `prefixes` param; errors name the bad row.
+    pub fn routers_of(rows: &[PrefixRow]) -> Result<Table<String>, String> {
+        let mut routers = Table::new();
+        for (i, row) in rows.iter().enumerate() {
+            let p =
+                Prefix::parse(&row.prefix).map_err(|e| format!("prefixes[{}].prefix: {}", i, e))?;
+            if row.router.parse::<IpAddr>().is_err() {
+                return Err(format!(
+                    "prefixes[{}].router = {:?}: not an IP address",
+                    i, row.router
+                ));
+            }
+            routers.insert(p, row.router.clone());
+        }
+        Ok(routers)
+    }
+
     /// A table of prefixes, each with a value.
     #[derive(Debug, Clone, Default)]
     pub struct Table<V> {
