@@ -15,9 +15,16 @@ CHECK_ONLY=0
 [ "${1:-}" = "--check" ] && CHECK_ONLY=1
 
 # Debian packages: capture library, capture and traffic tools for tests and the lab.
+# The netns lab (tests/harness/src/lab.rs) uses iproute2 (ip, tc, ss), ethtool,
+# ping, iperf3, dnsmasq-base (the binary without a system service), dig,
+# curl and hping3.
 # clang-14 + lld-14 build the C analyzer (analyzers/c/) for wasm32;
 # softflowd and pmacct are what the analyzer benchmark compares against.
-APT_PACKAGES=(libpcap-dev tcpdump tshark iperf3 iproute2 iputils-ping python3-pip python3-yaml clang-14 lld-14 softflowd pmacct)
+APT_PACKAGES=(libpcap-dev tcpdump tshark iperf3 iproute2 iputils-ping ethtool dnsmasq-base bind9-dnsutils curl hping3
+              python3-pip python3-yaml clang-14 lld-14 softflowd pmacct)
+# Python packages for examples/subscriber.py (the external subscriber the lab test runs).
+PIP_PACKAGES=(nats-py msgpack)
+PIP_IMPORTS="import nats, msgpack"
 NATS_MIN_MAJOR=2
 NATS_MIN_MINOR=10
 
@@ -106,6 +113,17 @@ else
     */shims/*) real=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')/nats-server
                [ -x "$real" ] && link_nats "$real" ;;
   esac
+fi
+
+# --- Python packages for the example subscriber ----------------------------
+if ! python3 -c "$PIP_IMPORTS" 2>/dev/null; then
+  if [ "$CHECK_ONLY" = 1 ]; then
+    missing+=("${PIP_PACKAGES[@]}")
+  else
+    say "installing ${PIP_PACKAGES[*]} from PyPI"
+    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "${PIP_PACKAGES[@]}" 2>/dev/null \
+      || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "${PIP_PACKAGES[@]}"
+  fi
 fi
 
 # --- WebAssembly guest toolchain ---------------------------------------------
