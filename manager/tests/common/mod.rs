@@ -102,6 +102,35 @@ pub struct System {
 
 impl System {
     pub async fn start(traffic: &Traffic) -> System {
+        Self::start_with(|address, topology, dir| {
+            let mut config = String::new();
+            for (id, link) in topology.links_of_monitor(address) {
+                let frames = traffic
+                    .frames
+                    .get(&(address.to_string(), id))
+                    .cloned()
+                    .unwrap_or_default();
+                let file = format!("l{id}.pcap");
+                write_pcap(&dir.join(&file), linktype::ETHERNET, &frames).unwrap();
+                config += &format!(
+                    "[[link]]\nid = {id}\npcap = \"{file}\"\nfrom_router = \"{}\"\nto_router = \"{}\"\n",
+                    link.from, link.to
+                );
+            }
+            config
+        })
+        .await
+    }
+
+    /// The same with each monitor capturing live on the lab's taps.
+    pub async fn start_live(lab: &harness::lab::Lab) -> System {
+        Self::start_with(|address, _, _| lab.monitor_links(&address.to_string())).await
+    }
+
+    /// A nats-server with the figure-5 topology and one monitor per monitor
+    /// address, whose `[[link]]` entries `links(address, topology, dir)`
+    /// writes.
+    async fn start_with(mut links: impl FnMut(IpAddr, &Topology, &Path) -> String) -> System {
         let nats = NatsServer::start().await.unwrap();
         let client = nats.client().await;
         let js = jetstream::new(client.clone());
@@ -113,20 +142,10 @@ impl System {
         let mut monitors = Vec::new();
         for address in topology.monitors() {
             let dir = tempfile::tempdir().unwrap();
-            let mut config = format!("address = \"{address}\"\n");
-            for (id, link) in topology.links_of_monitor(address) {
-                let frames = traffic
-                    .frames
-                    .get(&(address.to_string(), id))
-                    .cloned()
-                    .unwrap_or_default();
-                let file = format!("l{id}.pcap");
-                write_pcap(&dir.path().join(&file), linktype::ETHERNET, &frames).unwrap();
-                config += &format!(
-                    "[[link]]\nid = {id}\npcap = \"{file}\"\nfrom_router = \"{}\"\nto_router = \"{}\"\n",
-                    link.from, link.to
-                );
-            }
+            let config = format!(
+                "address = \"{address}\"\n{}",
+                links(address, &topology, dir.path())
+            );
             let id = monitor_id(&address.to_string());
             monitors.push(MonitorProc::start_in(&nats, &client, &id, &config, dir).await);
         }

@@ -1,0 +1,411 @@
+//! End to end on the lab (`harness::lab`): the figure-1 network in network
+//! namespaces with real traffic, three `tm-monitor` processes capturing its
+//! six tapped directions live, `tm-manager` processes running the mgmt apps.
+//! Needs root and the lab's tools (`xtask/setup.sh`); each test is skipped
+//! with a printed reason where they are unavailable.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bus_schema::store::BlobKind;
+use bus_schema::{AppLoadRequest, AppSource, AppStatus, AppUnloadRequest, BlobRef, subject};
+use common::{ManagerProc, Reports, System, params};
+use harness::lab::{self, Lab};
+
+/// Skips the test (returns) with a printed reason where the lab cannot run.
+macro_rules! lab_or_skip {
+    () => {
+        if let Some(why) = lab::unavailable() {
+            eprintln!("SKIPPED: {why}");
+            return;
+        }
+    };
+}
+
+async fn load_app(
+    system: &System,
+    manager: &ManagerProc,
+    app: &str,
+    p: serde_json::Value,
+) -> AppStatus {
+    common::request(
+        &system.client,
+        subject::manager_apps_load(&manager.id),
+        &AppLoadRequest {
+            app: app.into(),
+            source: AppSource::Object(BlobRef {
+                name: app.into(),
+                sha256: String::new(),
+            }),
+            params: params(p),
+        },
+    )
+    .await
+    .into_result()
+    .unwrap_or_else(|e| panic!("loading {app}: {e}\n{}", manager.log()))
+}
+
+async fn unload_app(system: &System, manager: &ManagerProc, app: &str) -> AppStatus {
+    common::request(
+        &system.client,
+        subject::manager_apps_unload(&manager.id),
+        &AppUnloadRequest { app: app.into() },
+    )
+    .await
+    .into_result()
+    .unwrap_or_else(|e| panic!("unloading {app}: {e}\n{}", manager.log()))
+}
+
+/// Runs blocking lab work (traffic) off the async runtime.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.unwrap()
+}
+
+/// Every tapped direction's (packets, bytes) on its veth's counters.
+fn counters(lab: &Lab) -> BTreeMap<(String, u32), (u64, u64)> {
+    lab.taps
+        .iter()
+        .map(|t| {
+            (
+                (t.monitor_address.to_owned(), t.link_id),
+                lab.counters(t).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Mixed real traffic over every tapped direction: iperf3 TCP H1→H3
+/// (R1→R2→R3, ACKs back), iperf3 UDP H3→H4 (R3→R4), pings H2→H4 (R2→R1→R4),
+/// DNS H1→dnsmasq on H3, HTTP H2→http.server on H4.
+fn workload(lab: &mut Lab, www: &std::path::Path) {
+    lab.iperf(1, 3, 5201, &["-t", "2", "-b", "20M"]).unwrap();
+    lab.iperf(3, 4, 5202, &["-u", "-t", "2", "-b", "8M", "-l", "1000"])
+        .unwrap();
+    lab.ping(2, 4, 50).unwrap();
+    lab.dns_server(3).unwrap();
+    assert_eq!(lab.dns_queries(1, 3, 20).unwrap(), 20, "DNS answers");
+    lab.http_server(4, 8080, www).unwrap();
+    assert_eq!(
+        lab.http_gets(2, 4, 8080, "blob.bin", 10).unwrap(),
+        10,
+        "HTTP 200s"
+    );
+}
+
+/// A file for the HTTP server.
+fn www() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let blob: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(dir.path().join("blob.bin"), blob).unwrap();
+    dir
+}
+
+/// S1–S8 with link-load on live captures: every link's bytes (and packets)
+/// are within 1% of what its tapped veth counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn link_load_matches_the_interface_counters() {
+    lab_or_skip!();
+    let mut lab = Lab::create().unwrap();
+    let system = System::start_live(&lab).await;
+    system.put("flow-stats", BlobKind::Analyzer).await;
+    system.put("link-load", BlobKind::MgmtApp).await;
+    let manager = ManagerProc::start(&system.nats, &system.client, "mgr-a", &[]).await;
+    let mut reports = Reports::subscribe(&system.client, "mgr-a", "link-load").await;
+
+    // S1–S3: the app starts and deploys flow-stats to the three monitors.
+    load_app(
+        &system,
+        &manager,
+        "link-load",
+        serde_json::json!({"every_ms": 500, "prefixes": common::prefixes(), "capacity_bps": 1e9}),
+    )
+    .await;
+    reports
+        .until("link-load", Duration::from_secs(30), |_| true)
+        .await
+        .unwrap_or_else(|| panic!("no first round\n{}", manager.log()));
+
+    // The lab is quiet until the workload starts (no IPv6, no daemons).
+    let before = counters(&lab);
+    let dir = www();
+    let www_path = dir.path().to_owned();
+    let lab = blocking(move || {
+        workload(&mut lab, &www_path);
+        // The last mirrored frames reach the taps.
+        std::thread::sleep(Duration::from_millis(500));
+        lab
+    })
+    .await;
+    let after = counters(&lab);
+    let delta: BTreeMap<_, _> = after
+        .iter()
+        .map(|(k, &(p, b))| (k.clone(), (p - before[k].0, b - before[k].1)))
+        .collect();
+
+    // S4/S5: a round whose every link has caught up with its counters.
+    let close = |got: u64, want: u64| (got as f64 - want as f64).abs() <= want as f64 * 0.01;
+    let (_, body) = reports
+        .until("link-load", Duration::from_secs(30), |b| {
+            b["links"].as_array().is_some_and(|links| {
+                links.len() == 6
+                    && links.iter().all(|l| {
+                        let key = (
+                            l["monitor_address"].as_str().unwrap().to_owned(),
+                            l["link_id"].as_u64().unwrap() as u32,
+                        );
+                        close(l["bytes"].as_u64().unwrap(), delta[&key].1)
+                    })
+            })
+        })
+        .await
+        .unwrap_or_else(|| {
+            panic!(
+                "no round within 1% of the counters {delta:?}\n{}",
+                manager.log()
+            )
+        });
+    eprintln!("link (monitor/link, from → to): link-load packets/bytes vs veth packets/bytes");
+    for l in body["links"].as_array().unwrap() {
+        let key = (
+            l["monitor_address"].as_str().unwrap().to_owned(),
+            l["link_id"].as_u64().unwrap() as u32,
+        );
+        let (packets, bytes) = (l["packets"].as_u64().unwrap(), l["bytes"].as_u64().unwrap());
+        eprintln!(
+            "{}/{} {} → {}: {packets} / {bytes} vs {} / {} ({:+.3}% bytes), capture drops {}",
+            key.0,
+            key.1,
+            l["from_router"].as_str().unwrap(),
+            l["to_router"].as_str().unwrap(),
+            delta[&key].0,
+            delta[&key].1,
+            (bytes as f64 - delta[&key].1 as f64) * 100.0 / delta[&key].1 as f64,
+            l["capture_drops"]
+        );
+        assert!(delta[&key].1 > 10_000, "{key:?} carried too little: {delta:?}");
+        assert!(close(packets, delta[&key].0), "{key:?} packets: {l:#}");
+        assert_eq!(l["capture_state"], "running");
+        assert_eq!(l["capture_drops"], 0);
+    }
+    // The matrix names the routers behind the hosts that talked.
+    let pairs: Vec<(String, String)> = body["matrix"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["from_router"].as_str().unwrap().to_owned(),
+                c["to_router"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    for (a, b) in [(1, 3), (3, 1), (3, 4), (2, 4), (4, 2)] {
+        let pair = (lab::router(a).to_string(), lab::router(b).to_string());
+        assert!(pairs.contains(&pair), "{pair:?} missing from {pairs:?}");
+    }
+
+    // S6–S8: unloading the app unloads flow-stats everywhere.
+    unload_app(&system, &manager, "link-load").await;
+    reports
+        .until("link-load-final", Duration::from_secs(10), |_| true)
+        .await
+        .unwrap_or_else(|| panic!("no final report\n{}", manager.log()));
+    for m in &system.monitors {
+        assert!(m.status(&system.client).await.deployments.is_empty());
+    }
+    drop(lab);
+}
+
+/// The `tmctl` binary, run against the system's NATS; its stdout.
+fn tmctl(system: &System, args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tmctl"))
+        .args(["--nats", &system.nats.url()])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "tmctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Sum of the counter deltas of a monitor's taps between two readings.
+fn packets_of(
+    monitor_address: &str,
+    from: &BTreeMap<(String, u32), (u64, u64)>,
+    to: &BTreeMap<(String, u32), (u64, u64)>,
+) -> u64 {
+    to.iter()
+        .filter(|(k, _)| k.0 == monitor_address)
+        .map(|(k, v)| v.0 - from[k].0)
+        .sum()
+}
+
+/// Traffic for every monitor: UDP H1→H3 and pings H3→H1 (monitors 1 and
+/// 2), UDP H3→H4 and pings H1→H4 (monitor 3).
+fn some_traffic(lab: &mut Lab, port: u16) {
+    lab.iperf(1, 3, port, &["-u", "-t", "1", "-b", "4M", "-l", "800"])
+        .unwrap();
+    lab.iperf(3, 4, port + 1, &["-u", "-t", "1", "-b", "4M", "-l", "800"])
+        .unwrap();
+    lab.ping(3, 1, 20).unwrap();
+    lab.ping(1, 4, 20).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+}
+
+/// An operator's session: tmctl deploys packet-count to every monitor with
+/// periodic windows, configures it mid-run, one monitor is killed and
+/// restarted mid-run, and the nats-py subscriber in examples/ receives
+/// every published window exactly once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configure_mid_run_monitor_restart_and_an_outside_subscriber() {
+    lab_or_skip!();
+    if let Err(e) = lab::sh(&["python3", "-c", "import nats, msgpack"]) {
+        panic!("nats-py and msgpack are missing (xtask/setup.sh installs them): {e}");
+    }
+    let lab = Lab::create().unwrap();
+    let mut system = System::start_live(&lab).await;
+    system.put("packet-count", BlobKind::Analyzer).await;
+    let sub_log = tempfile::NamedTempFile::new().unwrap();
+    let subscriber = std::process::Command::new("python3")
+        .arg(common::root().join("examples/subscriber.py"))
+        .args(["--nats", &system.nats.url(), "--deployment", "pc"])
+        .args(["--until-last", "3", "--idle-s", "60", "--no-results"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(sub_log.reopen().unwrap())
+        .spawn()
+        .unwrap();
+
+    let start = counters(&lab);
+    tmctl(
+        &system,
+        &[
+            "deploy", "--id", "pc", "packet-count", "--params", r#"{"label":"before"}"#,
+            "--report-every-ms", "300",
+        ],
+    );
+    let lab = blocking(move || {
+        let mut lab = lab;
+        some_traffic(&mut lab, 5300);
+        lab
+    })
+    .await;
+    let configured = counters(&lab);
+    let out = tmctl(
+        &system,
+        &["configure", "pc", "--params", r#"{"label":"after"}"#, "--json"],
+    );
+    assert!(out.contains("\"config_revision\": 1") || out.contains("\"config_revision\":1"), "{out}");
+
+    let lab = blocking(move || {
+        let mut lab = lab;
+        some_traffic(&mut lab, 5310);
+        lab
+    })
+    .await;
+    // Monitor 2 dies mid-run and comes back: its deployment is restored
+    // from its snapshot, configured as it was.
+    let m2 = system
+        .monitors
+        .iter()
+        .position(|m| m.id == "10-9-0-2")
+        .unwrap();
+    system.monitors[m2].crash_and_restart(&system.client).await;
+    let st = system.monitors[m2]
+        .wait_status(&system.client, "pc restored", |st| {
+            st.deployments.iter().any(|d| d.deployment == "pc")
+        })
+        .await;
+    assert_eq!(st.deployments[0].config_revision, 1, "{st:#?}");
+    let restarted = counters(&lab);
+    let m2_restored = st.deployments[0].stats.packets_in;
+    let lab = blocking(move || {
+        let mut lab = lab;
+        some_traffic(&mut lab, 5320);
+        lab
+    })
+    .await;
+    let end = counters(&lab);
+
+    // The final windows: tmctl unload publishes one per monitor.
+    tmctl(&system, &["unload", "pc"]);
+    let output = blocking(move || subscriber.wait_with_output().unwrap()).await;
+    let sub_err = std::fs::read_to_string(sub_log.path()).unwrap();
+    assert!(output.status.success(), "subscriber: {sub_err}");
+    let lines: Vec<serde_json::Value> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+
+    // What the stream holds, read directly.
+    let mut stream = system.js.get_stream("TM_RESULTS").await.unwrap();
+    let last_seq = stream.info().await.unwrap().state.last_sequence;
+    let mut held = Vec::new();
+    for seq in 1..=last_seq {
+        let msg = stream.get_raw_message(seq).await.unwrap();
+        let w: bus_schema::ResultWindow = bus_schema::decode(&msg.payload).unwrap();
+        if w.deployment == "pc" {
+            held.push((seq, w));
+        }
+    }
+    // The subscriber printed each held window once, in stream order.
+    let printed: Vec<(u64, String, u64, bool)> = lines
+        .iter()
+        .map(|l| {
+            (
+                l["stream_seq"].as_u64().unwrap(),
+                l["monitor"].as_str().unwrap().to_owned(),
+                l["seq"].as_u64().unwrap(),
+                l["last"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    let expected: Vec<(u64, String, u64, bool)> = held
+        .iter()
+        .map(|(s, w)| (*s, w.monitor.clone(), w.seq, w.last))
+        .collect();
+    assert_eq!(printed, expected);
+    // Per monitor: window seqs 1, 2, 3, … without gap or repeat, the last
+    // one flagged.
+    for m in &system.monitors {
+        let seqs: Vec<u64> = printed
+            .iter()
+            .filter(|p| p.1 == m.id)
+            .map(|p| p.2)
+            .collect();
+        assert!(seqs.len() >= 5, "{}: {seqs:?}", m.id);
+        assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "{}", m.id);
+        let lasts: Vec<bool> = printed.iter().filter(|p| p.1 == m.id).map(|p| p.3).collect();
+        assert_eq!(lasts.iter().filter(|&&l| l).count(), 1);
+        assert!(lasts.last().unwrap());
+    }
+
+    // The final windows: packets per label equal the veth counters for the
+    // monitors that ran throughout; the restarted one kept its "before"
+    // packets through the restart and counted what came after it.
+    for (_, w) in held.iter().filter(|(_, w)| w.last) {
+        let monitor_address = w.monitor.replace('-', ".");
+        let results = manager::archive::to_json(&w.results);
+        let before = results["by_label"]["before"].as_u64().unwrap_or(0);
+        let after = results["by_label"]["after"].as_u64().unwrap_or(0);
+        let want_before = packets_of(&monitor_address, &start, &configured);
+        eprintln!(
+            "{monitor_address}: before {before} (veth {want_before}), after {after} (veth {} over the run, {} since the restart)",
+            packets_of(&monitor_address, &configured, &end),
+            packets_of(&monitor_address, &restarted, &end)
+        );
+        assert!(want_before > 100, "{monitor_address}: too little traffic");
+        assert_eq!(before, want_before, "{monitor_address}: packets before the configure");
+        if monitor_address == "10.9.0.2" {
+            assert!(after >= packets_of(&monitor_address, &restarted, &end), "{results:#}");
+            assert!(before + after >= m2_restored);
+        } else {
+            assert_eq!(after, packets_of(&monitor_address, &configured, &end), "{monitor_address}: after");
+        }
+    }
+}
