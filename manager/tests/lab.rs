@@ -184,7 +184,10 @@ async fn link_load_matches_the_interface_counters() {
             (bytes as f64 - delta[&key].1 as f64) * 100.0 / delta[&key].1 as f64,
             l["capture_drops"]
         );
-        assert!(delta[&key].1 > 10_000, "{key:?} carried too little: {delta:?}");
+        assert!(
+            delta[&key].1 > 10_000,
+            "{key:?} carried too little: {delta:?}"
+        );
         assert!(close(packets, delta[&key].0), "{key:?} packets: {l:#}");
         assert_eq!(l["capture_state"], "running");
         assert_eq!(l["capture_drops"], 0);
@@ -284,8 +287,14 @@ async fn configure_mid_run_monitor_restart_and_an_outside_subscriber() {
     tmctl(
         &system,
         &[
-            "deploy", "--id", "pc", "packet-count", "--params", r#"{"label":"before"}"#,
-            "--report-every-ms", "300",
+            "deploy",
+            "--id",
+            "pc",
+            "packet-count",
+            "--params",
+            r#"{"label":"before"}"#,
+            "--report-every-ms",
+            "300",
         ],
     );
     let lab = blocking(move || {
@@ -297,9 +306,18 @@ async fn configure_mid_run_monitor_restart_and_an_outside_subscriber() {
     let configured = counters(&lab);
     let out = tmctl(
         &system,
-        &["configure", "pc", "--params", r#"{"label":"after"}"#, "--json"],
+        &[
+            "configure",
+            "pc",
+            "--params",
+            r#"{"label":"after"}"#,
+            "--json",
+        ],
     );
-    assert!(out.contains("\"config_revision\": 1") || out.contains("\"config_revision\":1"), "{out}");
+    assert!(
+        out.contains("\"config_revision\": 1") || out.contains("\"config_revision\":1"),
+        "{out}"
+    );
 
     let lab = blocking(move || {
         let mut lab = lab;
@@ -379,8 +397,17 @@ async fn configure_mid_run_monitor_restart_and_an_outside_subscriber() {
             .map(|p| p.2)
             .collect();
         assert!(seqs.len() >= 5, "{}: {seqs:?}", m.id);
-        assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "{}", m.id);
-        let lasts: Vec<bool> = printed.iter().filter(|p| p.1 == m.id).map(|p| p.3).collect();
+        assert_eq!(
+            seqs,
+            (1..=seqs.len() as u64).collect::<Vec<_>>(),
+            "{}",
+            m.id
+        );
+        let lasts: Vec<bool> = printed
+            .iter()
+            .filter(|p| p.1 == m.id)
+            .map(|p| p.3)
+            .collect();
         assert_eq!(lasts.iter().filter(|&&l| l).count(), 1);
         assert!(lasts.last().unwrap());
     }
@@ -400,12 +427,246 @@ async fn configure_mid_run_monitor_restart_and_an_outside_subscriber() {
             packets_of(&monitor_address, &restarted, &end)
         );
         assert!(want_before > 100, "{monitor_address}: too little traffic");
-        assert_eq!(before, want_before, "{monitor_address}: packets before the configure");
+        assert_eq!(
+            before, want_before,
+            "{monitor_address}: packets before the configure"
+        );
         if monitor_address == "10.9.0.2" {
-            assert!(after >= packets_of(&monitor_address, &restarted, &end), "{results:#}");
+            assert!(
+                after >= packets_of(&monitor_address, &restarted, &end),
+                "{results:#}"
+            );
             assert!(before + after >= m2_restored);
         } else {
-            assert_eq!(after, packets_of(&monitor_address, &configured, &end), "{monitor_address}: after");
+            assert_eq!(
+                after,
+                packets_of(&monitor_address, &configured, &end),
+                "{monitor_address}: after"
+            );
         }
+    }
+}
+
+/// A bounded SYN flood from H1 at H3's port 80: dos-detect's alert events
+/// arrive within 2 s of its start and dos-trace names R1→R2 as the ingress;
+/// a port scan from H2 across H4's ports is traced to R2→R1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flood_and_scan_are_detected_and_traced_to_their_ingress() {
+    use futures::StreamExt;
+    lab_or_skip!();
+    let lab = Lab::create().unwrap();
+    let system = System::start_live(&lab).await;
+    system.put("dos-detect", BlobKind::Analyzer).await;
+    system.put("dos-trace", BlobKind::MgmtApp).await;
+    let manager = ManagerProc::start(&system.nats, &system.client, "mgr-a", &[]).await;
+    let mut reports = Reports::subscribe(&system.client, "mgr-a", "dos-trace").await;
+    let mut events = system.client.subscribe("tm.v1.events.>").await.unwrap();
+    system.client.flush().await.unwrap();
+    load_app(
+        &system,
+        &manager,
+        "dos-trace",
+        serde_json::json!({
+            "prefixes": common::prefixes(), "every_ms": 1000,
+            "window_ms": 1000, "syn_threshold": 300, "scan_threshold": 100,
+        }),
+    )
+    .await;
+    // dos-detect runs on the three monitors.
+    for m in &system.monitors {
+        m.wait_status(&system.client, "dos-detect loaded", |st| {
+            st.deployments.len() == 1
+        })
+        .await;
+    }
+
+    // 2000 SYNs, one per 500 µs: ~1 s.
+    let started = tokio::time::Instant::now();
+    let flood = tokio::task::spawn_blocking(move || {
+        let out = lab.syn_flood(1, 3, 80, 2000, 500);
+        (lab, out)
+    });
+    let first_alert = loop {
+        let msg = tokio::time::timeout_at(started + Duration::from_secs(10), events.next())
+            .await
+            .expect("no alert event within 10 s of the flood's start")
+            .unwrap();
+        let event: bus_schema::Event = bus_schema::decode(&msg.payload).unwrap();
+        let data = manager::archive::to_json(&event.data);
+        if event.kind == bus_schema::EventKind::Alert && data["kind"] == "syn_flood" {
+            assert_eq!(data["target"], lab::host(3).to_string(), "{data:#}");
+            break started.elapsed();
+        }
+    };
+    let (lab, out) = flood.await.unwrap();
+    out.unwrap();
+    eprintln!("first syn_flood alert event {first_alert:?} after the flood started");
+    assert!(
+        first_alert <= Duration::from_secs(2),
+        "first alert after {first_alert:?}"
+    );
+    let (_, path) = reports
+        .until("attack-path", Duration::from_secs(20), |b| {
+            // Reported whenever a tap joins: wait for the whole path.
+            b["kind"] == "syn_flood" && b["ingress"]["from_router"] == "10.0.1.1"
+        })
+        .await
+        .unwrap_or_else(|| panic!("no syn_flood attack path\n{}", manager.log()));
+    eprintln!("syn flood: {}", path["reason"]);
+    assert_eq!(path["target"], lab::host(3).to_string());
+    assert_eq!(path["method"], "source_path", "{path:#}");
+    assert_eq!(path["ingress"]["from_router"], "10.0.1.1", "{path:#}");
+    assert_eq!(path["ingress"]["to_router"], "10.0.2.1", "{path:#}");
+    assert_eq!(path["ingress"]["monitor_address"], "10.9.0.1");
+    assert_eq!(path["ingress"]["link_id"], 0);
+    let hops: Vec<(String, String)> = path["path"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h["from_router"].as_str().unwrap().to_owned(),
+                h["to_router"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        hops,
+        [("10.0.1.1", "10.0.2.1"), ("10.0.2.1", "10.0.3.1")]
+            .map(|(a, b)| (a.to_owned(), b.to_owned()))
+    );
+
+    // 400 SYNs to consecutive ports of H4, one per 1 ms: a scan by H2.
+    let (_lab, out) = blocking(move || {
+        let out = lab.port_scan(2, 4, 1000, 400, 1000);
+        (lab, out)
+    })
+    .await;
+    out.unwrap();
+    let (_, scan) = reports
+        .until("attack-path", Duration::from_secs(20), |b| {
+            // Reported whenever a tap joins: wait for the whole path.
+            b["kind"] == "port_scan" && b["ingress"]["from_router"] == "10.0.2.1"
+        })
+        .await
+        .unwrap_or_else(|| panic!("no port_scan attack path\n{}", manager.log()));
+    eprintln!("port scan: {}", scan["reason"]);
+    assert_eq!(scan["target"], lab::host(2).to_string(), "{scan:#}");
+    assert_eq!(scan["victim_router"], "10.0.4.1", "{scan:#}");
+    assert_eq!(scan["ingress"]["from_router"], "10.0.2.1", "{scan:#}");
+    assert_eq!(scan["ingress"]["to_router"], "10.0.1.1", "{scan:#}");
+
+    unload_app(&system, &manager, "dos-trace").await;
+    reports
+        .until("dos-summary-final", Duration::from_secs(10), |_| true)
+        .await
+        .unwrap_or_else(|| panic!("no final summary\n{}", manager.log()));
+}
+
+/// Two managers at once on the same monitors: mgr-a runs link-load, mgr-b
+/// congestion-locator, while R2's output queue onto L23 drops segments
+/// (`Lab::lossy`: netem, or a congested tbf queue where the kernel has no
+/// netem). The locator names R2→R3; link-load's figures still equal the
+/// counters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_managers_and_a_lossy_queue_named_by_congestion_locator() {
+    lab_or_skip!();
+    let lab = Lab::create().unwrap();
+    let qdisc = lab.lossy(2, 3, 4, "4mbit").unwrap();
+    eprintln!("R2's queue onto L23: {qdisc}");
+    let system = System::start_live(&lab).await;
+    system.put("flow-stats", BlobKind::Analyzer).await;
+    system.put("tcp-perf", BlobKind::Analyzer).await;
+    system.put("link-load", BlobKind::MgmtApp).await;
+    system.put("congestion-locator", BlobKind::MgmtApp).await;
+    let mgr_a = ManagerProc::start(&system.nats, &system.client, "mgr-a", &[]).await;
+    let mgr_b = ManagerProc::start(&system.nats, &system.client, "mgr-b", &[]).await;
+    let mut loads = Reports::subscribe(&system.client, "mgr-a", "link-load").await;
+    let mut congestion = Reports::subscribe(&system.client, "mgr-b", "congestion-locator").await;
+    load_app(
+        &system,
+        &mgr_a,
+        "link-load",
+        serde_json::json!({"every_ms": 500, "prefixes": common::prefixes()}),
+    )
+    .await;
+    load_app(
+        &system,
+        &mgr_b,
+        "congestion-locator",
+        serde_json::json!({"every_ms": 500, "prefixes": common::prefixes(), "min_data_packets": 200,
+                            "retrans_threshold": 0.005}),
+    )
+    .await;
+    // Each monitor runs one deployment per manager, each owned by its manager.
+    for m in &system.monitors {
+        let st = m
+            .wait_status(&system.client, "both deployed", |st| {
+                st.deployments.len() == 2
+            })
+            .await;
+        let mut owners: Vec<&str> = st.deployments.iter().map(|d| d.owner.as_str()).collect();
+        owners.sort_unstable();
+        assert_eq!(owners, ["mgr-a", "mgr-b"]);
+    }
+    let before = counters(&lab);
+    let lab = blocking(move || {
+        let mut lab = lab;
+        lab.iperf(1, 3, 5201, &["-t", "3", "-b", "20M"]).unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        lab
+    })
+    .await;
+    let after = counters(&lab);
+
+    let (_, body) = congestion
+        .until("congestion", Duration::from_secs(20), |b| {
+            !b["suspect"].is_null()
+        })
+        .await
+        .unwrap_or_else(|| panic!("no suspect\n{}", mgr_b.log()));
+    let suspect = &body["suspect"];
+    eprintln!("congestion-locator: {}", body["reason"]);
+    for h in body["hotspots"].as_array().unwrap() {
+        eprintln!(
+            "  hotspot {} → {}: retrans {:.4}, gaps {:.4} over {} data packets",
+            h["from_router"], h["to_router"], h["retrans_rate"], h["gap_rate"], h["data_packets"]
+        );
+    }
+    assert_eq!(suspect["from_router"], "10.0.2.1", "{body:#}");
+    assert_eq!(suspect["to_router"], "10.0.3.1", "{body:#}");
+    assert_eq!(suspect["evidence"], "missed_originals", "{body:#}");
+
+    // mgr-a's link-load, side by side: R1→R2 and R2→R3 within 1% of their
+    // counters (R2→R3's after the netem drops).
+    let key = |m: &str, l: u32| (m.to_owned(), l);
+    let want: Vec<((String, u32), u64)> = [key("10.9.0.1", 0), key("10.9.0.2", 0)]
+        .into_iter()
+        .map(|k| {
+            let d = after[&k].1 - before[&k].1;
+            (k, d)
+        })
+        .collect();
+    let (_, loads_body) = loads
+        .until("link-load", Duration::from_secs(20), |b| {
+            want.iter().all(|(k, bytes)| {
+                b["links"].as_array().is_some_and(|links| {
+                    links.iter().any(|l| {
+                        l["monitor_address"] == k.0.as_str()
+                            && l["link_id"] == k.1
+                            && (l["bytes"].as_u64().unwrap() as f64 - *bytes as f64).abs()
+                                <= *bytes as f64 * 0.01
+                    })
+                })
+            })
+        })
+        .await
+        .unwrap_or_else(|| panic!("link-load never matched {want:?}\n{}", mgr_a.log()));
+    assert_eq!(loads_body["missing"], serde_json::json!([]));
+
+    unload_app(&system, &mgr_b, "congestion-locator").await;
+    unload_app(&system, &mgr_a, "link-load").await;
+    for m in &system.monitors {
+        assert!(m.status(&system.client).await.deployments.is_empty());
     }
 }

@@ -219,13 +219,7 @@ impl Lab {
 
     /// A veth pair `a_dev`@`a_ns` — `b_dev`@`b_ns` (`None`: the root
     /// namespace), up, with offloads off.
-    fn veth(
-        &self,
-        a_ns: &str,
-        a_dev: &str,
-        b_ns: Option<&str>,
-        b_dev: &str,
-    ) -> Result<(), String> {
+    fn veth(&self, a_ns: &str, a_dev: &str, b_ns: Option<&str>, b_dev: &str) -> Result<(), String> {
         let mut args = vec![
             "ip", "link", "add", a_dev, "netns", a_ns, "type", "veth", "peer", b_dev,
         ];
@@ -269,7 +263,14 @@ impl Lab {
             self.exec(&r, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
             self.exec(
                 &r,
-                &["ip", "addr", "add", &format!("{}/32", router(n)), "dev", "lo"],
+                &[
+                    "ip",
+                    "addr",
+                    "add",
+                    &format!("{}/32", router(n)),
+                    "dev",
+                    "lo",
+                ],
             )?;
             self.veth(&r, "lan", Some(&h), "eth0")?;
             self.exec(
@@ -285,7 +286,14 @@ impl Lab {
             )?;
             self.exec(
                 &h,
-                &["ip", "addr", "add", &format!("{}/24", host(n)), "dev", "eth0"],
+                &[
+                    "ip",
+                    "addr",
+                    "add",
+                    &format!("{}/24", host(n)),
+                    "dev",
+                    "eth0",
+                ],
             )?;
             self.exec(
                 &h,
@@ -321,7 +329,10 @@ impl Lab {
                 let via = next_hop(from, to);
                 let (a, b) = line_of(from, via);
                 let gw = line_addr(a, b, via).to_string();
-                for dst in [format!("10.{}.0.0/16", to * 10), format!("{}/32", router(to))] {
+                for dst in [
+                    format!("10.{}.0.0/16", to * 10),
+                    format!("{}/32", router(to)),
+                ] {
                     self.exec(
                         &self.router_ns(from),
                         &["ip", "route", "add", &dst, "via", &gw],
@@ -465,20 +476,35 @@ impl Lab {
     fn wait_listening(&self, n: u8, proto: &str, port: &str) -> Result<(), String> {
         let flag = if proto == "udp" { "-uln" } else { "-tln" };
         for _ in 0..100 {
-            let out = self.exec(&self.host_ns(n), &["ss", "-H", flag, "sport", "=", &format!(":{port}")])?;
+            let out = self.exec(
+                &self.host_ns(n),
+                &["ss", "-H", flag, "sport", "=", &format!(":{port}")],
+            )?;
             if !out.trim().is_empty() {
                 return Ok(());
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        Err(format!("nothing listens on {proto} port {port} in host {n} after 5 s"))
+        Err(format!(
+            "nothing listens on {proto} port {port} in host {n} after 5 s"
+        ))
     }
 
     /// `count` pings from host `from` to host `to`, 10 ms apart.
     pub fn ping(&self, from: u8, to: u8, count: u32) -> Result<String, String> {
         self.exec(
             &self.host_ns(from),
-            &["ping", "-q", "-c", &count.to_string(), "-i", "0.01", "-W", "1", &host(to).to_string()],
+            &[
+                "ping",
+                "-q",
+                "-c",
+                &count.to_string(),
+                "-i",
+                "0.01",
+                "-W",
+                "1",
+                &host(to).to_string(),
+            ],
         )
     }
 
@@ -490,9 +516,16 @@ impl Lab {
         self.spawn(
             &self.host_ns(n),
             &[
-                "dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv",
-                "--no-hosts", "--bind-interfaces", "--pid-file", "--user=root",
-                &listen, &answer,
+                "dnsmasq",
+                "--keep-in-foreground",
+                "--conf-file=/dev/null",
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+                "--pid-file",
+                "--user=root",
+                &listen,
+                &answer,
             ],
         )?;
         self.wait_listening(n, "udp", "53")
@@ -505,7 +538,10 @@ impl Lab {
         let mut answered = 0;
         for i in 0..count {
             let name = format!("q{i}.lab.test");
-            let out = self.exec(&self.host_ns(from), &["dig", "+short", "+tries=1", "+time=2", &at, &name, "A"])?;
+            let out = self.exec(
+                &self.host_ns(from),
+                &["dig", "+short", "+tries=1", "+time=2", &at, &name, "A"],
+            )?;
             if out.trim() == host(4).to_string() {
                 answered += 1;
             }
@@ -519,20 +555,46 @@ impl Lab {
         let dir = dir.to_str().ok_or("http dir is not UTF-8")?.to_owned();
         self.spawn(
             &self.host_ns(n),
-            &["python3", "-m", "http.server", &port, "--bind", &bind, "--directory", &dir],
+            &[
+                "python3",
+                "-m",
+                "http.server",
+                &port,
+                "--bind",
+                &bind,
+                "--directory",
+                &dir,
+            ],
         )?;
         self.wait_listening(n, "tcp", &port)
     }
 
     /// `count` HTTP GETs of `path` from host `from` to host `to`; how many
     /// returned 200.
-    pub fn http_gets(&self, from: u8, to: u8, port: u16, path: &str, count: u32) -> Result<u32, String> {
+    pub fn http_gets(
+        &self,
+        from: u8,
+        to: u8,
+        port: u16,
+        path: &str,
+        count: u32,
+    ) -> Result<u32, String> {
         let url = format!("http://{}:{port}/{path}", host(to));
         let mut ok = 0;
         for _ in 0..count {
             let code = self.exec(
                 &self.host_ns(from),
-                &["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5", &url],
+                &[
+                    "curl",
+                    "-s",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "--max-time",
+                    "5",
+                    &url,
+                ],
             )?;
             if code.trim() == "200" {
                 ok += 1;
@@ -544,12 +606,27 @@ impl Lab {
     /// A bounded SYN flood: `count` SYNs from host `from` to host `to`'s
     /// port `port`, one every `interval_us` µs (hping3 `-c`, so it stops by
     /// itself).
-    pub fn syn_flood(&self, from: u8, to: u8, port: u16, count: u32, interval_us: u32) -> Result<String, String> {
+    pub fn syn_flood(
+        &self,
+        from: u8,
+        to: u8,
+        port: u16,
+        count: u32,
+        interval_us: u32,
+    ) -> Result<String, String> {
         self.exec(
             &self.host_ns(from),
             &[
-                "hping3", "-q", "-S", "-p", &port.to_string(), "-c", &count.to_string(),
-                "-i", &format!("u{interval_us}"), &host(to).to_string(),
+                "hping3",
+                "-q",
+                "-S",
+                "-p",
+                &port.to_string(),
+                "-c",
+                &count.to_string(),
+                "-i",
+                &format!("u{interval_us}"),
+                &host(to).to_string(),
             ],
         )
         .or_else(hping_done)
@@ -557,25 +634,76 @@ impl Lab {
 
     /// A bounded port scan: SYNs from host `from` to `ports` consecutive
     /// ports of host `to` from `first`, one every `interval_us` µs.
-    pub fn port_scan(&self, from: u8, to: u8, first: u16, ports: u32, interval_us: u32) -> Result<String, String> {
+    pub fn port_scan(
+        &self,
+        from: u8,
+        to: u8,
+        first: u16,
+        ports: u32,
+        interval_us: u32,
+    ) -> Result<String, String> {
         self.exec(
             &self.host_ns(from),
             &[
-                "hping3", "-q", "-S", "-p", &format!("++{first}"), "-c", &ports.to_string(),
-                "-i", &format!("u{interval_us}"), &host(to).to_string(),
+                "hping3",
+                "-q",
+                "-S",
+                "-p",
+                &format!("++{first}"),
+                "-c",
+                &ports.to_string(),
+                "-i",
+                &format!("u{interval_us}"),
+                &host(to).to_string(),
             ],
         )
         .or_else(hping_done)
     }
 
-    /// Adds `tc qdisc … root netem <spec>` on router `from`'s veth toward
-    /// `to` (loss in `from`'s output queue: e.g. `["loss", "3%"]`).
-    pub fn netem(&self, from: u8, to: u8, spec: &[&str]) -> Result<(), String> {
+    /// Makes router `from` drop packets in its output queue toward `to`:
+    /// `tc qdisc … root netem loss <percent>%` where the kernel has
+    /// `sch_netem`, else (as on the kernels CI runs on, which lack it) a
+    /// congested queue: `tbf` at `fallback_rate` with a 12 KB queue, which
+    /// tail-drops a faster TCP flow's segments. Returns the qdisc set up.
+    pub fn lossy(
+        &self,
+        from: u8,
+        to: u8,
+        percent: u32,
+        fallback_rate: &str,
+    ) -> Result<String, String> {
         let (a, b) = line_of(from, to);
         let dev = line_dev(a, b);
-        let mut args = vec!["tc", "qdisc", "add", "dev", &dev, "root", "netem"];
-        args.extend_from_slice(spec);
-        self.exec(&self.router_ns(from), &args).map(|_| ())
+        let ns = self.router_ns(from);
+        let loss = format!("{percent}%");
+        let netem = [
+            "tc", "qdisc", "add", "dev", &dev, "root", "netem", "loss", &loss,
+        ];
+        match self.exec(&ns, &netem) {
+            Ok(_) => Ok(format!("netem loss {loss}")),
+            Err(e) if e.contains("qdisc kind is unknown") => {
+                let tbf = [
+                    "tc",
+                    "qdisc",
+                    "add",
+                    "dev",
+                    &dev,
+                    "root",
+                    "tbf",
+                    "rate",
+                    fallback_rate,
+                    "burst",
+                    "4kb",
+                    "limit",
+                    "12kb",
+                ];
+                self.exec(&ns, &tbf)?;
+                Ok(format!(
+                    "tbf rate {fallback_rate} limit 12kb (no sch_netem in this kernel)"
+                ))
+            }
+            Err(e) => Err(e),
+        }
     }
 }
 

@@ -26,13 +26,21 @@ fn pings_follow_the_flow_paths_and_services_answer() {
     };
     for from in 1..=4u8 {
         for to in (1..=4u8).filter(|&t| t != from) {
-            let before: Vec<u64> = lab.taps.iter().map(|t| lab.counters(t).unwrap().0).collect();
+            let before: Vec<u64> = lab
+                .taps
+                .iter()
+                .map(|t| lab.counters(t).unwrap().0)
+                .collect();
             lab.ping(from, to, 20).unwrap();
             let crossed: Vec<(u8, u8)> = path(from, to).into_iter().chain(path(to, from)).collect();
             for (tap, before) in lab.taps.iter().zip(before) {
                 let delta = lab.counters(tap).unwrap().0 - before;
                 // 20 echo requests or replies; ARP may add a few on a first crossing.
-                let expected = if crossed.contains(&(tap.from, tap.to)) { 20..=22 } else { 0..=2 };
+                let expected = if crossed.contains(&(tap.from, tap.to)) {
+                    20..=22
+                } else {
+                    0..=2
+                };
                 assert!(
                     expected.contains(&delta),
                     "H{from}->H{to}: tap {}→{} counted {delta} packets, expected {expected:?}",
@@ -47,12 +55,20 @@ fn pings_follow_the_flow_paths_and_services_answer() {
     let www = tempfile::tempdir().unwrap();
     std::fs::write(www.path().join("index.html"), "lab\n").unwrap();
     lab.http_server(4, 8080, www.path()).unwrap();
-    assert_eq!(lab.http_gets(2, 4, 8080, "index.html", 3).unwrap(), 3, "HTTP 200s");
+    assert_eq!(
+        lab.http_gets(2, 4, 8080, "index.html", 3).unwrap(),
+        3,
+        "HTTP 200s"
+    );
     let out = lab.iperf(1, 3, 5201, &["-t", "1", "-b", "10M"]).unwrap();
     assert!(out.contains("receiver"), "{out}");
     let r1r2 = lab.tap_of(1, 2).unwrap().clone();
     let before = lab.counters(&r1r2).unwrap().0;
     lab.syn_flood(1, 3, 80, 500, 1000).unwrap();
     let after = lab.counters(&r1r2).unwrap().0;
-    assert!(after - before >= 500, "flood crossed R1→R2: {}", after - before);
+    assert!(
+        after - before >= 500,
+        "flood crossed R1→R2: {}",
+        after - before
+    );
 }
