@@ -76,32 +76,6 @@ fn counters(lab: &Lab) -> BTreeMap<(String, u32), (u64, u64)> {
         .collect()
 }
 
-/// Mixed real traffic over every tapped direction: iperf3 TCP H1→H3
-/// (R1→R2→R3, ACKs back), iperf3 UDP H3→H4 (R3→R4), pings H2→H4 (R2→R1→R4),
-/// DNS H1→dnsmasq on H3, HTTP H2→http.server on H4.
-fn workload(lab: &mut Lab, www: &std::path::Path) {
-    lab.iperf(1, 3, 5201, &["-t", "2", "-b", "20M"]).unwrap();
-    lab.iperf(3, 4, 5202, &["-u", "-t", "2", "-b", "8M", "-l", "1000"])
-        .unwrap();
-    lab.ping(2, 4, 50).unwrap();
-    lab.dns_server(3).unwrap();
-    assert_eq!(lab.dns_queries(1, 3, 20).unwrap(), 20, "DNS answers");
-    lab.http_server(4, 8080, www).unwrap();
-    assert_eq!(
-        lab.http_gets(2, 4, 8080, "blob.bin", 10).unwrap(),
-        10,
-        "HTTP 200s"
-    );
-}
-
-/// A file for the HTTP server.
-fn www() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let blob: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
-    std::fs::write(dir.path().join("blob.bin"), blob).unwrap();
-    dir
-}
-
 /// S1–S8 with link-load on live captures: every link's bytes (and packets)
 /// are within 1% of what its tapped veth counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -129,10 +103,11 @@ async fn link_load_matches_the_interface_counters() {
 
     // The lab is quiet until the workload starts (no IPv6, no daemons).
     let before = counters(&lab);
-    let dir = www();
-    let www_path = dir.path().to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let www = dir.path().to_owned();
     let lab = blocking(move || {
-        workload(&mut lab, &www_path);
+        lab.workload(&www, &mut |step| eprintln!("lab: {step}"))
+            .unwrap();
         // The last mirrored frames reach the taps.
         std::thread::sleep(Duration::from_millis(500));
         lab

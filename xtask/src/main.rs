@@ -5,6 +5,8 @@
 
 mod demo;
 mod guests;
+mod lab;
+mod session;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -50,6 +52,12 @@ enum Cmd {
     /// through S1–S8, prints the per-link report and the protocol mix, and
     /// stops everything (also on Ctrl-C). No root needed.
     Demo,
+    /// The netns lab (root): the figure-1 network as network namespaces
+    /// with tc mirred taps, three monitors capturing live, a manager;
+    /// link-load through S1–S8 while iperf3, ping, DNS and HTTP cross it;
+    /// prints each link's figures next to its veth's counters, then tears
+    /// everything down (also on Ctrl-C).
+    Lab,
 }
 
 fn main() -> Result<()> {
@@ -72,6 +80,7 @@ fn main() -> Result<()> {
         }
         Cmd::Lint => lint(&root)?,
         Cmd::Demo => demo::run(&root)?,
+        Cmd::Lab => lab::run(&root)?,
     }
     Ok(())
 }

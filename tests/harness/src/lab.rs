@@ -660,6 +660,40 @@ impl Lab {
         .or_else(hping_done)
     }
 
+    /// Mixed real traffic over every tapped direction, each step announced
+    /// through `progress`: iperf3 TCP H1→H3 (R1→R2→R3, ACKs back), iperf3
+    /// UDP H3→H4 (R3→R4), pings H2→H4 (R2→R1→R4 and back), DNS from H1 to
+    /// dnsmasq on H3, HTTP GETs of a 200 kB file from H2 to http.server on
+    /// H4. `www` is a scratch directory for the HTTP server.
+    pub fn workload(
+        &mut self,
+        www: &std::path::Path,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<(), String> {
+        progress("iperf3 TCP H1→H3, 2 s at 20 Mbit/s");
+        self.iperf(1, 3, 5201, &["-t", "2", "-b", "20M"])?;
+        progress("iperf3 UDP H3→H4, 2 s at 8 Mbit/s");
+        self.iperf(3, 4, 5202, &["-u", "-t", "2", "-b", "8M", "-l", "1000"])?;
+        progress("50 pings H2→H4");
+        self.ping(2, 4, 50)?;
+        progress("20 DNS queries H1→dnsmasq on H3");
+        self.dns_server(3)?;
+        let answered = self.dns_queries(1, 3, 20)?;
+        if answered != 20 {
+            return Err(format!("DNS: {answered} of 20 queries answered"));
+        }
+        progress("10 HTTP GETs H2→http.server on H4");
+        let blob: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(www.join("blob.bin"), blob)
+            .map_err(|e| format!("{}: {e}", www.display()))?;
+        self.http_server(4, 8080, www)?;
+        let ok = self.http_gets(2, 4, 8080, "blob.bin", 10)?;
+        if ok != 10 {
+            return Err(format!("HTTP: {ok} of 10 GETs returned 200"));
+        }
+        Ok(())
+    }
+
     /// Makes router `from` drop packets in its output queue toward `to`:
     /// `tc qdisc … root netem loss <percent>%` where the kernel has
     /// `sch_netem`, else (as on the kernels CI runs on, which lack it) a
