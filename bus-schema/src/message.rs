@@ -105,6 +105,8 @@ pub enum ErrorCode {
     BlobNotFound,
     /// The blob's SHA-256 differs from the one requested or recorded.
     DigestMismatch,
+    /// The blob's metadata records no SHA-256.
+    DigestMissing,
     /// The module speaks an ABI version the host does not.
     AbiMismatch,
     /// The blob is not a valid module, or lacks a required export.
@@ -117,8 +119,13 @@ pub enum ErrorCode {
     NotOwner,
     /// The requester is not allowed to do this.
     Unauthorized,
-    /// The blob is unsigned, tampered or signed by an untrusted key.
-    UntrustedBlob,
+    /// The host requires signed blobs and this one is not signed.
+    UnsignedBlob,
+    /// The blob is signed by a key the host does not trust.
+    UntrustedSigner,
+    /// The blob's signature does not verify (its metadata or signature
+    /// changed after signing).
+    BadSignature,
     /// The guest trapped.
     GuestTrap,
     /// The guest hit a memory, time or queue limit.
@@ -139,20 +146,23 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, [`ErrorCode::Unknown`] last.
-    pub const ALL: [ErrorCode; 21] = [
+    pub const ALL: [ErrorCode; 24] = [
         ErrorCode::BadRequest,
         ErrorCode::UnknownDeployment,
         ErrorCode::DeploymentExists,
         ErrorCode::UnknownLink,
         ErrorCode::BlobNotFound,
         ErrorCode::DigestMismatch,
+        ErrorCode::DigestMissing,
         ErrorCode::AbiMismatch,
         ErrorCode::BadModule,
         ErrorCode::BadParams,
         ErrorCode::BadFilter,
         ErrorCode::NotOwner,
         ErrorCode::Unauthorized,
-        ErrorCode::UntrustedBlob,
+        ErrorCode::UnsignedBlob,
+        ErrorCode::UntrustedSigner,
+        ErrorCode::BadSignature,
         ErrorCode::GuestTrap,
         ErrorCode::ResourceLimit,
         ErrorCode::UnknownApp,
@@ -185,13 +195,16 @@ impl ErrorCode {
             ErrorCode::UnknownLink => "unknown_link",
             ErrorCode::BlobNotFound => "blob_not_found",
             ErrorCode::DigestMismatch => "digest_mismatch",
+            ErrorCode::DigestMissing => "digest_missing",
             ErrorCode::AbiMismatch => "abi_mismatch",
             ErrorCode::BadModule => "bad_module",
             ErrorCode::BadParams => "bad_params",
             ErrorCode::BadFilter => "bad_filter",
             ErrorCode::NotOwner => "not_owner",
             ErrorCode::Unauthorized => "unauthorized",
-            ErrorCode::UntrustedBlob => "untrusted_blob",
+            ErrorCode::UnsignedBlob => "unsigned_blob",
+            ErrorCode::UntrustedSigner => "untrusted_signer",
+            ErrorCode::BadSignature => "bad_signature",
             ErrorCode::GuestTrap => "guest_trap",
             ErrorCode::ResourceLimit => "resource_limit",
             ErrorCode::UnknownApp => "unknown_app",

@@ -233,6 +233,11 @@ pub mod meta_key {
     pub const ABI: &str = "tm-abi";
     /// Description.
     pub const DESCRIPTION: &str = "tm-description";
+    /// Public ed25519 key of the signer, 64 hex digits (signed blobs only).
+    pub const SIGNER: &str = "tm-signer";
+    /// ed25519 signature, 128 hex digits, over
+    /// `tm-blob-signature-v1\n{kind}\n{name}\n{sha256}\n` (signed blobs only).
+    pub const SIGNATURE: &str = "tm-signature";
 }
 
 /// A metadata map is missing a key or holds a bad value.

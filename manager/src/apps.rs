@@ -25,6 +25,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tm_app_api as api;
 use tokio::sync::{mpsc, oneshot};
+use wasm_host::trust::TrustedKeys;
 use wasm_host::{Failure, GuestMemory, Limits, Sandbox};
 use wasmtime::{AsContextMut, Caller, Instance, Linker, Module, Store};
 
@@ -62,6 +63,8 @@ struct Shared {
     archive: Option<Archive>,
     sandbox: Sandbox,
     limits: AppLimits,
+    /// Signers whose apps load from the object store.
+    trusted: TrustedKeys,
 }
 
 /// Store data of one app.
@@ -135,6 +138,7 @@ impl Apps {
         sandbox: Sandbox,
         archive: Option<Archive>,
         limits: AppLimits,
+        trusted: TrustedKeys,
     ) -> anyhow::Result<Apps> {
         let js = jetstream::new(control.client().clone());
         let topology = topology::open_bucket(&js, 1).await?;
@@ -149,6 +153,7 @@ impl Apps {
                 archive,
                 sandbox,
                 limits,
+                trusted,
             }),
             linker: Arc::new(linker),
             apps: Arc::default(),
@@ -182,14 +187,29 @@ impl Apps {
             .collect()
     }
 
-    async fn fetch(&self, source: &AppSource) -> Result<Vec<u8>, ErrorBody> {
+    /// The app's bytes and SHA-256; an object-store blob's digest and
+    /// signature are checked against its metadata first.
+    async fn fetch(&self, source: &AppSource, local: bool) -> Result<(Vec<u8>, String), ErrorBody> {
         match source {
-            AppSource::File { path } => tokio::fs::read(path).await.map_err(|e| {
-                ErrorBody::new(
-                    ErrorCode::BlobNotFound,
-                    format!("source.path = {path:?}: cannot read: {e}"),
-                )
-            }),
+            AppSource::File { path } => {
+                if self.shared.trusted.enforced() && !local {
+                    return refuse(
+                        ErrorCode::UnsignedBlob,
+                        format!(
+                            "source.path = {path:?}: this manager runs only signed apps from {} (files only from its own --app flag)",
+                            store::BLOBS_BUCKET
+                        ),
+                    );
+                }
+                let bytes = tokio::fs::read(path).await.map_err(|e| {
+                    ErrorBody::new(
+                        ErrorCode::BlobNotFound,
+                        format!("source.path = {path:?}: cannot read: {e}"),
+                    )
+                })?;
+                let sha256 = wasm_host::sha256_hex(&bytes);
+                Ok((bytes, sha256))
+            }
             AppSource::Object(blob) => {
                 let objects = bus_schema::nats::open_blobs(&self.shared.js, 1)
                     .await
@@ -230,7 +250,14 @@ impl Apps {
                             format!("reading {}: {e}", blob.name),
                         )
                     })?;
-                Ok(bytes)
+                // Digest and signature, before anything is compiled.
+                let sha256 = self.shared.trusted.verify(
+                    BlobKind::MgmtApp,
+                    &blob.name,
+                    &info.metadata,
+                    &bytes,
+                )?;
+                Ok((bytes, sha256))
             }
         }
     }
@@ -248,6 +275,30 @@ impl Apps {
         source: AppSource,
         params: Value,
     ) -> Result<AppStatus, ErrorBody> {
+        self.load_from(app, source, params, false).await
+    }
+
+    /// [`Apps::load`] for the manager's own `--app` flags: a file source is
+    /// accepted even where signatures are required (the operator's own file).
+    ///
+    /// # Errors
+    /// As [`Apps::load`].
+    pub async fn load_local(
+        &self,
+        app: &str,
+        source: AppSource,
+        params: Value,
+    ) -> Result<AppStatus, ErrorBody> {
+        self.load_from(app, source, params, true).await
+    }
+
+    async fn load_from(
+        &self,
+        app: &str,
+        source: AppSource,
+        params: Value,
+        local: bool,
+    ) -> Result<AppStatus, ErrorBody> {
         bus_schema::validate_token("app", app)
             .map_err(|e| ErrorBody::new(ErrorCode::BadRequest, e.to_string()))?;
         if self.apps.lock().expect("apps").contains_key(app) {
@@ -259,8 +310,7 @@ impl Apps {
                 ),
             );
         }
-        let bytes = self.fetch(&source).await?;
-        let sha256 = wasm_host::sha256_hex(&bytes);
+        let (bytes, sha256) = self.fetch(&source, local).await?;
         if let AppSource::Object(BlobRef { sha256: want, .. }) = &source
             && !want.is_empty()
             && *want != sha256

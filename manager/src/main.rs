@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::time::Duration;
+use wasm_host::trust::TrustedKeys;
 
 use anyhow::Context;
 use bus_schema::{AppSource, BlobRef, Value};
@@ -55,6 +56,15 @@ struct Args {
     /// deployments.
     #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(50..=5000))]
     heartbeat_ms: u64,
+    /// File of trusted ed25519 public keys (64 hex digits per line, `#`
+    /// comments): with any key given, apps load from the object store only
+    /// when signed by one of them (`tmctl apps put --sign-key`), and
+    /// `apps.load` refuses file paths.
+    #[arg(long, env = "TM_TRUSTED_KEYS", value_name = "FILE")]
+    trusted_keys: Option<PathBuf>,
+    /// A trusted public key, hex (repeatable; adds to --trusted-keys).
+    #[arg(long = "trusted-key", value_name = "HEX")]
+    trusted_key: Vec<String>,
     /// Check the flags (id, archive, apps given with --app) and exit: 0 if
     /// they are valid, 1 naming the bad one. Connects to nothing.
     #[arg(long)]
@@ -115,12 +125,18 @@ async fn main() -> anyhow::Result<()> {
             anyhow::bail!("--app {name}={path}: no such file");
         }
     }
+    let mut trusted = TrustedKeys::from_hex("--trusted-key", &args.trusted_key)?;
+    if let Some(file) = &args.trusted_keys {
+        trusted = trusted
+            .with(TrustedKeys::from_file(file).map_err(|e| anyhow::anyhow!("--trusted-keys {e}"))?);
+    }
     if args.check_config {
         println!(
-            "flags are valid: manager {} with {} app(s) at start, archive {}",
+            "flags are valid: manager {} with {} app(s) at start, archive {}, {} trusted key(s)",
             args.id,
             startup.len(),
-            archive.as_ref().map_or("none", |a| a.location())
+            archive.as_ref().map_or("none", |a| a.location()),
+            trusted.len()
         );
         return Ok(());
     }
@@ -168,8 +184,17 @@ async fn main() -> anyhow::Result<()> {
             call_timeout: Duration::from_millis(args.app_call_timeout_ms),
             ..AppLimits::default()
         },
+        trusted.clone(),
     )
     .await?;
+    if trusted.enforced() {
+        tracing::info!(
+            keys = trusted.len(),
+            "only apps signed by a trusted key load from the object store"
+        );
+    } else {
+        tracing::warn!("no trusted keys: app signatures are not checked (digests still are)");
+    }
     let heartbeat = tokio::spawn(manager::service::heartbeat(
         apps.clone(),
         control.clone(),
@@ -177,7 +202,7 @@ async fn main() -> anyhow::Result<()> {
     ));
     let server = tokio::spawn(manager::service::serve(apps.clone(), client.clone()));
     for (name, source, params) in startup {
-        apps.load(&name, source, params)
+        apps.load_local(&name, source, params)
             .await
             .map_err(|e| anyhow::anyhow!("--app {name}: {e}"))?;
     }

@@ -595,8 +595,10 @@ async fn two_managers_and_a_lossy_queue_named_by_congestion_locator() {
     let after = counters(&lab);
 
     let (_, body) = congestion
-        .until("congestion", Duration::from_secs(20), |b| {
-            !b["suspect"].is_null()
+        .until("congestion", Duration::from_secs(30), |b| {
+            // Early rounds may not yet have enough data segments at the
+            // downstream tap to consider it: wait for its evidence.
+            b["suspect"]["evidence"] == "missed_originals"
         })
         .await
         .unwrap_or_else(|| panic!("no suspect\n{}", mgr_b.log()));

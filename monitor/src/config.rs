@@ -15,6 +15,10 @@
 //! tick_ms = 1000          # how often analyzers' tick runs
 //! snapshot_ms = 5000      # how often deployments are saved for restart recovery
 //!
+//! [trust]                 # signed analyzers (tmctl analyzer put --sign-key)
+//! keys = ["3b6a27bc…"]    # ed25519 public keys, 64 hex digits; any set: only
+//! keys_file = "keys.txt"  # blobs signed by one of them load (one key per line)
+//!
 //! [[link]]
 //! id = 0
 //! pcap = "captures/l12.pcap"   # or: interface = "tap0"
@@ -150,6 +154,16 @@ impl LinkConfig {
     }
 }
 
+/// Which signers' analyzers the monitor runs (see `wasm_host::trust`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrustConfig {
+    /// Trusted ed25519 public keys, hex.
+    pub keys: Vec<String>,
+    /// A file of trusted keys, one per line (relative: to the config file).
+    pub keys_file: Option<PathBuf>,
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -172,6 +186,9 @@ pub struct Config {
     /// Analyzer limits.
     #[serde(default)]
     pub limits: Limits,
+    /// Trusted signers; none: signatures are not required.
+    #[serde(default)]
+    pub trust: TrustConfig,
     /// The links.
     #[serde(default, rename = "link")]
     pub links: Vec<LinkConfig>,
@@ -197,6 +214,11 @@ impl Config {
         let mut config: Config = toml::from_str(&text)
             .with_context(|| format!("config {} is invalid", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
+        if let Some(p) = &config.trust.keys_file
+            && p.is_relative()
+        {
+            config.trust.keys_file = Some(base.join(p));
+        }
         for link in &mut config.links {
             if let Some(p) = &link.pcap
                 && p.is_relative()
@@ -213,6 +235,21 @@ impl Config {
         self.id
             .clone()
             .unwrap_or_else(|| bus_schema::id_from_address(&self.address))
+    }
+
+    /// The trusted signers: `trust.keys` and the keys in `trust.keys_file`.
+    ///
+    /// # Errors
+    /// The entry or line holding a bad key.
+    pub fn trusted_keys(&self) -> Result<wasm_host::trust::TrustedKeys> {
+        let mut keys = wasm_host::trust::TrustedKeys::from_hex("trust.keys", &self.trust.keys)?;
+        if let Some(file) = &self.trust.keys_file {
+            keys = keys.with(
+                wasm_host::trust::TrustedKeys::from_file(file)
+                    .map_err(|e| anyhow::anyhow!("trust.keys_file: {e}"))?,
+            );
+        }
+        Ok(keys)
     }
 
     /// Checks every field, naming the first bad one and its value.
@@ -237,6 +274,7 @@ impl Config {
                 c.display().to_string()
             );
         }
+        self.trusted_keys()?;
         if !(1..=5).contains(&self.replicas) {
             bail!("replicas = {}: must be 1 to 5", self.replicas);
         }

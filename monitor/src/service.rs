@@ -49,6 +49,8 @@ pub struct Monitor {
     pub id: String,
     config: Config,
     sandbox: Sandbox,
+    /// Signers whose analyzers run here.
+    trusted: wasm_host::trust::TrustedKeys,
     links: BTreeMap<u32, LinkHandle>,
     deployments: Mutex<HashMap<String, Deployment>>,
     js: jetstream::Context,
@@ -110,6 +112,17 @@ impl Monitor {
         sandbox: Sandbox,
     ) -> anyhow::Result<(Arc<Monitor>, mpsc::UnboundedReceiver<Outgoing>)> {
         bus_schema::nats::ensure_stores(&js, config.replicas).await?;
+        let trusted = config.trusted_keys()?;
+        if trusted.enforced() {
+            tracing::info!(
+                keys = trusted.len(),
+                "only analyzers signed by a trusted key load"
+            );
+        } else {
+            tracing::warn!(
+                "no [trust] keys: analyzer signatures are not checked (digests still are)"
+            );
+        }
         let mut links = BTreeMap::new();
         for link in &config.links {
             links.insert(link.id, LinkHandle::start(link.clone())?);
@@ -119,6 +132,7 @@ impl Monitor {
             id: config.monitor_id(),
             config,
             sandbox,
+            trusted,
             links,
             deployments: Mutex::default(),
             js,
@@ -203,7 +217,11 @@ impl Monitor {
         reply
     }
 
-    async fn fetch_blob(&self, name: &str) -> Result<Vec<u8>, ErrorBody> {
+    /// The blob's bytes and its metadata map.
+    async fn fetch_blob(
+        &self,
+        name: &str,
+    ) -> Result<(Vec<u8>, std::collections::HashMap<String, String>), ErrorBody> {
         let bucket = store::BLOBS_BUCKET;
         let objects = self.js.get_object_store(bucket).await.map_err(|e| {
             ErrorBody::new(
@@ -237,7 +255,7 @@ impl Monitor {
                 format!("cannot read blob {name:?}: {e}"),
             )
         })?;
-        Ok(bytes)
+        Ok((bytes, object.info.metadata.clone()))
     }
 
     async fn load(self: &Arc<Self>, payload: &[u8]) -> Result<LoadReply, ErrorBody> {
@@ -351,8 +369,14 @@ impl Monitor {
         }
         let params = bus_schema::encode(&req.params)
             .map_err(|e| ErrorBody::new(ErrorCode::BadParams, e.to_string()))?;
-        let bytes = self.fetch_blob(&req.analyzer.name).await?;
-        let got = wasm_host::sha256_hex(&bytes);
+        let (bytes, metadata) = self.fetch_blob(&req.analyzer.name).await?;
+        // Digest and signature, before anything is compiled.
+        let got = self.trusted.verify(
+            store::BlobKind::Analyzer,
+            &req.analyzer.name,
+            &metadata,
+            &bytes,
+        )?;
         if got != want {
             return err(
                 ErrorCode::DigestMismatch,

@@ -6,6 +6,10 @@
 //! * [`Limits`]: per-store memory cap.
 //! * [`GuestMemory`]: bounds-checked reads and writes of guest memory.
 //! * [`Failure`]: what a failed guest call was (trap, timeout, memory limit).
+//! * [`trust`]: signed blobs — the digest and ed25519 signature checks run
+//!   before a blob is compiled, and the signing `tmctl` does.
+
+pub mod trust;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};

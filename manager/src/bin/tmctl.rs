@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 use futures::StreamExt;
 use manager::control::Control;
 use manager::topology::{self, Topology, TopologyError};
+use wasm_host::trust::BlobSigner;
 
 #[path = "tmctl/ops.rs"]
 mod ops;
@@ -49,6 +50,14 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Creates an ed25519 key for signing blobs: writes the secret to FILE
+    /// (mode 0600, never overwritten) and prints the public key, which
+    /// monitors (`[trust] keys`) and managers (`--trusted-key`) list.
+    Keygen {
+        /// Where the secret key goes.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
     /// Analyzer modules in the object store (`tm_blobs`).
     Analyzer {
         #[command(subcommand)]
@@ -181,22 +190,32 @@ struct DeployArgs {
     report_every_ms: Option<u64>,
 }
 
+/// What `analyzer put` and `apps put` take.
+#[derive(clap::Args, Debug)]
+pub(crate) struct PutArgs {
+    /// The `.wasm` file.
+    file: PathBuf,
+    /// Name to store it under (default: the file name without `.wasm`).
+    #[arg(long)]
+    name: Option<String>,
+    /// The module's version.
+    #[arg(long, default_value = "0.1.0")]
+    version: String,
+    /// One line saying what it does.
+    #[arg(long, default_value = "")]
+    description: String,
+    /// Sign the blob with this ed25519 key file (`tmctl keygen`): the
+    /// signature and the public key go into the object's metadata, and
+    /// monitors and managers that list the key as trusted will run it.
+    #[arg(long, env = "TM_SIGN_KEY", value_name = "FILE")]
+    sign_key: Option<PathBuf>,
+}
+
 #[derive(Subcommand, Debug)]
 enum AppsCommand {
-    /// Stores a mgmt-app module in the object store.
-    Put {
-        /// The `.wasm` file.
-        file: PathBuf,
-        /// Name to store it under (default: the file name without `.wasm`).
-        #[arg(long)]
-        name: Option<String>,
-        /// The module's version.
-        #[arg(long, default_value = "0.1.0")]
-        version: String,
-        /// One line saying what it does.
-        #[arg(long, default_value = "")]
-        description: String,
-    },
+    /// Stores a mgmt-app module in the object store (signed with
+    /// --sign-key); prints its name and SHA-256 digest.
+    Put(PutArgs),
     /// Loads and starts an app on a manager (S1).
     Load {
         /// Name the app runs under on that manager.
@@ -243,20 +262,9 @@ enum Watched {
 
 #[derive(Subcommand, Debug)]
 enum AnalyzerCommand {
-    /// Stores an analyzer module; prints its name and SHA-256 digest.
-    Put {
-        /// The `.wasm` file.
-        file: PathBuf,
-        /// Name to store it under (default: the file name without `.wasm`).
-        #[arg(long)]
-        name: Option<String>,
-        /// The module's version.
-        #[arg(long, default_value = "0.1.0")]
-        version: String,
-        /// One line saying what it does.
-        #[arg(long, default_value = "")]
-        description: String,
-    },
+    /// Stores an analyzer module (signed with --sign-key); prints its name
+    /// and SHA-256 digest.
+    Put(PutArgs),
     /// Lists the stored modules.
     List,
     /// Removes a stored module.
@@ -320,6 +328,9 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
+    if let Command::Keygen { out } = &cli.command {
+        return keygen(out, cli.json);
+    }
     let client = async_nats::ConnectOptions::new()
         .connection_timeout(std::time::Duration::from_secs(5))
         .connect(cli.nats.as_str())
@@ -352,16 +363,51 @@ async fn blobs(js: &jetstream::Context) -> anyhow::Result<object_store::ObjectSt
     Ok(bus_schema::nats::open_blobs(js, 1).await?)
 }
 
-/// Stores a module of `kind` in the object store; prints name and digest.
+fn keygen(out: &std::path::Path, json: bool) -> Result<(), Failure> {
+    let key = BlobSigner::generate().context("cannot read /dev/urandom")?;
+    key.save(out)
+        .with_context(|| {
+            format!(
+                "cannot write {} (an existing key file is never overwritten)",
+                out.display()
+            )
+        })
+        .map_err(|e| fail(BAD_INPUT, e))?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"key_file": out.display().to_string(), "public_key": key.public_hex()})
+        );
+    } else {
+        println!("{}", key.public_hex());
+        eprintln!(
+            "secret key written to {} (mode 0600); the line above is the public key to trust",
+            out.display()
+        );
+    }
+    Ok(())
+}
+
+/// Stores a module of `kind` in the object store, signed if asked; prints
+/// name and digest.
 async fn put_blob(
     js: &jetstream::Context,
     kind: BlobKind,
-    file: PathBuf,
-    name: Option<String>,
-    version: String,
-    description: String,
+    put: PutArgs,
     json: bool,
 ) -> Result<(), Failure> {
+    let PutArgs {
+        file,
+        name,
+        version,
+        description,
+        sign_key,
+    } = put;
+    let signer = sign_key
+        .as_deref()
+        .map(BlobSigner::load)
+        .transpose()
+        .map_err(|e| fail(BAD_INPUT, anyhow!("--sign-key {e}")))?;
     let objects = blobs(js).await?;
     {
         {
@@ -392,12 +438,16 @@ async fn put_blob(
                 abi_version: 1,
                 description,
             };
+            let mut metadata = meta.to_map();
+            if let Some(signer) = &signer {
+                metadata.extend(signer.sign(kind, &name, &meta.sha256));
+            }
             objects
                 .put(
                     object_store::ObjectMetadata {
                         name: name.clone(),
                         description: Some(meta.description.clone()),
-                        metadata: meta.to_map(),
+                        metadata,
                         ..Default::default()
                     },
                     &mut &bytes[..],
@@ -407,10 +457,14 @@ async fn put_blob(
             if json {
                 println!(
                     "{}",
-                    serde_json::json!({"name": name, "sha256": meta.sha256, "size": bytes.len()})
+                    serde_json::json!({"name": name, "sha256": meta.sha256, "size": bytes.len(),
+                                       "signer": signer.as_ref().map(BlobSigner::public_hex)})
                 );
             } else {
-                println!("{name} {} ({} bytes)", meta.sha256, bytes.len());
+                let signed = signer.as_ref().map_or("unsigned".to_owned(), |s| {
+                    format!("signed by {}", s.public_hex())
+                });
+                println!("{name} {} ({} bytes, {signed})", meta.sha256, bytes.len());
             }
             Ok(())
         }
@@ -424,23 +478,7 @@ async fn analyzer(
 ) -> Result<(), Failure> {
     let objects = blobs(js).await?;
     match command {
-        AnalyzerCommand::Put {
-            file,
-            name,
-            version,
-            description,
-        } => {
-            put_blob(
-                js,
-                BlobKind::Analyzer,
-                file,
-                name,
-                version,
-                description,
-                json,
-            )
-            .await
-        }
+        AnalyzerCommand::Put(put) => put_blob(js, BlobKind::Analyzer, put, json).await,
         AnalyzerCommand::List => {
             let mut list = objects.list().await.context("cannot list modules")?;
             let mut rows = Vec::new();

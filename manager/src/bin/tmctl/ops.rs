@@ -505,23 +505,7 @@ pub(crate) async fn apps(
 ) -> Result<(), Failure> {
     const APP_TIMEOUT: Duration = Duration::from_secs(60);
     match command {
-        AppsCommand::Put {
-            file,
-            name,
-            version,
-            description,
-        } => {
-            crate::put_blob(
-                js,
-                BlobKind::MgmtApp,
-                file,
-                name,
-                version,
-                description,
-                json,
-            )
-            .await
-        }
+        AppsCommand::Put(put) => crate::put_blob(js, BlobKind::MgmtApp, put, json).await,
         AppsCommand::Load {
             app,
             manager,
