@@ -22,9 +22,10 @@ CHECK_ONLY=0
 # softflowd and pmacct are what the analyzer benchmark compares against.
 APT_PACKAGES=(libpcap-dev tcpdump tshark iperf3 iproute2 iputils-ping ethtool dnsmasq-base bind9-dnsutils curl hping3
               python3-pip python3-yaml clang-14 lld-14 softflowd pmacct)
-# Python packages for examples/subscriber.py (the external subscriber the lab test runs).
-PIP_PACKAGES=(nats-py msgpack)
-PIP_IMPORTS="import nats, msgpack"
+# Python packages: examples/subscriber.py (the lab test runs it) and a Prometheus
+# text-format parser the metrics tests check the endpoints with.
+PIP_PACKAGES=(nats-py msgpack prometheus-client)
+PIP_IMPORTS="import nats, msgpack, prometheus_client"
 NATS_MIN_MAJOR=2
 NATS_MIN_MINOR=10
 
@@ -115,7 +116,7 @@ else
   esac
 fi
 
-# --- Python packages for the example subscriber ----------------------------
+# --- Python packages -------------------------------------------------------
 if ! python3 -c "$PIP_IMPORTS" 2>/dev/null; then
   if [ "$CHECK_ONLY" = 1 ]; then
     missing+=("${PIP_PACKAGES[@]}")

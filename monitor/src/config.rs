@@ -6,6 +6,7 @@
 //! nats_url = "nats://127.0.0.1:4222" # several: comma-separated
 //! nats_credentials = "/etc/tm/monitor.creds"
 //! replicas = 1            # of streams/buckets it creates (3 on a cluster)
+//! metrics_listen = "127.0.0.1:9464"  # Prometheus endpoint GET /metrics (off when absent)
 //!
 //! [limits]
 //! memory_mb = 64          # linear-memory cap per analyzer
@@ -183,6 +184,9 @@ pub struct Config {
     /// are missing (1 on a single server, 3 on a cluster).
     #[serde(default = "default_replicas")]
     pub replicas: usize,
+    /// Where the Prometheus endpoint (`GET /metrics`) listens; none: off.
+    #[serde(default)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Analyzer limits.
     #[serde(default)]
     pub limits: Limits,

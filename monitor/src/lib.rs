@@ -14,5 +14,6 @@ pub mod config;
 pub mod deployment;
 pub mod filter;
 pub mod guest;
+pub mod metrics;
 pub mod parse;
 pub mod service;

@@ -36,6 +36,10 @@ struct Args {
     /// NATS credentials file.
     #[arg(long, env = "NATS_CREDS")]
     nats_creds: Option<PathBuf>,
+    /// Serve Prometheus metrics (`GET /metrics`) here, e.g. `127.0.0.1:9464`
+    /// (overrides `metrics_listen` in the file).
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics_listen: Option<std::net::SocketAddr>,
     /// Validate the configuration and exit: 0 if valid, 1 naming the bad field.
     #[arg(long)]
     check_config: bool,
@@ -57,6 +61,9 @@ fn load_config(args: &Args) -> Result<Config> {
     }
     if let Some(c) = &args.nats_creds {
         config.nats_credentials = Some(c.clone());
+    }
+    if let Some(m) = args.metrics_listen {
+        config.metrics_listen = Some(m);
     }
     config
         .validate()
@@ -100,7 +107,26 @@ async fn main() -> Result<()> {
         .await
         .context("cannot connect to NATS")?;
     let js = async_nats::jetstream::new(client.clone());
+    let metrics_listen = config.metrics_listen;
     let (monitor, outbox) = Monitor::start(config, js.clone()).await?;
+    let _metrics = match metrics_listen {
+        Some(addr) => {
+            let connects = wasm_host::metrics::NatsConnects::default();
+            let registry =
+                std::sync::Arc::new(monitor::metrics::registry(&monitor, connects.clone()));
+            let stats = client.statistics();
+            let refresh = std::sync::Arc::new(move || {
+                let n = stats.connects.load(std::sync::atomic::Ordering::Relaxed);
+                connects.0.store(n, std::sync::atomic::Ordering::Relaxed);
+            });
+            let (bound, task) = wasm_host::metrics::serve(addr, registry, refresh)
+                .await
+                .with_context(|| format!("metrics_listen = {addr}: cannot listen"))?;
+            tracing::info!(%bound, "metrics at http://{bound}/metrics");
+            Some(task)
+        }
+        None => None,
+    };
     let (stop_publisher, stop) = tokio::sync::watch::channel(false);
     let publisher = tokio::spawn(publisher(js, outbox, stop));
     let heartbeat = tokio::spawn(monitor.clone().heartbeat());

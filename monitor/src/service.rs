@@ -49,6 +49,8 @@ pub struct Monitor {
     pub id: String,
     config: Config,
     sandbox: Sandbox,
+    /// How long each command took, for the metrics endpoint.
+    commands: wasm_host::metrics::CommandTimes,
     /// Signers whose analyzers run here.
     trusted: wasm_host::trust::TrustedKeys,
     links: BTreeMap<u32, LinkHandle>,
@@ -132,6 +134,7 @@ impl Monitor {
             id: config.monitor_id(),
             config,
             sandbox,
+            commands: wasm_host::metrics::CommandTimes::default(),
             trusted,
             links,
             deployments: Mutex::default(),
@@ -195,6 +198,12 @@ impl Monitor {
         Ok(())
     }
 
+    /// How long commands took (for the metrics endpoint).
+    #[must_use]
+    pub fn commands(&self) -> &wasm_host::metrics::CommandTimes {
+        &self.commands
+    }
+
     /// Decodes and runs one command, returning the encoded reply envelope.
     pub async fn handle(self: &Arc<Self>, command: &str, payload: &[u8]) -> bytes::Bytes {
         let started = Instant::now();
@@ -209,6 +218,7 @@ impl Monitor {
                 format!("unknown command {other}"),
             )),
         };
+        self.commands.observe(command, started.elapsed());
         tracing::debug!(
             command,
             elapsed_us = started.elapsed().as_micros() as u64,
@@ -736,6 +746,18 @@ impl Monitor {
 
     fn status(&self, payload: &[u8]) -> Result<MonitorStatus, ErrorBody> {
         let req: StatusRequest = decode_request(payload)?;
+        self.snapshot(req.deployment.as_deref())
+    }
+
+    /// The monitor's links and deployments (only `deployment`, if given):
+    /// what `status` answers and the metrics endpoint exposes.
+    ///
+    /// # Errors
+    /// `unknown_deployment` for a deployment that is not here.
+    pub fn snapshot(&self, deployment: Option<&str>) -> Result<MonitorStatus, ErrorBody> {
+        let req = StatusRequest {
+            deployment: deployment.map(str::to_owned),
+        };
         let deployments = self.deployments.lock().expect("deployments");
         if let Some(d) = &req.deployment
             && !deployments.contains_key(d)

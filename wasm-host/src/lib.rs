@@ -8,7 +8,9 @@
 //! * [`Failure`]: what a failed guest call was (trap, timeout, memory limit).
 //! * [`trust`]: signed blobs — the digest and ed25519 signature checks run
 //!   before a blob is compiled, and the signing `tmctl` does.
+//! * [`metrics`]: the Prometheus endpoint both hosts serve.
 
+pub mod metrics;
 pub mod trust;
 
 use std::collections::HashMap;

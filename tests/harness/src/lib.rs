@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream;
 
 pub mod lab;
+pub mod metrics;
 pub mod monitor;
 
 /// How long a server may take to accept clients and serve JetStream.
