@@ -65,6 +65,8 @@ struct Shared {
     limits: AppLimits,
     /// Signers whose apps load from the object store.
     trusted: TrustedKeys,
+    /// How long the manager's own commands took.
+    commands: wasm_host::metrics::CommandTimes,
 }
 
 /// Store data of one app.
@@ -154,6 +156,7 @@ impl Apps {
                 sandbox,
                 limits,
                 trusted,
+                commands: wasm_host::metrics::CommandTimes::default(),
             }),
             linker: Arc::new(linker),
             apps: Arc::default(),
@@ -164,6 +167,18 @@ impl Apps {
     #[must_use]
     pub fn manager(&self) -> &str {
         &self.shared.manager
+    }
+
+    /// How long the manager's commands took (for the metrics endpoint).
+    #[must_use]
+    pub fn commands(&self) -> &wasm_host::metrics::CommandTimes {
+        &self.shared.commands
+    }
+
+    /// The control plane the apps use.
+    #[must_use]
+    pub fn control(&self) -> &Control {
+        &self.shared.control
     }
 
     /// Every app's status, by name.

@@ -135,6 +135,8 @@ pub struct Control {
     monitors: kv::Store,
     managers: kv::Store,
     blobs: object_store::ObjectStore,
+    /// Round trips of the commands sent to monitors, by command.
+    times: wasm_host::metrics::CommandTimes,
 }
 
 impl Control {
@@ -170,7 +172,14 @@ impl Control {
                 .await
                 .map_err(|e| bus("JetStream", e))?,
             client,
+            times: wasm_host::metrics::CommandTimes::default(),
         })
+    }
+
+    /// Round trips of the monitor commands sent (for the metrics endpoint).
+    #[must_use]
+    pub fn request_times(&self) -> &wasm_host::metrics::CommandTimes {
+        &self.times
     }
 
     /// The identity commands are sent as (owner of what it deploys).
@@ -201,12 +210,15 @@ impl Control {
         let request = async_nats::client::Request::new()
             .payload(payload.into())
             .timeout(Some(timeout));
-        let reply = match tokio::time::timeout(
+        let started = std::time::Instant::now();
+        let sent = tokio::time::timeout(
             timeout + Duration::from_millis(100),
             self.client.send_request(subject.clone(), request),
         )
-        .await
-        {
+        .await;
+        let command = subject.rsplit('.').next().unwrap_or_default();
+        self.times.observe(command, started.elapsed());
+        let reply = match sent {
             Err(_) => {
                 return refuse(
                     ErrorCode::Timeout,

@@ -10,5 +10,6 @@
 pub mod apps;
 pub mod archive;
 pub mod control;
+pub mod metrics;
 pub mod service;
 pub mod topology;

@@ -56,6 +56,9 @@ struct Args {
     /// deployments.
     #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(50..=5000))]
     heartbeat_ms: u64,
+    /// Serve Prometheus metrics (`GET /metrics`) here, e.g. `127.0.0.1:9465`.
+    #[arg(long, env = "TM_METRICS_LISTEN", value_name = "ADDR:PORT")]
+    metrics_listen: Option<std::net::SocketAddr>,
     /// File of trusted ed25519 public keys (64 hex digits per line, `#`
     /// comments): with any key given, apps load from the object store only
     /// when signed by one of them (`tmctl apps put --sign-key`), and
@@ -187,6 +190,21 @@ async fn main() -> anyhow::Result<()> {
         trusted.clone(),
     )
     .await?;
+    let _metrics = match args.metrics_listen {
+        Some(addr) => {
+            let stats = client.statistics();
+            let connects = wasm_host::metrics::NatsConnects::new(move || {
+                stats.connects.load(std::sync::atomic::Ordering::Relaxed)
+            });
+            let registry = std::sync::Arc::new(manager::metrics::registry(&apps, connects));
+            let (bound, task) = wasm_host::metrics::serve(addr, registry)
+                .await
+                .with_context(|| format!("--metrics-listen {addr}: cannot listen"))?;
+            tracing::info!(%bound, "metrics at http://{bound}/metrics");
+            Some(task)
+        }
+        None => None,
+    };
     if trusted.enforced() {
         tracing::info!(
             keys = trusted.len(),

@@ -103,7 +103,9 @@ pub async fn serve(apps: Apps, client: async_nats::Client) -> anyhow::Result<()>
             while let Some(request) = endpoint.next().await {
                 let apps = apps.clone();
                 tokio::spawn(async move {
+                    let started = std::time::Instant::now();
                     let reply = handle(&apps, name, &request.message.payload).await;
+                    apps.commands().observe(name, started.elapsed());
                     if let Err(e) = request.respond(Ok(reply)).await {
                         tracing::warn!(command = name, error = %e, "cannot send reply");
                     }

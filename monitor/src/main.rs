@@ -111,15 +111,12 @@ async fn main() -> Result<()> {
     let (monitor, outbox) = Monitor::start(config, js.clone()).await?;
     let _metrics = match metrics_listen {
         Some(addr) => {
-            let connects = wasm_host::metrics::NatsConnects::default();
-            let registry =
-                std::sync::Arc::new(monitor::metrics::registry(&monitor, connects.clone()));
             let stats = client.statistics();
-            let refresh = std::sync::Arc::new(move || {
-                let n = stats.connects.load(std::sync::atomic::Ordering::Relaxed);
-                connects.0.store(n, std::sync::atomic::Ordering::Relaxed);
+            let connects = wasm_host::metrics::NatsConnects::new(move || {
+                stats.connects.load(std::sync::atomic::Ordering::Relaxed)
             });
-            let (bound, task) = wasm_host::metrics::serve(addr, registry, refresh)
+            let registry = std::sync::Arc::new(monitor::metrics::registry(&monitor, connects));
+            let (bound, task) = wasm_host::metrics::serve(addr, registry)
                 .await
                 .with_context(|| format!("metrics_listen = {addr}: cannot listen"))?;
             tracing::info!(%bound, "metrics at http://{bound}/metrics");

@@ -9,7 +9,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use http_body_util::Full;
@@ -66,16 +65,29 @@ impl CommandTimes {
     }
 }
 
-/// Connections a NATS client made, shared with the collector: the client's
-/// own statistics (`async_nats::Client::statistics().connects`) are copied
-/// in at scrape time by the host, so this module needs no NATS client.
-#[derive(Debug, Default, Clone)]
-pub struct NatsConnects(pub Arc<AtomicU64>);
+/// Reconnects of a host's NATS client, read at scrape time through a
+/// closure returning the client's connect count (e.g. `move ||
+/// stats.connects.load(Relaxed)` with `async_nats::Client::statistics()`),
+/// so this module needs no NATS client.
+#[derive(Clone)]
+pub struct NatsConnects(Arc<dyn Fn() -> u64 + Send + Sync>);
+
+impl NatsConnects {
+    /// Reads the connect count with `connects`.
+    pub fn new(connects: impl Fn() -> u64 + Send + Sync + 'static) -> Self {
+        NatsConnects(Arc::new(connects))
+    }
+}
+
+impl std::fmt::Debug for NatsConnects {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NatsConnects")
+    }
+}
 
 impl Collector for NatsConnects {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let connects = self.0.load(Ordering::Relaxed);
-        let counter = ConstCounter::new(connects.saturating_sub(1));
+        let counter = ConstCounter::new((self.0)().saturating_sub(1));
         let m = encoder.encode_descriptor(
             "tm_nats_reconnects",
             "Times the NATS connection was re-established after the first connect",
@@ -97,15 +109,13 @@ pub fn render(registry: &Registry) -> Result<String, std::fmt::Error> {
 }
 
 /// Serves `GET /metrics` on `listen` until the task is dropped; returns the
-/// bound address (port 0 picks a free one) and the server task. `before`
-/// runs before each scrape (to refresh copied-in figures).
+/// bound address (port 0 picks a free one) and the server task.
 ///
 /// # Errors
 /// The address cannot be bound.
 pub async fn serve(
     listen: SocketAddr,
     registry: Arc<Registry>,
-    before: Arc<dyn Fn() + Send + Sync>,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let bound = listener.local_addr()?;
@@ -115,12 +125,10 @@ pub async fn serve(
                 continue;
             };
             let registry = registry.clone();
-            let before = before.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |req: Request<hyper::body::Incoming>| {
                     let registry = registry.clone();
-                    let before = before.clone();
-                    async move { Ok::<_, std::convert::Infallible>(respond(&req, &registry, &*before)) }
+                    async move { Ok::<_, std::convert::Infallible>(respond(&req, &registry)) }
                 });
                 if let Err(e) = http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
@@ -134,11 +142,7 @@ pub async fn serve(
     Ok((bound, task))
 }
 
-fn respond(
-    req: &Request<hyper::body::Incoming>,
-    registry: &Registry,
-    before: &(dyn Fn() + Send + Sync),
-) -> Response<Full<Bytes>> {
+fn respond(req: &Request<hyper::body::Incoming>, registry: &Registry) -> Response<Full<Bytes>> {
     let reply = |status: StatusCode, ctype: &str, body: String| {
         Response::builder()
             .status(status)
@@ -153,7 +157,6 @@ fn respond(
             "only GET /metrics is served here\n".into(),
         );
     }
-    before();
     match render(registry) {
         Ok(text) => reply(
             StatusCode::OK,
