@@ -336,16 +336,7 @@ async fn configure_mid_run_monitor_restart_and_an_outside_subscriber() {
         .collect();
 
     // What the stream holds, read directly.
-    let mut stream = system.js.get_stream("TM_RESULTS").await.unwrap();
-    let last_seq = stream.info().await.unwrap().state.last_sequence;
-    let mut held = Vec::new();
-    for seq in 1..=last_seq {
-        let msg = stream.get_raw_message(seq).await.unwrap();
-        let w: bus_schema::ResultWindow = bus_schema::decode(&msg.payload).unwrap();
-        if w.deployment == "pc" {
-            held.push((seq, w));
-        }
-    }
+    let held = harness::stream_windows(&system.js, "pc").await;
     // The subscriber printed each held window once, in stream order.
     let printed: Vec<(u64, String, u64, bool)> = lines
         .iter()

@@ -76,11 +76,17 @@ async fn manager_metrics_parse_and_match_the_apps() {
     let count = |name: &str, command: &str| {
         value(&samples, &format!("{name}_count"), &[("command", command)]).unwrap_or(0.0)
     };
-    assert_eq!(count("tm_manager_command_duration_seconds", "apps.load"), 1.0);
+    assert_eq!(
+        count("tm_manager_command_duration_seconds", "apps.load"),
+        1.0
+    );
     assert!(count("tm_manager_command_duration_seconds", "apps.list") >= 2.0);
     // link-load deployed flow-stats on three monitors and collected from
     // each at least twice.
-    assert_eq!(count("tm_manager_monitor_request_duration_seconds", "load"), 3.0);
+    assert_eq!(
+        count("tm_manager_monitor_request_duration_seconds", "load"),
+        3.0
+    );
     assert!(count("tm_manager_monitor_request_duration_seconds", "collect") >= 6.0);
     // The histogram's buckets are cumulative and end with +Inf = count.
     let inf = value(

@@ -456,3 +456,31 @@ impl NatsCluster {
             .unwrap_or_else(|e| panic!("connect to cluster {}: {e}", self.urls()))
     }
 }
+
+/// Every result window of `deployment` held in the `TM_RESULTS` stream, in
+/// stream order, with its stream sequence: what an outside subscriber reads.
+///
+/// # Panics
+/// If the stream cannot be read or holds a window that does not decode.
+pub async fn stream_windows(
+    js: &jetstream::Context,
+    deployment: &str,
+) -> Vec<(u64, bus_schema::ResultWindow)> {
+    let mut stream = js
+        .get_stream(bus_schema::store::RESULTS_STREAM)
+        .await
+        .expect("TM_RESULTS");
+    let state = stream.info().await.expect("stream info").state.clone();
+    let mut held = Vec::new();
+    for seq in state.first_sequence..=state.last_sequence {
+        let Ok(msg) = stream.get_raw_message(seq).await else {
+            continue;
+        };
+        let w: bus_schema::ResultWindow =
+            bus_schema::decode(&msg.payload).expect("a ResultWindow in TM_RESULTS");
+        if w.deployment == deployment {
+            held.push((seq, w));
+        }
+    }
+    held
+}
