@@ -512,8 +512,29 @@ pub struct ResultWindow {
     pub last: bool,
     /// Deployment counters at the end of the window.
     pub stats: DeploymentStats,
+    /// The deployment's links as captured when the window was taken: with
+    /// `stats.dropped` (queue drops) the whole account of what was seen and
+    /// lost before the analyzer.
+    #[serde(default)]
+    pub capture: Vec<LinkCapture>,
     /// The analyzer's own results (schema documented per analyzer).
     pub results: Value,
+}
+
+/// A link's capture figures in a [`ResultWindow`] (cumulative, since the
+/// link started).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkCapture {
+    /// Link id.
+    pub link: u32,
+    /// Packets captured.
+    pub packets: u64,
+    /// Their wire bytes.
+    pub bytes: u64,
+    /// Packets the kernel dropped before capture (pcap_stats `ps_drop`).
+    pub kernel_drops: u64,
+    /// Packets the interface dropped (pcap_stats `ps_ifdrop`).
+    pub interface_drops: u64,
 }
 
 /// What an [`Event`] reports.

@@ -140,6 +140,13 @@ impl Archive {
                     "bytes_in": w.stats.bytes_in,
                     "dropped": w.stats.dropped,
                 },
+                "capture": w.capture.iter().map(|c| serde_json::json!({
+                    "link": c.link,
+                    "packets": c.packets,
+                    "bytes": c.bytes,
+                    "kernel_drops": c.kernel_drops,
+                    "interface_drops": c.interface_drops,
+                })).collect::<Vec<_>>(),
                 "results": to_json(&w.results),
             });
             let path = self.path(
@@ -285,6 +292,7 @@ mod tests {
             end_unix_ms: 1_764_115_201_000,
             last: false,
             stats: bus_schema::DeploymentStats::default(),
+            capture: vec![],
             results: Value::Map(vec![(Value::from("packets"), Value::from(7))]),
         };
         let paths = archive

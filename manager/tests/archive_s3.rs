@@ -80,6 +80,7 @@ async fn results_are_archived_to_s3() {
         end_unix_ms: 1_764_115_201_000,
         last: false,
         stats: DeploymentStats::default(),
+        capture: vec![],
         results: Value::Map(vec![(Value::from("packets"), Value::from(7))]),
     };
     let paths = archive

@@ -32,6 +32,12 @@ pub fn guest_batch_bytes(snaplen: u32) -> usize {
     BATCH_BYTES.max(record_len(snaplen as usize))
 }
 
+impl std::fmt::Debug for LinkShared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "link {}", self.config.id)
+    }
+}
+
 /// Counters and state of a link, shared with the command handlers.
 pub struct LinkShared {
     /// The link's configuration.
@@ -71,6 +77,18 @@ impl LinkShared {
             kernel_drops: self.kernel_drops.load(Ordering::Relaxed),
             interface_drops: self.interface_drops.load(Ordering::Relaxed),
             last_error,
+        }
+    }
+
+    /// The link's capture figures, as a result window carries them.
+    #[must_use]
+    pub fn capture(&self) -> bus_schema::LinkCapture {
+        bus_schema::LinkCapture {
+            link: self.config.id,
+            packets: self.packets.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+            kernel_drops: self.kernel_drops.load(Ordering::Relaxed),
+            interface_drops: self.interface_drops.load(Ordering::Relaxed),
         }
     }
 

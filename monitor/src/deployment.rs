@@ -99,6 +99,8 @@ pub struct DeploymentInfo {
     pub analyzer: BlobRef,
     /// Links.
     pub links: Vec<u32>,
+    /// Those links' counters, for the capture figures of each window.
+    pub link_stats: Vec<Arc<crate::capture::LinkShared>>,
     /// Start, Unix ms.
     pub started_unix_ms: u64,
 }
@@ -252,6 +254,7 @@ impl Shared {
             end_unix_ms: unix_ms(),
             last,
             stats: self.counters.stats(),
+            capture: self.info.link_stats.iter().map(|l| l.capture()).collect(),
             results,
         }
     }

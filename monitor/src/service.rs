@@ -451,6 +451,7 @@ impl Monitor {
                     sha256: sha256.to_owned(),
                 },
                 links: links.clone(),
+                link_stats: links.iter().map(|l| self.links[l].shared.clone()).collect(),
                 started_unix_ms: unix_ms(),
             },
             LoadRequest {

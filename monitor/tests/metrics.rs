@@ -56,6 +56,28 @@ async fn metrics_parse_and_match_status() {
         })
         .await;
 
+    // A collected window carries its link's capture figures.
+    let window: bus_schema::ResultWindow = request(
+        &client,
+        subject::monitor_collect("m"),
+        &bus_schema::CollectRequest {
+            deployment: "packet-count-x".into(),
+        },
+    )
+    .await
+    .into_result()
+    .unwrap();
+    let l0 = &st.links[0];
+    assert_eq!(
+        window.capture,
+        [bus_schema::LinkCapture {
+            link: 0,
+            packets: l0.packets,
+            bytes: l0.bytes,
+            kernel_drops: l0.kernel_drops,
+            interface_drops: l0.interface_drops,
+        }]
+    );
     let samples = tokio::task::spawn_blocking(move || metrics::scrape(addr))
         .await
         .unwrap()
