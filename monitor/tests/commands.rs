@@ -12,7 +12,9 @@ use bus_schema::{
     EventKind, Filter, LinkState, LoadReply, LoadRequest, PortRange, Reply, ResultWindow,
     UnloadReply, UnloadRequest, Value, subject,
 };
-use common::{MonitorProc, field, kv_until, put_blob, request, request_raw, wasm};
+use common::{
+    MonitorProc, field, kv_until, put_blob, request, request_raw, wasm, wat_analyzer, wat_module,
+};
 use futures::StreamExt;
 use harness::NatsServer;
 use pcapgen::{Frame, count, ip_proto, linktype, mixed, write_pcap};
@@ -404,44 +406,6 @@ async fn bad_requests_get_typed_errors() {
     let st = s.monitor.status(&s.client).await;
     assert_eq!(st.deployments.len(), 1);
     assert_eq!(st.deployments[0].state, DeploymentState::Running);
-}
-
-/// A minimal ABI v1 analyzer in WAT whose `on_packets` body is given.
-fn wat_analyzer(abi: u32, on_packets: &str) -> Vec<u8> {
-    wat_module(abi, on_packets, "(i64.const 0x0000001000000001)", true)
-}
-
-/// A hand-written analyzer: it imports the host's `log` and `emit`, has a
-/// recursive `$deep`, and its `tm_collect` returns `collect`; with
-/// `with_collect` false the export is missing.
-fn wat_module(abi: u32, on_packets: &str, collect: &str, with_collect: bool) -> Vec<u8> {
-    let collect_fn = if with_collect {
-        format!(r#"(func (export "tm_collect") (result i64) {collect})"#)
-    } else {
-        String::new()
-    };
-    wat::parse_str(format!(
-        r#"(module
-          (import "tm" "log" (func $log (param i32 i32 i32)))
-          (import "tm" "emit" (func $emit (param i32 i32) (result i32)))
-          (memory (export "memory") 16)
-          (global $bump (mut i32) (i32.const 4096))
-          (data (i32.const 16) "\c0")
-          (data (i32.const 31) "\92\7f\7f")
-          (func $deep (param i32) (result i32) (i32.add (call $deep (local.get 0)) (i32.const 1)))
-          (func (export "tm_abi_version") (result i32) (i32.const {abi}))
-          (func (export "tm_alloc") (param $n i32) (result i32) (local $p i32)
-            (local.set $p (global.get $bump))
-            (global.set $bump (i32.add (global.get $bump) (local.get $n)))
-            (local.get $p))
-          (func (export "tm_init") (param i32 i32) (result i32) (i32.const 0))
-          (func (export "tm_on_packets") (param i32 i32 i32) (result i32) {on_packets} (i32.const 0))
-          (func (export "tm_tick") (param i64) (result i32) (i32.const 0))
-          (func (export "tm_configure") (param i32 i32) (result i32) (i32.const 0))
-          {collect_fn}
-          (func (export "tm_last_error") (result i64) (i64.const 0)))"#
-    ))
-    .unwrap()
 }
 
 /// Host imports called with out-of-bounds pointers and huge lengths answer

@@ -255,3 +255,199 @@ async fn live_capture_on_a_mirrored_veth_matches_its_counters() {
     assert_eq!(d.dropped, 0);
     assert!(d.packets_in >= va_delta, "{d:?}");
 }
+
+/// UDP datagrams sent from a namespace at rising rates (5k pps, 20k pps,
+/// then as fast as it goes; bounded counts) into a veth whose root end a
+/// monitor captures, through a deliberately slow analyzer behind a tiny
+/// queue. Every packet the interface received is captured or a kernel
+/// drop, every captured packet analyzed or a queue drop, and the drops show
+/// in status, in the result window and on the metrics endpoint.
+#[tokio::test]
+async fn rising_rates_through_a_slow_analyzer_account_for_every_packet() {
+    if let Some(why) = missing_prerequisite() {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    let id = std::process::id() % 100_000;
+    let (ns, root_if) = (format!("tm{id}s"), format!("tm{id}v"));
+    struct Gone(String, String);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            let _ = sh(&["ip", "link", "del", &self.1]);
+            let _ = sh(&["ip", "netns", "del", &self.0]);
+        }
+    }
+    let _gone = Gone(ns.clone(), root_if.clone());
+    sh(&["ip", "netns", "add", &ns]).unwrap();
+    in_ns(&ns, &["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]).unwrap();
+    in_ns(
+        &ns,
+        &["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"],
+    )
+    .unwrap();
+    sh(&[
+        "ip", "link", "add", "vs", "netns", &ns, "type", "veth", "peer", &root_if,
+    ])
+    .unwrap();
+    sh(&[
+        "sysctl",
+        "-qw",
+        &format!("net.ipv6.conf.{root_if}.disable_ipv6=1"),
+    ])
+    .unwrap();
+    sh(&["ip", "link", "set", &root_if, "up"]).unwrap();
+    in_ns(&ns, &["ip", "addr", "add", "10.204.0.1/24", "dev", "vs"]).unwrap();
+    in_ns(&ns, &["ip", "link", "set", "vs", "up"]).unwrap();
+    // A neighbour that does not exist: frames reach the root end addressed
+    // to another host, so the root namespace's stack drops them unrouted.
+    in_ns(
+        &ns,
+        &[
+            "ip",
+            "neigh",
+            "add",
+            "10.204.0.2",
+            "lladdr",
+            "02:00:00:00:00:02",
+            "dev",
+            "vs",
+        ],
+    )
+    .unwrap();
+
+    let nats = NatsServer::start().await.unwrap();
+    let client = nats.client().await;
+    let js = jetstream::new(client.clone());
+    let metrics_addr = harness::metrics::free_addr();
+    let config = format!(
+        "address = \"10.204.0.9\"\nmetrics_listen = \"{metrics_addr}\"\n\
+         [limits]\nqueue_batches = 2\nbatch_packets = 64\n\
+         [[link]]\nid = 0\ninterface = \"{root_if}\"\nsnaplen = 128\nbuffer_mb = 2\n\
+         from_router = \"10.204.0.1\"\nto_router = \"10.204.0.2\"\n"
+    );
+    let monitor = MonitorProc::start(&nats, &client, "rr", &config).await;
+    let slow = common::wat_analyzer(
+        1,
+        "(local $i i32) (loop (local.set $i (i32.add (local.get $i) (i32.const 1))) \
+         (br_if 0 (i32.lt_u (local.get $i) (i32.const 2000000))))",
+    );
+    let sha = put_blob(&js, "slow", &slow).await;
+    request::<_, LoadReply>(
+        &client,
+        subject::monitor_load("rr"),
+        &LoadRequest {
+            deployment: "slow".into(),
+            analyzer: BlobRef {
+                name: "slow".into(),
+                sha256: sha,
+            },
+            params: Value::Nil,
+            filter: Filter::default(),
+            links: vec![0],
+            owner: "t".into(),
+            report_every_ms: None,
+        },
+    )
+    .await
+    .into_result()
+    .unwrap();
+    let rx = |what: &str| -> u64 {
+        std::fs::read_to_string(format!("/sys/class/net/{root_if}/statistics/{what}"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let before = rx("rx_packets");
+    let sender = r#"
+import socket, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+payload = b"x" * 64
+sent = 0
+for rate, count in [(5000, 5000), (20000, 20000), (0, 100000)]:
+    start = time.perf_counter()
+    for i in range(count):
+        if rate:
+            due = start + i / rate
+            while time.perf_counter() < due:
+                pass
+        s.sendto(payload, ("10.204.0.2", 9))
+        sent += 1
+print(sent)
+"#;
+    let ns2 = ns.clone();
+    let sent: u64 = tokio::task::spawn_blocking(move || {
+        in_ns(&ns2, &["python3", "-c", sender])
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let received = rx("rx_packets") - before;
+    let st = monitor
+        .wait_status(&client, "every received packet accounted for", |st| {
+            let l = &st.links[0];
+            let d = &st.deployments[0].stats;
+            l.packets + l.kernel_drops + l.interface_drops >= received
+                && d.packets_in + d.dropped == l.packets
+        })
+        .await;
+    let (l, d) = (&st.links[0], &st.deployments[0].stats);
+    eprintln!(
+        "sent {sent}, interface received {received} (rx_dropped {}): captured {}, kernel drops {}, \
+         interface drops {}; analyzed {}, queue drops {}",
+        rx("rx_dropped"),
+        l.packets,
+        l.kernel_drops,
+        l.interface_drops,
+        d.packets_in,
+        d.dropped
+    );
+    assert_eq!(l.packets + l.kernel_drops + l.interface_drops, received);
+    assert_eq!(d.packets_in + d.dropped, l.packets);
+    assert!(d.dropped > 0, "the slow analyzer dropped nothing: {d:?}");
+    assert!(
+        received >= sent * 9 / 10,
+        "sent {sent}, received {received}"
+    );
+
+    // The result window and the metrics endpoint say the same.
+    let window: bus_schema::ResultWindow = request(
+        &client,
+        subject::monitor_collect("rr"),
+        &bus_schema::CollectRequest {
+            deployment: "slow".into(),
+        },
+    )
+    .await
+    .into_result()
+    .unwrap();
+    assert_eq!(window.capture[0].packets, l.packets);
+    assert_eq!(window.capture[0].kernel_drops, l.kernel_drops);
+    assert_eq!(window.stats.dropped, d.dropped);
+    let samples = tokio::task::spawn_blocking(move || harness::metrics::scrape(metrics_addr))
+        .await
+        .unwrap()
+        .unwrap();
+    let value = |name: &str, labels: &[(&str, &str)]| {
+        harness::metrics::value(&samples, name, labels).unwrap() as u64
+    };
+    assert_eq!(
+        value(
+            "tm_monitor_deployment_queue_drops_total",
+            &[("deployment", "slow"), ("analyzer", "slow")]
+        ),
+        d.dropped
+    );
+    assert_eq!(
+        value("tm_monitor_link_kernel_drops_total", &[("link", "0")]),
+        l.kernel_drops
+    );
+    assert_eq!(
+        value("tm_monitor_link_packets_total", &[("link", "0")]),
+        l.packets
+    );
+}
