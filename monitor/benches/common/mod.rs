@@ -114,6 +114,7 @@ pub fn monitor_run(
             deployment: "bench".into(),
             analyzer: request.analyzer.clone(),
             links: vec![0],
+            link_stats: vec![],
             started_unix_ms: 0,
         },
         request,
