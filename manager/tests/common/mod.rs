@@ -237,17 +237,21 @@ impl ManagerProc {
         id: &str,
         extra: &[&str],
     ) -> ManagerProc {
+        Self::start_at(&nats.url(), client, id, extra).await
+    }
+
+    /// [`ManagerProc::start`] against NATS at `urls` (comma-separated: a
+    /// cluster's nodes).
+    pub async fn start_at(
+        urls: &str,
+        client: &async_nats::Client,
+        id: &str,
+        extra: &[&str],
+    ) -> ManagerProc {
         let dir = tempfile::tempdir().unwrap();
         let log = std::fs::File::create(dir.path().join("manager.log")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_tm-manager"))
-            .args([
-                "--id",
-                id,
-                "--nats",
-                &nats.url(),
-                "--log",
-                "info,manager=debug",
-            ])
+            .args(["--id", id, "--nats", urls, "--log", "info,manager=debug"])
             .arg("--archive")
             .arg(dir.path().join("archive"))
             .args(extra)

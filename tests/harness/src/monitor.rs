@@ -60,10 +60,22 @@ impl MonitorProc {
         config: &str,
         dir: tempfile::TempDir,
     ) -> MonitorProc {
+        Self::start_at(&nats.url(), client, id, config, dir).await
+    }
+
+    /// [`MonitorProc::start_in`] against NATS at `urls` (comma-separated:
+    /// a cluster's nodes).
+    pub async fn start_at(
+        urls: &str,
+        client: &async_nats::Client,
+        id: &str,
+        config: &str,
+        dir: tempfile::TempDir,
+    ) -> MonitorProc {
         let path = dir.path().join("monitor.toml");
         std::fs::write(
             &path,
-            format!("id = \"{id}\"\nnats_url = \"{}\"\n{config}", nats.url()),
+            format!("id = \"{id}\"\nnats_url = \"{urls}\"\n{config}"),
         )
         .unwrap();
         let child = Self::spawn(dir.path());
