@@ -163,17 +163,7 @@ async fn congestion_locator_names_the_congested_link() {
     assert_eq!(r2r3["retransmissions"], 0);
     assert!(r2r3["gap_rate"].as_f64().unwrap() > 0.05, "{r2r3:#}");
     // The clean R1→R4 transfer is no hotspot.
-    let hot: Vec<_> = body["hotspots"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| {
-            (
-                h["from_router"].as_str().unwrap().to_owned(),
-                h["to_router"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect();
+    let hot = common::router_pairs(&body["hotspots"]);
     assert!(
         !hot.contains(&("10.0.1.1".into(), "10.0.4.1".into())),
         "{hot:?}"
@@ -247,23 +237,9 @@ async fn dos_trace_follows_a_flood_to_its_ingress() {
         body["ingress"],
         serde_json::json!({"from_router": "10.0.1.1", "to_router": "10.0.2.1", "monitor_address": "10.9.0.1", "link_id": 0})
     );
-    let path: Vec<(String, String)> = body["path"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| {
-            (
-                l["from_router"].as_str().unwrap().into(),
-                l["to_router"].as_str().unwrap().into(),
-            )
-        })
-        .collect();
     assert_eq!(
-        path,
-        vec![
-            ("10.0.1.1".to_string(), "10.0.2.1".to_string()),
-            ("10.0.2.1".to_string(), "10.0.3.1".to_string())
-        ]
+        common::router_pairs(&body["path"]),
+        common::pairs(&[("10.0.1.1", "10.0.2.1"), ("10.0.2.1", "10.0.3.1")])
     );
     // The 100th SYN of the window crossed the threshold at each tap.
     for tap in body["alerting_taps"].as_array().unwrap() {

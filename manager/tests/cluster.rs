@@ -8,8 +8,8 @@ mod common;
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, object_store};
-use bus_schema::store::{BlobKind, BlobMeta};
+use async_nats::jetstream;
+use bus_schema::store::BlobKind;
 use bus_schema::{
     AppLoadRequest, AppSource, BlobRef, Filter, LinkState, LoadReply, LoadRequest, MonitorStatus,
     Reply, StatusRequest, UnloadReply, UnloadRequest, Value, subject,
@@ -18,29 +18,6 @@ use common::{ManagerProc, Reports};
 use harness::NatsCluster;
 use harness::monitor::MonitorProc;
 use pcapgen::{linktype, write_pcap};
-
-async fn put(js: &jetstream::Context, name: &str, kind: BlobKind) {
-    let bytes = std::fs::read(common::wasm_path(name)).unwrap();
-    let objects = bus_schema::nats::open_blobs(js, 3).await.unwrap();
-    let meta = BlobMeta {
-        kind,
-        version: "test".into(),
-        sha256: wasm_host::sha256_hex(&bytes),
-        abi_version: 1,
-        description: String::new(),
-    };
-    objects
-        .put(
-            object_store::ObjectMetadata {
-                name: name.into(),
-                metadata: meta.to_map(),
-                ..Default::default()
-            },
-            &mut &bytes[..],
-        )
-        .await
-        .unwrap();
-}
 
 /// A status request that may need a retry while the client fails over.
 async fn status_within(client: &async_nats::Client, id: &str, within: Duration) -> bool {
@@ -79,17 +56,12 @@ async fn node_restarts_lose_no_window_and_commands_keep_working() {
         ("flow-stats", BlobKind::Analyzer),
         ("link-load", BlobKind::MgmtApp),
     ] {
-        put(&js, name, kind).await;
+        common::put_blob(&js, name, kind, 3).await;
     }
 
     // Two monitors replaying 20 s of packets at recorded pace, each with
     // packet-count publishing a window every 200 ms.
-    let start = 1_764_000_000_000_000_000u64;
-    let mut frames = pcapgen::mixed(2000, start);
-    frames.truncate(2000);
-    for (i, f) in frames.iter_mut().enumerate() {
-        f.ts_ns = start + i as u64 * 10_000_000;
-    }
+    let frames = pcapgen::paced(2000, 1_764_000_000_000_000_000, 10_000_000);
     let total = frames.len() as u64;
     let mut monitors = Vec::new();
     for address in ["10.9.0.1", "10.9.0.2"] {

@@ -168,17 +168,7 @@ async fn link_load_matches_the_interface_counters() {
         assert_eq!(l["capture_drops"], 0);
     }
     // The matrix names the routers behind the hosts that talked.
-    let pairs: Vec<(String, String)> = body["matrix"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| {
-            (
-                c["from_router"].as_str().unwrap().to_owned(),
-                c["to_router"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect();
+    let pairs = common::router_pairs(&body["matrix"]);
     for (a, b) in [(1, 3), (3, 1), (3, 4), (2, 4), (4, 2)] {
         let pair = (lab::router(a).to_string(), lab::router(b).to_string());
         assert!(pairs.contains(&pair), "{pair:?} missing from {pairs:?}");
@@ -198,17 +188,7 @@ async fn link_load_matches_the_interface_counters() {
 
 /// The `tmctl` binary, run against the system's NATS; its stdout.
 fn tmctl(system: &System, args: &[&str]) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tmctl"))
-        .args(["--nats", &system.nats.url()])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "tmctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    common::tmctl_at(&system.nats.url(), args)
 }
 
 /// Sum of the counter deltas of a monitor's taps between two readings.
@@ -485,21 +465,9 @@ async fn flood_and_scan_are_detected_and_traced_to_their_ingress() {
     assert_eq!(path["ingress"]["to_router"], "10.0.2.1", "{path:#}");
     assert_eq!(path["ingress"]["monitor_address"], "10.9.0.1");
     assert_eq!(path["ingress"]["link_id"], 0);
-    let hops: Vec<(String, String)> = path["path"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| {
-            (
-                h["from_router"].as_str().unwrap().to_owned(),
-                h["to_router"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect();
     assert_eq!(
-        hops,
-        [("10.0.1.1", "10.0.2.1"), ("10.0.2.1", "10.0.3.1")]
-            .map(|(a, b)| (a.to_owned(), b.to_owned()))
+        common::router_pairs(&path["path"]),
+        common::pairs(&[("10.0.1.1", "10.0.2.1"), ("10.0.2.1", "10.0.3.1")])
     );
 
     // 400 SYNs to consecutive ports of H4, one per 1 ms: a scan by H2.

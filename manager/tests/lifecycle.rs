@@ -116,23 +116,9 @@ async fn link_load_runs_s1_to_s8_with_per_link_truth() {
     assert_eq!(body["missing"], serde_json::json!([]));
     assert_eq!(body["unknown_taps"], serde_json::json!([]));
     // The two directions nobody taps.
-    let unmonitored: Vec<(String, String)> = body["unmonitored"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|u| {
-            (
-                u["from_router"].as_str().unwrap().into(),
-                u["to_router"].as_str().unwrap().into(),
-            )
-        })
-        .collect();
     assert_eq!(
-        unmonitored,
-        vec![
-            ("10.0.4.1".to_string(), "10.0.1.1".to_string()),
-            ("10.0.4.1".to_string(), "10.0.3.1".to_string())
-        ]
+        common::router_pairs(&body["unmonitored"]),
+        common::pairs(&[("10.0.4.1", "10.0.1.1"), ("10.0.4.1", "10.0.3.1")])
     );
     // Rates over each link's packet-time span, utilisation against 1 Mbit/s.
     for l in body["links"].as_array().unwrap() {

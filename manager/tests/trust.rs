@@ -17,17 +17,7 @@ use bus_schema::{
 use common::{ManagerProc, System, Traffic};
 
 fn tmctl(system: &System, args: &[&str]) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tmctl"))
-        .args(["--nats", &system.nats.url()])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "tmctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    common::tmctl_at(&system.nats.url(), args)
 }
 
 /// `tmctl keygen`: the key file and the public key it printed.
@@ -85,80 +75,34 @@ async fn variants(
 ) -> Vec<(String, Option<ErrorCode>)> {
     let bytes = std::fs::read(path).unwrap();
     let n = |s: &str| format!("{base}-{s}");
-    tmctl(
-        system,
-        &[
-            verb,
-            "put",
-            path,
-            "--name",
-            &n("valid"),
-            "--sign-key",
-            trusted_key,
-        ],
-    );
-    tmctl(system, &[verb, "put", path, "--name", &n("unsigned")]);
-    tmctl(
-        system,
-        &[
-            verb,
-            "put",
-            path,
-            "--name",
-            &n("untrusted"),
-            "--sign-key",
-            other_key,
-        ],
-    );
+    // `tmctl <verb> put` under `{base}-{variant}`, signed with `key` if any.
+    let put = |variant: &str, key: Option<&str>| {
+        let name = n(variant);
+        let mut args = vec![verb, "put", path, "--name", &name];
+        if let Some(key) = key {
+            args.extend(["--sign-key", key]);
+        }
+        tmctl(system, &args);
+    };
+    put("valid", Some(trusted_key));
+    put("unsigned", None);
+    put("untrusted", Some(other_key));
     // The signed metadata of a blob stored under the same name, with one
     // bit of the module flipped.
-    tmctl(
-        system,
-        &[
-            verb,
-            "put",
-            path,
-            "--name",
-            &n("flipped"),
-            "--sign-key",
-            trusted_key,
-        ],
-    );
+    put("flipped", Some(trusted_key));
     let signed = metadata_of(system, &n("flipped")).await;
     let mut flipped = bytes.clone();
     let last = flipped.len() - 1;
     flipped[last] ^= 0x01;
     put_raw(system, &n("flipped"), signed, &flipped).await;
     // Signed, but the digest left out of the metadata.
-    tmctl(
-        system,
-        &[
-            verb,
-            "put",
-            path,
-            "--name",
-            &n("nodigest"),
-            "--sign-key",
-            trusted_key,
-        ],
-    );
+    put("nodigest", Some(trusted_key));
     let mut nodigest = metadata_of(system, &n("nodigest")).await;
     nodigest.remove(meta_key::SHA256);
     put_raw(system, &n("nodigest"), nodigest, &bytes).await;
     // Flipped bytes with the metadata's digest rewritten to match them: the
     // signature no longer covers what is recorded.
-    tmctl(
-        system,
-        &[
-            verb,
-            "put",
-            path,
-            "--name",
-            &n("redigested"),
-            "--sign-key",
-            trusted_key,
-        ],
-    );
+    put("redigested", Some(trusted_key));
     let mut redigested = metadata_of(system, &n("redigested")).await;
     redigested.insert(meta_key::SHA256.into(), wasm_host::sha256_hex(&flipped));
     put_raw(system, &n("redigested"), redigested, &flipped).await;

@@ -34,12 +34,11 @@ async fn reporting_monitor(
     seconds: u64,
 ) -> (MonitorProc, u64, SocketAddr) {
     let dir = tempfile::tempdir().unwrap();
-    let start = 1_764_000_000_000_000_000u64;
-    let mut frames = pcapgen::mixed((seconds * 100) as usize, start);
-    frames.truncate((seconds * 100) as usize);
-    for (i, f) in frames.iter_mut().enumerate() {
-        f.ts_ns = start + i as u64 * 10_000_000;
-    }
+    let frames = pcapgen::paced(
+        (seconds * 100) as usize,
+        1_764_000_000_000_000_000,
+        10_000_000,
+    );
     write_pcap(&dir.path().join("l.pcap"), linktype::ETHERNET, &frames).unwrap();
     let addr = metrics::free_addr();
     let config = format!(

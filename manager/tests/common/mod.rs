@@ -170,28 +170,7 @@ impl System {
 
     /// Stores a module in `tm_blobs`; returns its SHA-256.
     pub async fn put(&self, name: &str, kind: BlobKind) -> String {
-        let bytes = std::fs::read(wasm_path(name)).unwrap();
-        let objects = bus_schema::nats::open_blobs(&self.js, 1).await.unwrap();
-        let sha256 = wasm_host::sha256_hex(&bytes);
-        let meta = BlobMeta {
-            kind,
-            version: "test".into(),
-            sha256: sha256.clone(),
-            abi_version: 1,
-            description: format!("{name} for tests"),
-        };
-        objects
-            .put(
-                object_store::ObjectMetadata {
-                    name: name.into(),
-                    metadata: meta.to_map(),
-                    ..Default::default()
-                },
-                &mut &bytes[..],
-            )
-            .await
-            .unwrap();
-        sha256
+        put_blob(&self.js, name, kind, 1).await
     }
 
     pub fn monitor(&self, id: &str) -> &MonitorProc {
@@ -355,4 +334,74 @@ pub async fn deployment_record(
     let kv = js.get_key_value(store::DEPLOYMENTS_BUCKET).await.ok()?;
     let bytes = kv.get(id).await.ok()??;
     Some(bus_schema::decode(&bytes).unwrap())
+}
+
+/// `(from_router, to_router)` of each element of a JSON array (a path, a
+/// matrix, the unmonitored links of a report).
+pub fn router_pairs(list: &serde_json::Value) -> Vec<(String, String)> {
+    list.as_array()
+        .unwrap_or_else(|| panic!("not an array: {list}"))
+        .iter()
+        .map(|e| {
+            (
+                e["from_router"].as_str().unwrap().to_owned(),
+                e["to_router"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Router-address pairs as owned strings, for comparing with
+/// [`router_pairs`].
+pub fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+        .collect()
+}
+
+/// Runs `tmctl --nats url args…`; its stdout (panics on failure).
+pub fn tmctl_at(url: &str, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_tmctl"))
+        .args(["--nats", url])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "tmctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Stores a module from `target/wasm/` in `tm_blobs` (created with
+/// `replicas` if missing); returns its SHA-256.
+pub async fn put_blob(
+    js: &jetstream::Context,
+    name: &str,
+    kind: BlobKind,
+    replicas: usize,
+) -> String {
+    let bytes = std::fs::read(wasm_path(name)).unwrap();
+    let objects = bus_schema::nats::open_blobs(js, replicas).await.unwrap();
+    let sha256 = wasm_host::sha256_hex(&bytes);
+    let meta = BlobMeta {
+        kind,
+        version: "test".into(),
+        sha256: sha256.clone(),
+        abi_version: 1,
+        description: format!("{name} for tests"),
+    };
+    objects
+        .put(
+            object_store::ObjectMetadata {
+                name: name.into(),
+                metadata: meta.to_map(),
+                ..Default::default()
+            },
+            &mut &bytes[..],
+        )
+        .await
+        .unwrap();
+    sha256
 }

@@ -614,22 +614,7 @@ impl Lab {
         count: u32,
         interval_us: u32,
     ) -> Result<String, String> {
-        self.exec(
-            &self.host_ns(from),
-            &[
-                "hping3",
-                "-q",
-                "-S",
-                "-p",
-                &port.to_string(),
-                "-c",
-                &count.to_string(),
-                "-i",
-                &format!("u{interval_us}"),
-                &host(to).to_string(),
-            ],
-        )
-        .or_else(hping_done)
+        self.hping_syns(from, to, &port.to_string(), count, interval_us)
     }
 
     /// A bounded port scan: SYNs from host `from` to `ports` consecutive
@@ -642,6 +627,19 @@ impl Lab {
         ports: u32,
         interval_us: u32,
     ) -> Result<String, String> {
+        self.hping_syns(from, to, &format!("++{first}"), ports, interval_us)
+    }
+
+    /// `count` SYNs with hping3 to host `to`'s port `port` (`N`, or `++N`
+    /// to step through ports).
+    fn hping_syns(
+        &self,
+        from: u8,
+        to: u8,
+        port: &str,
+        count: u32,
+        interval_us: u32,
+    ) -> Result<String, String> {
         self.exec(
             &self.host_ns(from),
             &[
@@ -649,9 +647,9 @@ impl Lab {
                 "-q",
                 "-S",
                 "-p",
-                &format!("++{first}"),
+                port,
                 "-c",
-                &ports.to_string(),
+                &count.to_string(),
                 "-i",
                 &format!("u{interval_us}"),
                 &host(to).to_string(),

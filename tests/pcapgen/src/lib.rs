@@ -244,6 +244,18 @@ pub fn icmp_echo(src: Ipv4Addr, dst: Ipv4Addr, id: u16, seq: u16, payload: &[u8]
     out
 }
 
+/// `n` frames of [`mixed`] traffic, one every `every_ns` from `start_ns`:
+/// a capture that a recorded-pace replay spreads over `n × every_ns`.
+#[must_use]
+pub fn paced(n: usize, start_ns: u64, every_ns: u64) -> Vec<Frame> {
+    let mut frames = mixed(n, start_ns);
+    frames.truncate(n);
+    for (i, f) in frames.iter_mut().enumerate() {
+        f.ts_ns = start_ns + i as u64 * every_ns;
+    }
+    frames
+}
+
 /// A deterministic mix used by monitor tests: `n` rounds of one TCP data
 /// packet (10.0.0.1:40000 → 10.0.0.2:80, 100-byte payload), one UDP packet
 /// (10.0.0.3:5353 → 10.0.0.4:53, 40 bytes) and, every fourth round, one ICMP
