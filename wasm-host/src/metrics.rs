@@ -121,8 +121,14 @@ pub async fn serve(
     let bound = listener.local_addr()?;
     let task = tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, say: back off, do not spin.
+                    tracing::warn!(error = %e, "metrics endpoint cannot accept");
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    continue;
+                }
             };
             let registry = registry.clone();
             tokio::spawn(async move {
