@@ -7,38 +7,17 @@ mod common;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
+use bus_schema::AppStatus;
 use bus_schema::store::BlobKind;
-use bus_schema::{AppLoadRequest, AppSource, AppStatus, AppUnloadRequest, BlobRef, subject};
-use common::{ManagerProc, Reports, System, Traffic, host, params};
+use common::{ManagerProc, Reports, System, Traffic, host};
 use pcapgen::{Frame, Timeline, scenarios};
 
 async fn load(system: &System, app: &str, p: serde_json::Value) -> AppStatus {
-    common::request(
-        &system.client,
-        subject::manager_apps_load("mgr-a"),
-        &AppLoadRequest {
-            app: app.into(),
-            source: AppSource::Object(BlobRef {
-                name: app.into(),
-                sha256: String::new(),
-            }),
-            params: params(p),
-        },
-    )
-    .await
-    .into_result()
-    .unwrap_or_else(|e| panic!("load {app}: {e}"))
+    common::load_app(system, "mgr-a", app, p).await
 }
 
 async fn unload(system: &System, app: &str) -> AppStatus {
-    common::request(
-        &system.client,
-        subject::manager_apps_unload("mgr-a"),
-        &AppUnloadRequest { app: app.into() },
-    )
-    .await
-    .into_result()
-    .unwrap()
+    common::unload_app(system, "mgr-a", app).await
 }
 
 fn src_ip(f: &Frame) -> Ipv4Addr {

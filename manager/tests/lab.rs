@@ -9,9 +9,9 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use bus_schema::AppStatus;
 use bus_schema::store::BlobKind;
-use bus_schema::{AppLoadRequest, AppSource, AppStatus, AppUnloadRequest, BlobRef, subject};
-use common::{ManagerProc, Reports, System, params};
+use common::{ManagerProc, Reports, System};
 use harness::lab::{self, Lab};
 
 /// Skips the test (returns) with a printed reason where the lab cannot run.
@@ -30,32 +30,11 @@ async fn load_app(
     app: &str,
     p: serde_json::Value,
 ) -> AppStatus {
-    common::request(
-        &system.client,
-        subject::manager_apps_load(&manager.id),
-        &AppLoadRequest {
-            app: app.into(),
-            source: AppSource::Object(BlobRef {
-                name: app.into(),
-                sha256: String::new(),
-            }),
-            params: params(p),
-        },
-    )
-    .await
-    .into_result()
-    .unwrap_or_else(|e| panic!("loading {app}: {e}\n{}", manager.log()))
+    common::load_app(system, &manager.id, app, p).await
 }
 
 async fn unload_app(system: &System, manager: &ManagerProc, app: &str) -> AppStatus {
-    common::request(
-        &system.client,
-        subject::manager_apps_unload(&manager.id),
-        &AppUnloadRequest { app: app.into() },
-    )
-    .await
-    .into_result()
-    .unwrap_or_else(|e| panic!("unloading {app}: {e}\n{}", manager.log()))
+    common::unload_app(system, &manager.id, app).await
 }
 
 /// Runs blocking lab work (traffic) off the async runtime.

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, object_store};
-use bus_schema::store::{self, BlobKind, BlobMeta};
+use async_nats::jetstream;
+use bus_schema::store::{self, BlobKind};
 use bus_schema::{AppList, AppListRequest, Reply, Report, subject};
 use harness::NatsServer;
 use harness::monitor::MonitorProc;
@@ -383,25 +383,41 @@ pub async fn put_blob(
     replicas: usize,
 ) -> String {
     let bytes = std::fs::read(wasm_path(name)).unwrap();
-    let objects = bus_schema::nats::open_blobs(js, replicas).await.unwrap();
-    let sha256 = wasm_host::sha256_hex(&bytes);
-    let meta = BlobMeta {
-        kind,
-        version: "test".into(),
-        sha256: sha256.clone(),
-        abi_version: 1,
-        description: format!("{name} for tests"),
-    };
-    objects
-        .put(
-            object_store::ObjectMetadata {
-                name: name.into(),
-                metadata: meta.to_map(),
-                ..Default::default()
-            },
-            &mut &bytes[..],
-        )
-        .await
-        .unwrap();
-    sha256
+    harness::put_module(js, name, kind, &bytes, replicas).await
+}
+
+/// Loads `app` from the object store on `manager` with JSON params.
+pub async fn load_app(
+    system: &System,
+    manager: &str,
+    app: &str,
+    p: serde_json::Value,
+) -> bus_schema::AppStatus {
+    request(
+        &system.client,
+        subject::manager_apps_load(manager),
+        &bus_schema::AppLoadRequest {
+            app: app.into(),
+            source: bus_schema::AppSource::Object(bus_schema::BlobRef {
+                name: app.into(),
+                sha256: String::new(),
+            }),
+            params: params(p),
+        },
+    )
+    .await
+    .into_result()
+    .unwrap_or_else(|e| panic!("loading {app} on {manager}: {e}"))
+}
+
+/// Unloads `app` from `manager`.
+pub async fn unload_app(system: &System, manager: &str, app: &str) -> bus_schema::AppStatus {
+    request(
+        &system.client,
+        subject::manager_apps_unload(manager),
+        &bus_schema::AppUnloadRequest { app: app.into() },
+    )
+    .await
+    .into_result()
+    .unwrap_or_else(|e| panic!("unloading {app} on {manager}: {e}"))
 }

@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use async_nats::jetstream::{self, object_store};
-use bus_schema::store::{self, BlobKind, BlobMeta};
+use async_nats::jetstream;
+use bus_schema::store::{self, BlobKind};
 use bus_schema::{
     BlobRef, CollectRequest, Filter, LinkState, LoadReply, LoadRequest, Reply, ResultWindow, Value,
     subject,
@@ -58,38 +58,9 @@ pub fn wasm(name: &str) -> Vec<u8> {
     })
 }
 
-/// Puts a blob into tm_blobs with its metadata; returns its SHA-256.
+/// Puts an analyzer into tm_blobs with its metadata; returns its SHA-256.
 pub async fn put_blob(js: &jetstream::Context, name: &str, bytes: &[u8]) -> String {
-    let objects = match js.get_object_store(store::BLOBS_BUCKET).await {
-        Ok(o) => o,
-        Err(_) => js
-            .create_object_store(object_store::Config {
-                bucket: store::BLOBS_BUCKET.into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap(),
-    };
-    let sha256 = wasm_host::sha256_hex(bytes);
-    let meta = BlobMeta {
-        kind: BlobKind::Analyzer,
-        version: "test".into(),
-        sha256: sha256.clone(),
-        abi_version: 1,
-        description: format!("{name} for tests"),
-    };
-    objects
-        .put(
-            object_store::ObjectMetadata {
-                name: name.into(),
-                metadata: meta.to_map(),
-                ..Default::default()
-            },
-            &mut &bytes[..],
-        )
-        .await
-        .unwrap();
-    sha256
+    harness::put_module(js, name, BlobKind::Analyzer, bytes, 1).await
 }
 
 /// Sends a command and decodes the reply envelope.

@@ -484,3 +484,41 @@ pub async fn stream_windows(
     }
     held
 }
+
+/// Stores `bytes` in `tm_blobs` (created with `replicas` if missing) as
+/// module `name` of `kind`, with its metadata; returns its SHA-256.
+///
+/// # Panics
+/// If the object store cannot be opened or written.
+pub async fn put_module(
+    js: &jetstream::Context,
+    name: &str,
+    kind: bus_schema::store::BlobKind,
+    bytes: &[u8],
+    replicas: usize,
+) -> String {
+    use sha2::Digest;
+    let objects = bus_schema::nats::open_blobs(js, replicas)
+        .await
+        .expect("tm_blobs");
+    let sha256 = hex::encode(sha2::Sha256::digest(bytes));
+    let meta = bus_schema::store::BlobMeta {
+        kind,
+        version: "test".into(),
+        sha256: sha256.clone(),
+        abi_version: 1,
+        description: format!("{name} for tests"),
+    };
+    objects
+        .put(
+            jetstream::object_store::ObjectMetadata {
+                name: name.into(),
+                metadata: meta.to_map(),
+                ..Default::default()
+            },
+            &mut &bytes[..],
+        )
+        .await
+        .expect("put into tm_blobs");
+    sha256
+}
