@@ -11,6 +11,7 @@
 //! [`encode`] and [`decode`]; never call rmp-serde directly elsewhere.
 #![deny(missing_docs)]
 
+pub mod auth;
 pub mod message;
 #[cfg(feature = "nats")]
 pub mod nats;

@@ -95,12 +95,21 @@ pub async fn open_blobs(
     }
 }
 
-/// Creates every stream and KV bucket of the contract that is missing.
+/// Creates every stream and KV bucket of the contract that `role` reads or
+/// writes ([`crate::auth::touches`]: the ones its permissions let it
+/// create) and that is missing.
 ///
 /// # Errors
 /// The first one that can neither be opened nor created.
-pub async fn ensure_stores(js: &jetstream::Context, replicas: usize) -> Result<(), StoreError> {
-    for spec in store::streams() {
+pub async fn ensure_stores(
+    js: &jetstream::Context,
+    replicas: usize,
+    role: crate::Role,
+) -> Result<(), StoreError> {
+    for spec in store::streams()
+        .into_iter()
+        .filter(|s| crate::auth::touches(role, s.name))
+    {
         js.get_or_create_stream(stream::Config {
             name: spec.name.into(),
             subjects: spec.subjects.clone(),
@@ -118,11 +127,61 @@ pub async fn ensure_stores(js: &jetstream::Context, replicas: usize) -> Result<(
             message: e.to_string(),
         })?;
     }
-    for spec in store::buckets()
-        .into_iter()
-        .filter(|b| b.kind == BucketKind::KeyValue)
-    {
+    for spec in store::buckets().into_iter().filter(|b| {
+        b.kind == BucketKind::KeyValue
+            && crate::auth::touches(role, &crate::auth::stream_of_bucket(b.name, b.kind))
+    }) {
         open_kv(js, spec.name, replicas).await?;
     }
     Ok(())
+}
+
+/// A credentials file could not be used.
+#[derive(Debug, thiserror::Error)]
+#[error("credentials {path}: {message}")]
+pub struct CredentialsError {
+    /// The file.
+    pub path: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+/// The nkey seed in a seed file (`tmctl auth init` writes them): the first
+/// line starting with `SU`, comments and blank lines skipped.
+fn seed_in(text: &str) -> Option<&str> {
+    text.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter(|l| l.starts_with("SU"))
+}
+
+/// Adds the identity in the file at `path` to `options`: either a NATS
+/// `.creds` file (user JWT and seed, for operator-mode servers) or an nkey
+/// seed file as `tmctl auth init` writes. With a seed, replies come to the
+/// identity's private inbox ([`crate::auth::inbox_prefix`]), the only one
+/// the generated permissions let it read.
+///
+/// # Errors
+/// The file cannot be read, or holds neither a JWT nor a valid user seed.
+pub async fn with_credentials(
+    options: async_nats::ConnectOptions,
+    path: &std::path::Path,
+) -> Result<async_nats::ConnectOptions, CredentialsError> {
+    let fail = |message: String| CredentialsError {
+        path: path.display().to_string(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+    if text.contains("BEGIN NATS USER JWT") {
+        return options
+            .credentials_file(path)
+            .await
+            .map_err(|e| fail(e.to_string()));
+    }
+    let seed = seed_in(&text)
+        .ok_or_else(|| fail("holds neither a user JWT nor an nkey user seed (SU…)".into()))?;
+    let key = nkeys::KeyPair::from_seed(seed).map_err(|e| fail(format!("bad seed: {e}")))?;
+    Ok(options
+        .custom_inbox_prefix(crate::auth::inbox_prefix(&key.public_key()))
+        .nkey(seed.to_owned()))
 }

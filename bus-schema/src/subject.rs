@@ -103,26 +103,26 @@ subjects! {
         Command, "AppListRequest", Some("AppList"), [Operator] -> [Manager];
     /// Result windows of one deployment on one monitor (stream `TM_RESULTS`).
     results(monitor, deployment) = "results.{monitor}.{deployment}",
-        Stream, "ResultWindow", None, [Monitor] -> [Manager, Subscriber];
+        Stream, "ResultWindow", None, [Monitor] -> [Manager, Subscriber, Operator];
     /// All result windows of all monitors.
     results_all() = "results.>",
-        Wildcard, "", None, [] -> [Manager, Subscriber];
+        Wildcard, "", None, [] -> [Manager, Subscriber, Operator];
     /// All result windows of one monitor.
     results_of_monitor(monitor) = "results.{monitor}.*",
-        Wildcard, "", None, [] -> [Manager, Subscriber];
+        Wildcard, "", None, [] -> [Manager, Subscriber, Operator];
     /// Events of one deployment on one monitor: alerts the analyzer emits,
     /// loads, unloads, traps and limit hits (stream `TM_EVENTS`).
     events(monitor, deployment) = "events.{monitor}.{deployment}",
-        Stream, "Event", None, [Monitor] -> [Manager, Subscriber];
+        Stream, "Event", None, [Monitor] -> [Manager, Subscriber, Operator];
     /// All monitor events.
     events_all() = "events.>",
-        Wildcard, "", None, [] -> [Manager, Subscriber];
+        Wildcard, "", None, [] -> [Manager, Subscriber, Operator];
     /// Reports and events a management app publishes (stream `TM_REPORTS`).
     reports(manager, app) = "reports.{manager}.{app}",
-        Stream, "Report", None, [Manager] -> [Subscriber];
+        Stream, "Report", None, [Manager] -> [Subscriber, Operator];
     /// All management-app reports.
     reports_all() = "reports.>",
-        Wildcard, "", None, [] -> [Subscriber];
+        Wildcard, "", None, [] -> [Subscriber, Operator];
 }
 
 /// Prefix of the service group under which a monitor's commands are

@@ -152,7 +152,7 @@ impl Control {
         bus_schema::validate_token("manager", id)
             .map_err(|e| ErrorBody::new(ErrorCode::BadRequest, e.to_string()))?;
         let js = jetstream::new(client.clone());
-        bus_schema::nats::ensure_stores(&js, replicas)
+        bus_schema::nats::ensure_stores(&js, replicas, bus_schema::Role::Manager)
             .await
             .map_err(|e| bus("JetStream", e))?;
         let open = |name| {

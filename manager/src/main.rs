@@ -28,7 +28,8 @@ struct Args {
     /// NATS server URL(s), comma-separated.
     #[arg(long, env = "TM_NATS_URL", default_value = "nats://127.0.0.1:4222")]
     nats: String,
-    /// NATS credentials file.
+    /// NATS identity: an nkey seed file (`tmctl auth init` writes one per
+    /// identity) or a JWT `.creds` file.
     #[arg(long, env = "NATS_CREDS")]
     nats_creds: Option<PathBuf>,
     /// Replicas of the streams and buckets it creates (3 on a cluster).
@@ -152,10 +153,7 @@ async fn main() -> anyhow::Result<()> {
         .name(format!("tm-manager {}", args.id))
         .retry_on_initial_connect();
     if let Some(creds) = &args.nats_creds {
-        options = options
-            .credentials_file(creds)
-            .await
-            .context("nats credentials")?;
+        options = bus_schema::nats::with_credentials(options, creds).await?;
     }
     let client = options
         .connect(addrs)

@@ -45,7 +45,9 @@ async fn node_restarts_lose_no_window_and_commands_keep_working() {
     let urls = cluster.urls();
     let client = cluster.client().await;
     let js = jetstream::new(client.clone());
-    bus_schema::nats::ensure_stores(&js, 3).await.unwrap();
+    bus_schema::nats::ensure_stores(&js, 3, bus_schema::Role::Operator)
+        .await
+        .unwrap();
     let topology = common::figure5();
     let kv = manager::topology::open_bucket(&js, 3).await.unwrap();
     manager::topology::save(&kv, &topology.to_record("test", 1), None)

@@ -12,7 +12,7 @@ use bus_schema::{
     AppList, AppListRequest, AppLoadRequest, AppSource, AppState, AppStatus, AppUnloadRequest,
     BlobRef, ErrorCode, Reply, Value, subject,
 };
-use common::{ManagerProc, Reports, System, TapTruth, Traffic, deployment_record, params};
+use common::{ManagerProc, Reports, System, Traffic, deployment_record, params};
 
 /// The figure-5 network's traffic: every tapped direction carries some,
 /// R4→R1 carries traffic nobody sees.
@@ -31,28 +31,6 @@ fn network_traffic(s_topology: &manager::topology::Topology) -> Traffic {
             (4, 1, 1, 20, 100),
         ],
     )
-}
-
-/// Each link of a link-load report equals what its tap carried.
-fn links_match(
-    body: &serde_json::Value,
-    truth: &std::collections::BTreeMap<(String, u32), TapTruth>,
-) -> bool {
-    let Some(links) = body["links"].as_array() else {
-        return false;
-    };
-    links.len() == truth.len()
-        && links.iter().all(|l| {
-            let key = (
-                l["monitor_address"].as_str().unwrap().to_owned(),
-                l["link_id"].as_u64().unwrap() as u32,
-            );
-            truth.get(&key).is_some_and(|t| {
-                l["packets"] == t.packets
-                    && l["bytes"] == t.bytes
-                    && l["duration_s"].as_f64().unwrap() == (t.last_ns - t.first_ns) as f64 / 1e9
-            })
-        })
 }
 
 #[tokio::test]
@@ -107,7 +85,7 @@ async fn link_load_runs_s1_to_s8_with_per_link_truth() {
     // topology; once the replays are analyzed, every link is exact.
     let (report, body) = reports
         .until("link-load", Duration::from_secs(60), |b| {
-            links_match(b, &traffic.taps)
+            common::links_match(b, &traffic.taps)
         })
         .await
         .unwrap_or_else(|| panic!("no exact link-load report\n{}", manager.log()));
@@ -216,7 +194,7 @@ async fn link_load_runs_s1_to_s8_with_per_link_truth() {
         .until("link-load-final", Duration::from_secs(10), |_| true)
         .await
         .unwrap_or_else(|| panic!("no final report\n{}", manager.log()));
-    assert!(links_match(&last, &traffic.taps), "{last:#}");
+    assert!(common::links_match(&last, &traffic.taps), "{last:#}");
     for m in &system.monitors {
         let s = m.status(&system.client).await;
         assert!(

@@ -4,7 +4,7 @@
 //! address = "133.256.10.1"          # the topology's monitor address
 //! id = "mon-a"                      # default: the address, '.' and ':' as '-'
 //! nats_url = "nats://127.0.0.1:4222" # several: comma-separated
-//! nats_credentials = "/etc/tm/monitor.creds"
+//! nats_credentials = "m1.nk"  # nkey seed (`tmctl auth init`) or a JWT .creds file
 //! replicas = 1            # of streams/buckets it creates (3 on a cluster)
 //! metrics_listen = "127.0.0.1:9464"  # Prometheus endpoint GET /metrics (off when absent)
 //!
@@ -19,6 +19,8 @@
 //! [trust]                 # signed analyzers (tmctl analyzer put --sign-key)
 //! keys = ["3b6a27bc…"]    # ed25519 public keys, 64 hex digits; any set: only
 //! keys_file = "keys.txt"  # blobs signed by one of them load (one key per line)
+//! owners = ["mgr-a", "tmctl"]  # only these may own deployments (load as owner,
+//!                         # configure or unload as requester); empty: anyone
 //!
 //! [[link]]
 //! id = 0
@@ -163,6 +165,9 @@ pub struct TrustConfig {
     pub keys: Vec<String>,
     /// A file of trusted keys, one per line (relative: to the config file).
     pub keys_file: Option<PathBuf>,
+    /// The managers (and operator identities) that may own deployments on
+    /// this monitor; empty: any.
+    pub owners: Vec<String>,
 }
 
 /// The whole configuration.
@@ -177,7 +182,8 @@ pub struct Config {
     /// NATS server URL(s), comma-separated.
     #[serde(default = "default_nats_url")]
     pub nats_url: String,
-    /// NATS credentials file.
+    /// NATS identity: an nkey seed file (`tmctl auth init`) or a JWT
+    /// `.creds` file (relative: to the config file).
     #[serde(default)]
     pub nats_credentials: Option<PathBuf>,
     /// Replicas of the streams and buckets the monitor creates when they
@@ -222,6 +228,11 @@ impl Config {
             && p.is_relative()
         {
             config.trust.keys_file = Some(base.join(p));
+        }
+        if let Some(p) = &config.nats_credentials
+            && p.is_relative()
+        {
+            config.nats_credentials = Some(base.join(p));
         }
         for link in &mut config.links {
             if let Some(p) = &link.pcap
@@ -279,6 +290,9 @@ impl Config {
             );
         }
         self.trusted_keys()?;
+        for (i, owner) in self.trust.owners.iter().enumerate() {
+            bus_schema::validate_token(&format!("trust.owners[{i}]"), owner)?;
+        }
         if !(1..=5).contains(&self.replicas) {
             bail!("replicas = {}: must be 1 to 5", self.replicas);
         }

@@ -33,7 +33,8 @@ struct Args {
     /// NATS server URL(s), comma-separated.
     #[arg(long, env = "NATS_URL")]
     nats_url: Option<String>,
-    /// NATS credentials file.
+    /// NATS identity: an nkey seed file (`tmctl auth init` writes one per
+    /// identity) or a JWT `.creds` file.
     #[arg(long, env = "NATS_CREDS")]
     nats_creds: Option<PathBuf>,
     /// Serve Prometheus metrics (`GET /metrics`) here, e.g. `127.0.0.1:9464`
@@ -97,10 +98,7 @@ async fn main() -> Result<()> {
         .name(format!("tm-monitor {}", config.monitor_id()))
         .retry_on_initial_connect();
     if let Some(creds) = &config.nats_credentials {
-        options = options
-            .credentials_file(creds)
-            .await
-            .context("nats credentials")?;
+        options = bus_schema::nats::with_credentials(options, creds).await?;
     }
     let client = options
         .connect(addrs)

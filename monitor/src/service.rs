@@ -113,7 +113,7 @@ impl Monitor {
         js: jetstream::Context,
         sandbox: Sandbox,
     ) -> anyhow::Result<(Arc<Monitor>, mpsc::UnboundedReceiver<Outgoing>)> {
-        bus_schema::nats::ensure_stores(&js, config.replicas).await?;
+        bus_schema::nats::ensure_stores(&js, config.replicas, bus_schema::Role::Monitor).await?;
         let trusted = config.trusted_keys()?;
         if trusted.enforced() {
             tracing::info!(
@@ -324,6 +324,7 @@ impl Monitor {
     ) -> Result<LoadReply, ErrorBody> {
         token("deployment", &req.deployment)?;
         token("owner", &req.owner)?;
+        self.authorised("owner", &req.owner)?;
         if self
             .deployments
             .lock()
@@ -584,6 +585,7 @@ impl Monitor {
         requester: &str,
         force: bool,
     ) -> Result<(), ErrorBody> {
+        self.authorised("requester", requester)?;
         let owner = shared.owner();
         if force || owner == requester {
             return Ok(());
@@ -603,6 +605,23 @@ impl Monitor {
             format!(
                 "requester = {requester:?}: deployment {:?} is owned by {owner:?} (adopt it, or use force)",
                 shared.info.deployment
+            ),
+        )
+    }
+
+    /// With `[trust] owners` set, only those may own deployments here:
+    /// a load naming another owner, and a configure or unload by another
+    /// requester (even with `force`), is refused.
+    fn authorised(&self, field: &str, who: &str) -> Result<(), ErrorBody> {
+        let owners = &self.config.trust.owners;
+        if owners.is_empty() || owners.iter().any(|o| o == who) {
+            return Ok(());
+        }
+        err(
+            ErrorCode::Unauthorized,
+            format!(
+                "{field} = {who:?}: not an authorised manager of monitor {} (its [trust] owners are {owners:?})",
+                self.id
             ),
         )
     }

@@ -14,6 +14,8 @@ use manager::control::Control;
 use manager::topology::{self, Topology, TopologyError};
 use wasm_host::trust::BlobSigner;
 
+#[path = "tmctl/auth.rs"]
+mod auth;
 #[path = "tmctl/ops.rs"]
 mod ops;
 
@@ -37,6 +39,10 @@ struct Cli {
         default_value = "nats://127.0.0.1:4222"
     )]
     nats: String,
+    /// NATS identity: an nkey seed file (`tmctl auth init`) or a JWT
+    /// `.creds` file.
+    #[arg(long, global = true, env = "NATS_CREDS", value_name = "FILE")]
+    nats_creds: Option<PathBuf>,
     /// Print JSON instead of tables (for scripts).
     #[arg(long, global = true)]
     json: bool,
@@ -57,6 +63,12 @@ enum Command {
         /// Where the secret key goes.
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
+    },
+    /// NATS identities and permissions of monitors, managers, operators
+    /// and subscribers.
+    Auth {
+        #[command(subcommand)]
+        command: AuthCommand,
     },
     /// Analyzer modules in the object store (`tm_blobs`).
     Analyzer {
@@ -261,6 +273,15 @@ enum Watched {
 }
 
 #[derive(Subcommand, Debug)]
+enum AuthCommand {
+    /// Creates an nkey seed file per identity in DIR (keeping those already
+    /// there) and writes DIR/auth.conf, the nats-server `authorization`
+    /// block that lets each identity publish and subscribe only where its
+    /// role must (docs/security.md lists the rights). Connects to nothing.
+    Init(auth::InitArgs),
+}
+
+#[derive(Subcommand, Debug)]
 enum AnalyzerCommand {
     /// Stores an analyzer module (signed with --sign-key); prints its name
     /// and SHA-256 digest.
@@ -331,8 +352,20 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     if let Command::Keygen { out } = &cli.command {
         return keygen(out, cli.json);
     }
-    let client = async_nats::ConnectOptions::new()
-        .connection_timeout(std::time::Duration::from_secs(5))
+    if let Command::Auth {
+        command: AuthCommand::Init(args),
+    } = &cli.command
+    {
+        return auth::init(args, cli.json);
+    }
+    let mut options =
+        async_nats::ConnectOptions::new().connection_timeout(std::time::Duration::from_secs(5));
+    if let Some(creds) = &cli.nats_creds {
+        options = bus_schema::nats::with_credentials(options, creds)
+            .await
+            .map_err(|e| fail(BAD_INPUT, e))?;
+    }
+    let client = options
         .connect(cli.nats.as_str())
         .await
         .with_context(|| format!("cannot reach NATS at {}", cli.nats))?;

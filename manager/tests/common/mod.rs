@@ -108,40 +108,55 @@ impl System {
     /// [`System::start`] with monitors that run only analyzers signed by
     /// one of `keys` (hex public keys; none: signatures not required).
     pub async fn start_trusting(traffic: &Traffic, keys: &[String]) -> System {
-        Self::start_with(|address, topology, dir| {
-            let mut config = if keys.is_empty() {
-                String::new()
-            } else {
-                format!("[trust]\nkeys = {keys:?}\n")
-            };
-            for (id, link) in topology.links_of_monitor(address) {
-                let frames = traffic
-                    .frames
-                    .get(&(address.to_string(), id))
-                    .cloned()
-                    .unwrap_or_default();
-                let file = format!("l{id}.pcap");
-                write_pcap(&dir.join(&file), linktype::ETHERNET, &frames).unwrap();
-                config += &format!(
-                    "[[link]]\nid = {id}\npcap = \"{file}\"\nfrom_router = \"{}\"\nto_router = \"{}\"\n",
-                    link.from, link.to
-                );
-            }
-            config
+        let trust = if keys.is_empty() {
+            String::new()
+        } else {
+            format!("[trust]\nkeys = {keys:?}\n")
+        };
+        let nats = NatsServer::start().await.unwrap();
+        Self::start_with(nats, |address, topology, dir| {
+            trust.clone() + &replay_links(traffic, address, topology, dir)
+        })
+        .await
+    }
+
+    /// [`System::start`] on a server enforcing the identities of `ids`
+    /// (a `tmctl auth init` directory holding `operator-ops.nk`, the
+    /// harness's and the test's identity, and `monitor-<id>.nk` for every
+    /// monitor): each monitor connects with its own seed and accepts only
+    /// deployments owned by one of `owners`.
+    pub async fn start_authenticated(traffic: &Traffic, ids: &Path, owners: &[&str]) -> System {
+        let nats =
+            NatsServer::start_with_auth(&ids.join("auth.conf"), &ids.join("operator-ops.nk"))
+                .await
+                .unwrap();
+        Self::start_with(nats, |address, topology, dir| {
+            let seed = ids.join(format!("monitor-{}.nk", monitor_id(&address.to_string())));
+            format!(
+                "nats_credentials = {:?}\n[trust]\nowners = {owners:?}\n{}",
+                seed.display().to_string(),
+                replay_links(traffic, address, topology, dir)
+            )
         })
         .await
     }
 
     /// The same with each monitor capturing live on the lab's taps.
     pub async fn start_live(lab: &harness::lab::Lab) -> System {
-        Self::start_with(|address, _, _| lab.monitor_links(&address.to_string())).await
+        let nats = NatsServer::start().await.unwrap();
+        Self::start_with(nats, |address, _, _| {
+            lab.monitor_links(&address.to_string())
+        })
+        .await
     }
 
-    /// A nats-server with the figure-5 topology and one monitor per monitor
-    /// address, whose `[[link]]` entries `links(address, topology, dir)`
-    /// writes.
-    async fn start_with(mut links: impl FnMut(IpAddr, &Topology, &Path) -> String) -> System {
-        let nats = NatsServer::start().await.unwrap();
+    /// The figure-5 topology stored on `nats` and one monitor per monitor
+    /// address, the rest of whose config (after `address`)
+    /// `config(address, topology, dir)` writes.
+    async fn start_with(
+        nats: NatsServer,
+        mut config: impl FnMut(IpAddr, &Topology, &Path) -> String,
+    ) -> System {
         let client = nats.client().await;
         let js = jetstream::new(client.clone());
         let topology = figure5();
@@ -154,7 +169,7 @@ impl System {
             let dir = tempfile::tempdir().unwrap();
             let config = format!(
                 "address = \"{address}\"\n{}",
-                links(address, &topology, dir.path())
+                config(address, &topology, dir.path())
             );
             let id = monitor_id(&address.to_string());
             monitors.push(MonitorProc::start_in(&nats, &client, &id, &config, dir).await);
@@ -176,6 +191,48 @@ impl System {
     pub fn monitor(&self, id: &str) -> &MonitorProc {
         self.monitors.iter().find(|m| m.id == id).unwrap()
     }
+}
+
+/// The `[[link]]` entries of the monitor at `address`: each link replays a
+/// pcap of its share of `traffic` (written into `dir`; empty if none).
+fn replay_links(traffic: &Traffic, address: IpAddr, topology: &Topology, dir: &Path) -> String {
+    let mut config = String::new();
+    for (id, link) in topology.links_of_monitor(address) {
+        let frames = traffic
+            .frames
+            .get(&(address.to_string(), id))
+            .cloned()
+            .unwrap_or_default();
+        let file = format!("l{id}.pcap");
+        write_pcap(&dir.join(&file), linktype::ETHERNET, &frames).unwrap();
+        config += &format!(
+            "[[link]]\nid = {id}\npcap = \"{file}\"\nfrom_router = \"{}\"\nto_router = \"{}\"\n",
+            link.from, link.to
+        );
+    }
+    config
+}
+
+/// Each link of a link-load report equals what its tap carried.
+pub fn links_match(
+    body: &serde_json::Value,
+    truth: &std::collections::BTreeMap<(String, u32), TapTruth>,
+) -> bool {
+    let Some(links) = body["links"].as_array() else {
+        return false;
+    };
+    links.len() == truth.len()
+        && links.iter().all(|l| {
+            let key = (
+                l["monitor_address"].as_str().unwrap().to_owned(),
+                l["link_id"].as_u64().unwrap() as u32,
+            );
+            truth.get(&key).is_some_and(|t| {
+                l["packets"] == t.packets
+                    && l["bytes"] == t.bytes
+                    && l["duration_s"].as_f64().unwrap() == (t.last_ns - t.first_ns) as f64 / 1e9
+            })
+        })
 }
 
 /// JSON params as the MessagePack value a request carries.

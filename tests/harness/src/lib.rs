@@ -75,6 +75,9 @@ struct NodeSpec {
     name: String,
     client_port: Option<u16>,
     cluster: Option<ClusterSpec>,
+    /// An `authorization` block (`tmctl auth init`'s `auth.conf`) the server
+    /// enforces, and the credentials the harness itself connects with.
+    auth: Option<(PathBuf, PathBuf)>,
 }
 
 #[derive(Debug, Clone)]
@@ -112,6 +115,23 @@ impl NatsServer {
             name: "tm-test".into(),
             client_port: None,
             cluster: None,
+            auth: None,
+        };
+        let mut server = Self::spawn(spec).await?;
+        server.wait_ready(STARTUP_TIMEOUT).await?;
+        Ok(server)
+    }
+
+    /// [`NatsServer::start`] enforcing the users and permissions of
+    /// `auth_conf` (an `authorization` block, as `tmctl auth init` writes);
+    /// the harness's own clients ([`NatsServer::client`]) connect with
+    /// `creds` (a seed file of one of those users).
+    pub async fn start_with_auth(auth_conf: &Path, creds: &Path) -> Result<Self, HarnessError> {
+        let spec = NodeSpec {
+            name: "tm-test".into(),
+            client_port: None,
+            cluster: None,
+            auth: Some((auth_conf.to_owned(), creds.to_owned())),
         };
         let mut server = Self::spawn(spec).await?;
         server.wait_ready(STARTUP_TIMEOUT).await?;
@@ -158,6 +178,12 @@ impl NatsServer {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
+        if let Some((auth, _)) = &self.spec.auth {
+            let conf = self.dir.path().join("server.conf");
+            std::fs::copy(auth, self.dir.path().join("auth.conf"))?;
+            std::fs::write(&conf, "include \"auth.conf\"\n")?;
+            cmd.arg("-c").arg(conf);
+        }
         if let Some(cluster) = &self.spec.cluster {
             let routes: Vec<String> = cluster
                 .routes
@@ -218,7 +244,7 @@ impl NatsServer {
         let mut last = String::from("not tried");
         while Instant::now() < deadline {
             self.check_alive()?;
-            match async_nats::connect(self.url()).await {
+            match self.try_client().await {
                 Ok(client) => {
                     let js = jetstream::new(client);
                     match js.query_account().await {
@@ -274,9 +300,21 @@ impl NatsServer {
     /// # Panics
     /// If the server does not accept the connection: tests want to stop there.
     pub async fn client(&self) -> async_nats::Client {
-        async_nats::connect(self.url())
+        self.try_client()
             .await
             .unwrap_or_else(|e| panic!("connect to {}: {e}", self.url()))
+    }
+
+    /// A new connection, with the harness's credentials on a server that
+    /// enforces permissions.
+    async fn try_client(&self) -> Result<async_nats::Client, String> {
+        let mut options = async_nats::ConnectOptions::new();
+        if let Some((_, creds)) = &self.spec.auth {
+            options = bus_schema::nats::with_credentials(options, creds)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        options.connect(self.url()).await.map_err(|e| e.to_string())
     }
 
     /// A JetStream context on a new client connection.
@@ -394,6 +432,7 @@ impl NatsCluster {
                         .filter(|&p| p != cluster_ports[i])
                         .collect(),
                 }),
+                auth: None,
             };
             nodes.push(NatsServer::spawn(spec).await?);
         }

@@ -606,7 +606,7 @@ pub(crate) async fn watch(
     idle_s: Option<u64>,
     json: bool,
 ) -> Result<(), Failure> {
-    bus_schema::nats::ensure_stores(js, 1)
+    bus_schema::nats::ensure_stores(js, 1, bus_schema::Role::Operator)
         .await
         .map_err(|e| fail(1, e))?;
     if let Some(o) = &only {

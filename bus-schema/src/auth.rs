@@ -1,0 +1,405 @@
+//! Who may publish and subscribe where: the NATS permissions of each role,
+//! derived from the [`subject`] catalogue and the [`store`] settings, and
+//! the `nats-server` authorization block that grants them.
+//!
+//! Every identity is an nkey user (its public key in the server's config,
+//! its seed in a file only it reads). Rights are scoped to the identity's
+//! own id where the subject has one: monitor `m1` answers only
+//! `tm.v1.mon.m1.*` and publishes only `tm.v1.results.m1.*`; manager `g1`
+//! answers only `tm.v1.mgr.g1.*` and reports only on `tm.v1.reports.g1.*`.
+//! Replies travel on a private inbox, `_INBOX.<public key>.>`
+//! ([`inbox_prefix`]), which no other identity may subscribe to; identities
+//! that answer requests may publish to the reply subject of a request they
+//! received (`allow_responses`), and nowhere else outside their lists.
+//!
+//! JetStream is granted per stream: a role that reads a stream or bucket may
+//! look it up, create it with the contract's settings, make consumers on it,
+//! fetch, acknowledge and get messages; a role that writes a bucket may put
+//! into it (`$KV.<bucket>.<key>`, scoped to its own id for `tm_monitors`,
+//! `tm_managers` and `tm_snapshots`). Nobody may update, delete or purge a
+//! stream, except that writers of `tm_blobs` purge an object's old chunks
+//! when it is replaced.
+
+use crate::store::{self, BucketKind};
+use crate::subject::{self, SubjectKind};
+use crate::{Role, validate_token};
+
+/// One identity on the bus.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// What it is.
+    pub role: Role,
+    /// Its id: the monitor or manager id; any name for operators and
+    /// subscribers.
+    pub id: String,
+    /// Its nkey public key (`U…`, 56 characters).
+    pub public_key: String,
+}
+
+/// The subjects an identity may publish to and subscribe to.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Permissions {
+    /// Publish allow list (subjects and wildcards).
+    pub publish: Vec<String>,
+    /// Subscribe allow list.
+    pub subscribe: Vec<String>,
+    /// May publish one reply to the reply subject of a request it received.
+    pub allow_responses: bool,
+}
+
+/// The inbox prefix of the identity with this public key: the client sets
+/// it (`ConnectOptions::custom_inbox_prefix`) and only it may subscribe there.
+#[must_use]
+pub fn inbox_prefix(public_key: &str) -> String {
+    format!("_INBOX.{public_key}")
+}
+
+/// Name of the NATS service the role registers (`$SRV.*.<name>`), if any.
+#[must_use]
+pub fn service_name(role: Role) -> Option<&'static str> {
+    match role {
+        Role::Monitor => Some("tm-monitor"),
+        Role::Manager => Some("tm-manager"),
+        Role::Operator | Role::Subscriber => None,
+    }
+}
+
+/// The JetStream stream behind a stream or bucket of the contract.
+#[must_use]
+pub fn stream_of_bucket(bucket: &str, kind: BucketKind) -> String {
+    match kind {
+        BucketKind::KeyValue => format!("KV_{bucket}"),
+        BucketKind::Object => format!("OBJ_{bucket}"),
+    }
+}
+
+/// Checks an identity's id and role-specific constraints.
+///
+/// # Errors
+/// The id is not a valid subject token.
+pub fn validate(identity: &Identity) -> Result<(), crate::TokenError> {
+    validate_token(identity.role.as_str(), &identity.id)?;
+    if !(identity.public_key.len() == 56 && identity.public_key.starts_with('U')) {
+        return Err(crate::TokenError {
+            field: format!("{} {} public key", identity.role.as_str(), identity.id),
+            value: identity.public_key.clone(),
+            why: "not an nkey user public key (56 characters starting with U)",
+        });
+    }
+    Ok(())
+}
+
+/// A subject pattern with the role's own id put in for its own variable
+/// (`{monitor}` for monitors, `{manager}` for managers) and `*` for every
+/// other variable.
+fn instantiate(pattern: &str, role: Role, id: &str) -> String {
+    pattern
+        .split('.')
+        .map(|token| match token {
+            "{monitor}" if role == Role::Monitor => id,
+            "{manager}" if role == Role::Manager => id,
+            t if t.starts_with('{') => "*",
+            t => t,
+        })
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// Roles that read and that write each JetStream stream of the contract:
+/// `(stream, readers, writers)`. A stream's readers subscribe to the
+/// subjects it captures, its writers publish them.
+fn streams_with_roles() -> Vec<(String, Vec<Role>, Vec<Role>)> {
+    let catalog = subject::catalog();
+    let mut out = Vec::new();
+    for spec in store::streams() {
+        let captured: Vec<_> = catalog
+            .iter()
+            .filter(|s| {
+                spec.subjects
+                    .iter()
+                    .any(|f| s.pattern.starts_with(f.trim_end_matches('>')))
+            })
+            .collect();
+        let mut readers = Vec::new();
+        let mut writers = Vec::new();
+        for s in captured {
+            for r in s.subscribers {
+                if !readers.contains(r) {
+                    readers.push(*r);
+                }
+            }
+            for r in s.publishers {
+                if !writers.contains(r) {
+                    writers.push(*r);
+                }
+            }
+        }
+        out.push((spec.name.to_owned(), readers, writers));
+    }
+    for spec in store::buckets() {
+        out.push((
+            stream_of_bucket(spec.name, spec.kind),
+            spec.readers.to_vec(),
+            spec.writers.to_vec(),
+        ));
+    }
+    out
+}
+
+/// Whether `role` reads or writes the JetStream stream `stream` (a stream
+/// of the contract, or the `KV_`/`OBJ_` stream of one of its buckets), and
+/// so may look it up and create it.
+#[must_use]
+pub fn touches(role: Role, stream: &str) -> bool {
+    streams_with_roles().iter().any(|(s, readers, writers)| {
+        s == stream && (readers.contains(&role) || writers.contains(&role))
+    })
+}
+
+/// The subjects a writer of a bucket may put to, scoped to its own id where
+/// the bucket is keyed by it.
+fn bucket_writes(bucket: &str, kind: BucketKind, role: Role, id: &str) -> Vec<String> {
+    match kind {
+        BucketKind::Object => vec![format!("$O.{bucket}.>")],
+        BucketKind::KeyValue => match (bucket, role) {
+            (store::MONITORS_BUCKET, Role::Monitor) | (store::MANAGERS_BUCKET, Role::Manager) => {
+                vec![format!("$KV.{bucket}.{id}")]
+            }
+            (store::SNAPSHOTS_BUCKET, Role::Monitor) => {
+                vec![format!("$KV.{bucket}.{}>", store::snapshot_prefix(id))]
+            }
+            _ => vec![format!("$KV.{bucket}.>")],
+        },
+    }
+}
+
+/// The permissions of `role` with id `id` and nkey `public_key`.
+#[must_use]
+pub fn permissions(role: Role, id: &str, public_key: &str) -> Permissions {
+    fn publish(s: String, p: &mut Permissions) {
+        if !p.publish.contains(&s) {
+            p.publish.push(s);
+        }
+    }
+    fn subscribe(s: String, p: &mut Permissions) {
+        if !p.subscribe.contains(&s) {
+            p.subscribe.push(s);
+        }
+    }
+    let mut p = Permissions::default();
+    // The protocol's own subjects.
+    for spec in subject::catalog() {
+        if spec.publishers.contains(&role) && spec.kind != SubjectKind::Wildcard {
+            publish(instantiate(&spec.pattern, role, id), &mut p);
+        }
+        if spec.subscribers.contains(&role) {
+            subscribe(instantiate(&spec.pattern, role, id), &mut p);
+            if spec.kind == SubjectKind::Command {
+                p.allow_responses = true;
+            }
+        }
+    }
+    // The private inbox for replies, JetStream acks and push consumers.
+    subscribe(format!("{}.>", inbox_prefix(public_key)), &mut p);
+    // The NATS service API of monitors and managers (discovery: `nats micro`).
+    if let Some(name) = service_name(role) {
+        for s in [
+            "$SRV.*".to_owned(),
+            format!("$SRV.*.{name}"),
+            format!("$SRV.*.{name}.*"),
+        ] {
+            subscribe(s, &mut p);
+        }
+    }
+    if matches!(role, Role::Operator | Role::Manager) {
+        publish("$SRV.>".into(), &mut p);
+    }
+    // JetStream.
+    publish("$JS.API.INFO".into(), &mut p);
+    for (stream, readers, writers) in streams_with_roles() {
+        let reads = readers.contains(&role);
+        let writes = writers.contains(&role);
+        if !(reads || writes) {
+            continue;
+        }
+        publish(format!("$JS.API.STREAM.INFO.{stream}"), &mut p);
+        publish(format!("$JS.API.STREAM.CREATE.{stream}"), &mut p);
+        if reads {
+            for api in [
+                format!("$JS.API.CONSUMER.CREATE.{stream}"),
+                format!("$JS.API.CONSUMER.CREATE.{stream}.>"),
+                format!("$JS.API.CONSUMER.DURABLE.CREATE.{stream}.>"),
+                format!("$JS.API.CONSUMER.INFO.{stream}.>"),
+                format!("$JS.API.CONSUMER.DELETE.{stream}.>"),
+                format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.>"),
+                format!("$JS.API.STREAM.MSG.GET.{stream}"),
+                format!("$JS.API.DIRECT.GET.{stream}"),
+                format!("$JS.API.DIRECT.GET.{stream}.>"),
+                format!("$JS.ACK.{stream}.>"),
+                format!("$JS.FC.{stream}.>"),
+            ] {
+                publish(api, &mut p);
+            }
+        }
+        if writes {
+            for spec in store::buckets() {
+                if stream_of_bucket(spec.name, spec.kind) == stream {
+                    for s in bucket_writes(spec.name, spec.kind, role, id) {
+                        publish(s, &mut p);
+                    }
+                    if spec.kind == BucketKind::Object {
+                        publish(format!("$JS.API.STREAM.PURGE.{stream}"), &mut p);
+                    }
+                }
+            }
+        }
+    }
+    p
+}
+
+fn quoted_list(items: &[String]) -> String {
+    let quoted: Vec<String> = items.iter().map(|s| format!("{s:?}")).collect();
+    format!("[{}]", quoted.join(", "))
+}
+
+/// The `authorization { users = [...] }` block granting each identity its
+/// role's permissions; a `nats-server` config includes it
+/// (`include "auth.conf"`).
+///
+/// # Errors
+/// The first identity with a bad id or public key, or an id given twice
+/// for one role.
+pub fn server_config(identities: &[Identity]) -> Result<String, crate::TokenError> {
+    let mut out = String::from(
+        "# NATS permissions of the tm roles, written by `tmctl auth init`.\n\
+         # Re-run it to add identities; edits here are overwritten.\n\
+         authorization {\n  users = [\n",
+    );
+    let mut seen = std::collections::HashSet::new();
+    for identity in identities {
+        validate(identity)?;
+        if !seen.insert((identity.role, identity.id.clone())) {
+            return Err(crate::TokenError {
+                field: identity.role.as_str().to_owned(),
+                value: identity.id.clone(),
+                why: "given twice",
+            });
+        }
+        let p = permissions(identity.role, &identity.id, &identity.public_key);
+        out += &format!(
+            "    # {} {}\n    {{\n      nkey: {:?}\n      permissions: {{\n        publish: {{ allow: {} }}\n        subscribe: {{ allow: {} }}\n",
+            identity.role.as_str(),
+            identity.id,
+            identity.public_key,
+            quoted_list(&p.publish),
+            quoted_list(&p.subscribe),
+        );
+        if p.allow_responses {
+            out += "        allow_responses: true\n";
+        }
+        out += "      }\n    }\n";
+    }
+    out += "  ]\n}\n";
+    Ok(out)
+}
+
+/// Parses a role name as written in permission files and on `tmctl`'s
+/// command line.
+#[must_use]
+pub fn role_from_str(name: &str) -> Option<Role> {
+    [
+        Role::Monitor,
+        Role::Manager,
+        Role::Operator,
+        Role::Subscriber,
+    ]
+    .into_iter()
+    .find(|r| r.as_str() == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PK: &str = "UAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+
+    #[test]
+    fn monitors_are_scoped_to_their_own_id() {
+        let p = permissions(Role::Monitor, "m1", PK);
+        assert!(p.subscribe.contains(&"tm.v1.mon.m1.load".to_owned()));
+        assert!(!p.subscribe.iter().any(|s| s.contains("mon.*")));
+        assert!(p.publish.contains(&"tm.v1.results.m1.*".to_owned()));
+        assert!(p.publish.contains(&"$KV.tm_monitors.m1".to_owned()));
+        assert!(p.publish.contains(&"$KV.tm_snapshots.m1.>".to_owned()));
+        assert!(!p.publish.iter().any(|s| s.starts_with("tm.v1.mon.")));
+        assert!(
+            !p.publish
+                .iter()
+                .any(|s| s.starts_with("$KV.tm_deployments"))
+        );
+        assert!(p.allow_responses);
+        assert!(p.subscribe.contains(&format!("_INBOX.{PK}.>")));
+    }
+
+    #[test]
+    fn subscribers_only_read_streams() {
+        let p = permissions(Role::Subscriber, "s1", PK);
+        assert!(!p.allow_responses);
+        assert!(p.publish.iter().all(|s| s.starts_with("$JS.")), "{p:?}");
+        assert!(
+            p.publish
+                .iter()
+                .any(|s| s == "$JS.API.CONSUMER.CREATE.TM_RESULTS.>")
+        );
+        assert!(!p.publish.iter().any(|s| s.contains("KV_tm_deployments")));
+    }
+
+    #[test]
+    fn nobody_may_delete_or_update_streams() {
+        for role in [
+            Role::Monitor,
+            Role::Manager,
+            Role::Operator,
+            Role::Subscriber,
+        ] {
+            let p = permissions(role, "x", PK);
+            for s in &p.publish {
+                assert!(
+                    !s.starts_with("$JS.API.STREAM.DELETE")
+                        && !s.starts_with("$JS.API.STREAM.UPDATE")
+                        && s != "$JS.>"
+                        && s != ">",
+                    "{role:?}: {s}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn config_lists_every_identity_and_refuses_bad_ones() {
+        let ids = vec![
+            Identity {
+                role: Role::Monitor,
+                id: "m1".into(),
+                public_key: PK.into(),
+            },
+            Identity {
+                role: Role::Manager,
+                id: "g1".into(),
+                public_key: PK.replace('A', "B").replacen('B', "U", 1),
+            },
+        ];
+        let text = server_config(&ids).unwrap();
+        assert!(text.contains("# monitor m1") && text.contains("# manager g1"));
+        assert_eq!(text.matches("nkey:").count(), 2);
+        let mut twice = ids.clone();
+        twice.push(ids[0].clone());
+        assert_eq!(server_config(&twice).unwrap_err().why, "given twice");
+        let bad = Identity {
+            role: Role::Monitor,
+            id: "a.b".into(),
+            public_key: PK.into(),
+        };
+        assert!(server_config(&[bad]).is_err());
+    }
+}
