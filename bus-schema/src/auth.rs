@@ -54,6 +54,17 @@ pub fn inbox_prefix(public_key: &str) -> String {
     format!("_INBOX.{public_key}")
 }
 
+/// The nkey user seed in a seed file's text (`tmctl auth init` writes
+/// them): its first line that is neither blank nor a `#` comment, if that
+/// line starts with `SU`.
+#[must_use]
+pub fn seed_in(text: &str) -> Option<&str> {
+    text.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter(|l| l.starts_with("SU"))
+}
+
 /// Name of the NATS service the role registers (`$SRV.*.<name>`), if any.
 #[must_use]
 pub fn service_name(role: Role) -> Option<&'static str> {
@@ -373,6 +384,13 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn seed_files_skip_comments() {
+        assert_eq!(seed_in("# tm monitor m1\n\n  SUABC  \n"), Some("SUABC"));
+        assert_eq!(seed_in("# only a comment\n"), None);
+        assert_eq!(seed_in("-----BEGIN NATS USER JWT-----\n"), None);
     }
 
     #[test]

@@ -146,15 +146,6 @@ pub struct CredentialsError {
     pub message: String,
 }
 
-/// The nkey seed in a seed file (`tmctl auth init` writes them): the first
-/// line starting with `SU`, comments and blank lines skipped.
-fn seed_in(text: &str) -> Option<&str> {
-    text.lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty() && !l.starts_with('#'))
-        .filter(|l| l.starts_with("SU"))
-}
-
 /// Adds the identity in the file at `path` to `options`: either a NATS
 /// `.creds` file (user JWT and seed, for operator-mode servers) or an nkey
 /// seed file as `tmctl auth init` writes. With a seed, replies come to the
@@ -178,7 +169,7 @@ pub async fn with_credentials(
             .await
             .map_err(|e| fail(e.to_string()));
     }
-    let seed = seed_in(&text)
+    let seed = crate::auth::seed_in(&text)
         .ok_or_else(|| fail("holds neither a user JWT nor an nkey user seed (SU…)".into()))?;
     let key = nkeys::KeyPair::from_seed(seed).map_err(|e| fail(format!("bad seed: {e}")))?;
     Ok(options

@@ -48,11 +48,8 @@ fn seed_path(dir: &Path, role: Role, id: &str) -> PathBuf {
 fn public_key_of(path: &Path) -> anyhow::Result<String> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let seed = text
-        .lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty() && !l.starts_with('#'))
-        .with_context(|| format!("{}: no seed in it", path.display()))?;
+    let seed = auth::seed_in(&text)
+        .with_context(|| format!("{}: no nkey user seed (SU…) in it", path.display()))?;
     let key = nkeys::KeyPair::from_seed(seed)
         .with_context(|| format!("{}: not an nkey seed", path.display()))?;
     Ok(key.public_key())
