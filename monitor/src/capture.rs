@@ -119,7 +119,21 @@ pub struct Tap {
     pub batch_packets: u32,
     batch: Batch,
     dead: bool,
+    /// Emptied buffers the deployment thread hands back.
+    spares: (Sender<Vec<u8>>, Receiver<Vec<u8>>),
+    /// Wait for room in the queue instead of dropping (a lossless replay).
+    wait_for_room: bool,
 }
+
+/// Spare batch buffers a tap keeps (more are freed).
+const SPARE_BUFFERS: usize = 4;
+
+/// With this many batches waiting in a deployment's queue, the link thread
+/// yields after handing over another: where both threads share one core,
+/// the analyzer then runs on batches still in cache instead of the link
+/// thread filling the whole queue first. Where they have a core each, the
+/// queue seldom gets this long.
+const YIELD_AT: usize = 2;
 
 impl Tap {
     /// A tap with an empty batch.
@@ -141,6 +155,8 @@ impl Tap {
             batch_packets,
             batch: Batch::default(),
             dead: false,
+            spares: crossbeam_channel::bounded(SPARE_BUFFERS),
+            wait_for_room: false,
         }
     }
 
@@ -154,6 +170,9 @@ impl Tap {
         }
         let at = self.batch.buf.len();
         if self.batch.buf.capacity() == 0 {
+            if let Ok(spare) = self.spares.1.try_recv() {
+                self.batch.buf = spare;
+            }
             self.batch.buf.reserve(BATCH_BYTES.max(len));
         }
         // Header, captured bytes, zero padding: each byte written once.
@@ -173,12 +192,28 @@ impl Tap {
         if self.batch.count == 0 || self.dead {
             return;
         }
-        let batch = std::mem::take(&mut self.batch);
+        let mut batch = std::mem::take(&mut self.batch);
+        batch.home = Some(self.spares.0.clone());
         let count = u64::from(batch.count);
+        if self.wait_for_room {
+            // The deployment thread always drains (every guest call has a
+            // deadline); it is gone only when the deployment is.
+            if self.tx.send(DepMsg::Batch(batch)).is_err() {
+                self.dead = true;
+            }
+            return;
+        }
         match self.tx.try_send(DepMsg::Batch(batch)) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
+            Ok(()) => {
+                if self.tx.len() >= YIELD_AT {
+                    std::thread::yield_now();
+                }
+            }
+            Err(TrySendError::Full(msg)) => {
                 self.counters.dropped.fetch_add(count, Ordering::Relaxed);
+                if let DepMsg::Batch(b) = msg {
+                    b.recycle();
+                }
             }
             Err(TrySendError::Disconnected(_)) => self.dead = true,
         }
@@ -552,8 +587,10 @@ impl LinkThread {
     /// Handles one control; false on Stop.
     fn control(&mut self, msg: LinkCtl) -> bool {
         match msg {
-            LinkCtl::Attach(tap) => {
+            LinkCtl::Attach(mut tap) => {
                 tracing::debug!(link = self.shared.config.id, deployment = %tap.deployment, "tap attached");
+                tap.wait_for_room = self.shared.config.pcap.is_some()
+                    && self.shared.config.replay == Replay::Lossless;
                 self.taps.push(*tap);
                 self.taps_changed = true;
             }

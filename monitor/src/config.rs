@@ -25,7 +25,7 @@
 //! [[link]]
 //! id = 0
 //! pcap = "captures/l12.pcap"   # or: interface = "tap0"
-//! replay = "instant"           # instant | recorded-pace | loop (pcap only)
+//! replay = "instant"           # instant | recorded-pace | loop | lossless (pcap only)
 //! replay_waits_for = 1         # deployments attached before the replay starts
 //! snaplen = 65535
 //! buffer_mb = 16               # kernel buffer (interface only)
@@ -50,6 +50,9 @@ pub enum Replay {
     RecordedPace,
     /// Instantly, over and over, timestamps shifted forward each round.
     Loop,
+    /// As fast as the slowest deployment takes it: the replay waits for a
+    /// full queue instead of dropping (offline analysis, benchmarks).
+    Lossless,
 }
 
 /// Analyzer resource limits.

@@ -25,6 +25,21 @@ pub struct Batch {
     pub count: u32,
     /// Sum of their wire lengths.
     pub wire_bytes: u64,
+    /// Where the emptied buffer goes back for reuse (its tap's spares), so
+    /// the link thread does not allocate (and fault in) a buffer per batch.
+    pub home: Option<crossbeam_channel::Sender<Vec<u8>>>,
+}
+
+impl Batch {
+    /// Hands the buffer back to its tap, emptied (dropped if the tap has
+    /// enough spares or is gone).
+    pub fn recycle(self) {
+        if let Some(home) = self.home {
+            let mut buf = self.buf;
+            buf.clear();
+            let _ = home.try_send(buf);
+        }
+    }
 }
 
 /// Counters of a deployment, updated by its thread and by link threads.
@@ -337,16 +352,20 @@ pub fn run(mut analyzer: Analyzer, rx: Receiver<DepMsg>, shared: Arc<Shared>, ti
             .min(next_snapshot);
         let msg = rx.recv_timeout(due.saturating_duration_since(Instant::now()));
         let outcome: Result<bool, String> = match msg {
-            Ok(DepMsg::Batch(b)) => analyzer
-                .on_packets(&b.buf, b.count)
-                .map(|()| {
-                    counters
-                        .packets_in
-                        .fetch_add(u64::from(b.count), Ordering::Relaxed);
-                    counters.bytes_in.fetch_add(b.wire_bytes, Ordering::Relaxed);
-                    true
-                })
-                .map_err(|f| f.to_string()),
+            Ok(DepMsg::Batch(b)) => {
+                let outcome = analyzer
+                    .on_packets(&b.buf, b.count)
+                    .map(|()| {
+                        counters
+                            .packets_in
+                            .fetch_add(u64::from(b.count), Ordering::Relaxed);
+                        counters.bytes_in.fetch_add(b.wire_bytes, Ordering::Relaxed);
+                        true
+                    })
+                    .map_err(|f| f.to_string());
+                b.recycle();
+                outcome
+            }
             Ok(DepMsg::Collect(reply)) => match analyzer.collect() {
                 Ok(results) => {
                     sync_counters(&analyzer, &counters);

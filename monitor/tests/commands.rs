@@ -638,6 +638,33 @@ async fn sigterm_publishes_final_results_and_leaves() {
     drop(s.nats);
 }
 
+/// The same slow analyzer behind the same tiny queue with a lossless
+/// replay: the replay waits for it, and it sees every packet.
+#[tokio::test]
+async fn a_lossless_replay_waits_for_a_slow_analyzer() {
+    let s = setup(
+        "[limits]\nqueue_batches = 2\nbatch_packets = 4\n",
+        "lossless",
+    )
+    .await;
+    let slow = wat_analyzer(
+        1,
+        "(local $i i32) (loop (local.set $i (i32.add (local.get $i) (i32.const 1))) \
+         (br_if 0 (i32.lt_u (local.get $i) (i32.const 3000000))))",
+    );
+    let req = s.module_request("slow", "slow", &slow).await;
+    s.load(&req).await.into_result().unwrap();
+    let (all, _) = count(&s.frames, |_| true);
+    let st = s
+        .monitor
+        .wait_status(&s.client, "every packet analyzed", |st| {
+            st.links[0].state == LinkState::Finished && st.deployments[0].stats.packets_in == all
+        })
+        .await;
+    assert_eq!(st.deployments[0].stats.dropped, 0, "{st:#?}");
+    assert_eq!(st.links[0].packets, all);
+}
+
 /// A deliberately slow analyzer behind a tiny queue: capture never waits,
 /// and every packet is either analyzed or counted as dropped.
 #[tokio::test]

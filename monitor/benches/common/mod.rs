@@ -87,7 +87,8 @@ pub fn monitor_run(
         id: 0,
         interface: None,
         pcap: Some(path.to_owned()),
-        replay: Replay::Instant,
+        // Every packet to the guest: the figure is the whole path's.
+        replay: Replay::Lossless,
         replay_waits_for: 1,
         snaplen: 65535,
         buffer_mb: 16,
