@@ -18,6 +18,7 @@ use crate::config::{LinkConfig, Replay, Source};
 use crate::deployment::{Batch, DepCounters, DepMsg};
 use crate::filter::{Bpf, CompiledFilter};
 use crate::parse::{LinkType, parse};
+use crate::replay::FileReader;
 
 /// Partial batches older than this are flushed to their deployments.
 const FLUSH_EVERY: Duration = Duration::from_millis(20);
@@ -319,7 +320,7 @@ enum Next<'a> {
 
 enum Capture {
     File {
-        cap: pcap::Capture<pcap::Offline>,
+        reader: FileReader,
         path: PathBuf,
         replay: Replay,
         /// Added to timestamps: grows by the file's span each loop.
@@ -341,9 +342,9 @@ enum Capture {
 fn open(config: &LinkConfig) -> Result<Capture, String> {
     match config.source() {
         Source::Pcap(path, replay) => {
-            let cap = open_file(&path)?;
+            let reader = FileReader::open(&path)?;
             Ok(Capture::File {
-                cap,
+                reader,
                 path,
                 replay,
                 shift_ns: 0,
@@ -371,12 +372,8 @@ fn open(config: &LinkConfig) -> Result<Capture, String> {
     }
 }
 
-fn open_file(path: &std::path::Path) -> Result<pcap::Capture<pcap::Offline>, String> {
-    pcap::Capture::from_file_with_precision(path, pcap::Precision::Nano)
-        .map_err(|e| format!("cannot open {}: {e}", path.display()))
-}
-
-fn timeval_ns(ts: &libc::timeval, nano: bool) -> u64 {
+/// A pcap timestamp in ns; `nano`: its sub-second part is in ns, not µs.
+pub(crate) fn timeval_ns(ts: &libc::timeval, nano: bool) -> u64 {
     let sub = if nano {
         ts.tv_usec as u64
     } else {
@@ -388,7 +385,7 @@ fn timeval_ns(ts: &libc::timeval, nano: bool) -> u64 {
 impl Capture {
     fn dlt(&self) -> i32 {
         match self {
-            Capture::File { cap, .. } => cap.get_datalink().0,
+            Capture::File { reader, .. } => reader.dlt(),
             Capture::Live { cap } => cap.get_datalink().0,
         }
     }
@@ -424,7 +421,7 @@ impl Capture {
                 }
             }
             Capture::File {
-                cap,
+                reader,
                 path,
                 replay,
                 shift_ns,
@@ -435,21 +432,20 @@ impl Capture {
                 held,
             } => {
                 if pending.is_none() {
-                    match cap.next_packet() {
-                        Ok(p) => {
-                            let file_ts = timeval_ns(&p.header.ts, true);
+                    match reader.next() {
+                        Ok(Some((file_ts, wire_len, data))) => {
                             first_ts.get_or_insert(file_ts);
                             *last_ts = (*last_ts).max(file_ts);
                             if *replay != Replay::RecordedPace {
                                 return Ok(Next::Packet {
                                     ts_ns: file_ts + *shift_ns,
-                                    wire_len: p.header.len,
-                                    data: p.data,
+                                    wire_len,
+                                    data,
                                 });
                             }
-                            *pending = Some((file_ts, p.header.len, p.data.to_vec()));
+                            *pending = Some((file_ts, wire_len, data.to_vec()));
                         }
-                        Err(pcap::Error::NoMorePackets) => {
+                        Ok(None) => {
                             if *replay != Replay::Loop || first_ts.is_none() {
                                 return Ok(Next::End);
                             }
@@ -480,7 +476,7 @@ impl Capture {
     /// the previous round.
     fn reopen(&mut self) -> Result<(), String> {
         if let Capture::File {
-            cap,
+            reader,
             path,
             shift_ns,
             first_ts,
@@ -489,7 +485,7 @@ impl Capture {
         } = self
         {
             *shift_ns += *last_ts - first_ts.unwrap_or(0) + 1_000_000;
-            *cap = open_file(path)?;
+            reader.rewind(path)?;
         }
         Ok(())
     }

@@ -16,4 +16,5 @@ pub mod filter;
 pub mod guest;
 pub mod metrics;
 pub mod parse;
+pub mod replay;
 pub mod service;
