@@ -320,7 +320,7 @@ enum Next<'a> {
 
 enum Capture {
     File {
-        reader: FileReader,
+        reader: Box<FileReader>,
         path: PathBuf,
         replay: Replay,
         /// Added to timestamps: grows by the file's span each loop.
@@ -342,7 +342,7 @@ enum Capture {
 fn open(config: &LinkConfig) -> Result<Capture, String> {
     match config.source() {
         Source::Pcap(path, replay) => {
-            let reader = FileReader::open(&path)?;
+            let reader = Box::new(FileReader::open(&path)?);
             Ok(Capture::File {
                 reader,
                 path,
@@ -432,7 +432,7 @@ impl Capture {
                 held,
             } => {
                 if pending.is_none() {
-                    match reader.next() {
+                    match reader.next_record() {
                         Ok(Some((file_ts, wire_len, data))) => {
                             first_ts.get_or_insert(file_ts);
                             *last_ts = (*last_ts).max(file_ts);

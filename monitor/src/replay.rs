@@ -80,9 +80,9 @@ impl FileReader {
     ///
     /// # Errors
     /// A record that cannot be read (a truncated or corrupt file).
-    pub fn next(&mut self) -> Result<Option<Record<'_>>, String> {
+    pub fn next_record(&mut self) -> Result<Option<Record<'_>>, String> {
         match self {
-            FileReader::Mapped(m) => m.next(),
+            FileReader::Mapped(m) => m.next_record(),
             FileReader::Libpcap(cap) => match cap.next_packet() {
                 Ok(p) => Ok(Some((
                     crate::capture::timeval_ns(&p.header.ts, true),
@@ -114,7 +114,7 @@ impl FileReader {
 }
 
 impl MappedPcap {
-    fn next(&mut self) -> Result<Option<Record<'_>>, String> {
+    fn next_record(&mut self) -> Result<Option<Record<'_>>, String> {
         let rest = &self.map[self.pos..];
         if rest.is_empty() {
             return Ok(None);
@@ -166,13 +166,17 @@ mod tests {
         f
     }
 
-    fn read_all(path: &Path) -> (Vec<(u64, u32, Vec<u8>)>, Option<String>) {
+    /// Every record (timestamp, wire length, bytes) and the error that
+    /// ended the file, if one did.
+    type Read = (Vec<(u64, u32, Vec<u8>)>, Option<String>);
+
+    fn read_all(path: &Path) -> Read {
         let mut r = FileReader::open(path).unwrap();
         assert!(matches!(r, FileReader::Mapped(_)));
         assert_eq!(r.dlt(), 1);
         let mut out = Vec::new();
         loop {
-            match r.next() {
+            match r.next_record() {
                 Ok(Some((ts, wire, data))) => out.push((ts, wire, data.to_vec())),
                 Ok(None) => return (out, None),
                 Err(e) => return (out, Some(e)),
@@ -204,11 +208,11 @@ mod tests {
             );
             // Rewinding starts over.
             let mut r = FileReader::open(&path).unwrap();
-            r.next().unwrap();
-            r.next().unwrap();
-            assert!(r.next().unwrap().is_none());
+            r.next_record().unwrap();
+            r.next_record().unwrap();
+            assert!(r.next_record().unwrap().is_none());
             r.rewind(&path).unwrap();
-            assert_eq!(r.next().unwrap().unwrap().2, b"abc");
+            assert_eq!(r.next_record().unwrap().unwrap().2, b"abc");
         }
     }
 
