@@ -34,9 +34,16 @@ pub struct MappedPcap {
     start: usize,
     /// Offset of the next record.
     pos: usize,
+    /// Pages before this offset have been handed back to the kernel.
+    released: usize,
     nano: bool,
     dlt: i32,
 }
+
+/// Read pages are handed back (`MADV_DONTNEED`) this many bytes at a time,
+/// so that the process's resident memory does not grow with the file (the
+/// pages stay in the page cache; only the mapping lets go of them).
+const RELEASE_EVERY: usize = 8 << 20;
 
 impl FileReader {
     /// Opens `path`: mapped if it is a classic pcap file, else with libpcap.
@@ -52,6 +59,8 @@ impl FileReader {
         if let Ok((rest, parser)) = PcapParser::new(&map[..]) {
             let header = parser.header();
             let start = map.len() - rest.len();
+            // Read-ahead for a front-to-back read; only a hint.
+            let _ = map.advise(memmap2::Advice::Sequential);
             return Ok(FileReader::Mapped(MappedPcap {
                 nano: header.ts_resolution == pcap_file::TsResolution::NanoSecond,
                 dlt: u32::from(header.datalink) as i32,
@@ -59,6 +68,7 @@ impl FileReader {
                 parser,
                 start,
                 pos: start,
+                released: 0,
             }));
         }
         drop(map);
@@ -103,6 +113,7 @@ impl FileReader {
         match self {
             FileReader::Mapped(m) => {
                 m.pos = m.start;
+                m.released = 0;
                 Ok(())
             }
             FileReader::Libpcap(_) => {
@@ -115,6 +126,22 @@ impl FileReader {
 
 impl MappedPcap {
     fn next_record(&mut self) -> Result<Option<Record<'_>>, String> {
+        if self.pos - self.released >= RELEASE_EVERY {
+            // Everything before this record has been handed out and copied
+            // (the borrow of the last record ended with this call).
+            let upto = self.pos & !(RELEASE_EVERY - 1);
+            // SAFETY: a read-only private mapping of a file: dropping pages
+            // discards nothing, and a later read faults them in again from
+            // the file with the same contents. No slice into them is alive.
+            let _ = unsafe {
+                self.map.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    self.released,
+                    upto - self.released,
+                )
+            };
+            self.released = upto;
+        }
         let rest = &self.map[self.pos..];
         if rest.is_empty() {
             return Ok(None);
