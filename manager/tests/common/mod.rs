@@ -249,7 +249,12 @@ pub async fn request<Q: Serialize, R: DeserializeOwned>(
     let payload = bus_schema::encode(q).unwrap();
     let msg = tokio::time::timeout(
         Duration::from_secs(60),
-        client.request(subject.clone(), payload.into()),
+        client.send_request(
+            subject.clone(),
+            async_nats::client::Request::new()
+                .payload(payload.into())
+                .timeout(Some(Duration::from_secs(60))),
+        ),
     )
     .await
     .unwrap_or_else(|_| panic!("no reply on {subject} within 60 s"))

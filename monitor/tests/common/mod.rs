@@ -81,7 +81,12 @@ pub async fn request_raw<R: DeserializeOwned>(
 ) -> Reply<R> {
     let msg = tokio::time::timeout(
         Duration::from_secs(30),
-        client.request(subject.clone(), payload.into()),
+        client.send_request(
+            subject.clone(),
+            async_nats::client::Request::new()
+                .payload(payload.into())
+                .timeout(Some(Duration::from_secs(30))),
+        ),
     )
     .await
     .unwrap_or_else(|_| panic!("no reply on {subject} within 30 s"))

@@ -442,22 +442,25 @@ async fn request<Q: serde::Serialize, R: serde::de::DeserializeOwned>(
 ) -> Result<R, ErrorBody> {
     let payload =
         bus_schema::encode(q).map_err(|e| ErrorBody::new(ErrorCode::BadRequest, e.to_string()))?;
-    let msg = match tokio::time::timeout(timeout, client.request(subject.clone(), payload.into()))
-        .await
-    {
-        Err(_) => {
+    // The request's own timeout: the client's default (10 s) is shorter
+    // than an app start that deploys to many monitors may take.
+    let request = async_nats::client::Request::new()
+        .payload(payload.into())
+        .timeout(Some(timeout));
+    let msg = match client.send_request(subject.clone(), request).await {
+        Ok(m) => m,
+        Err(e) if e.kind() == async_nats::client::RequestErrorKind::TimedOut => {
             return Err(ErrorBody::new(
                 ErrorCode::Timeout,
-                format!("no reply on {subject}"),
+                format!("no reply on {subject} within {} ms", timeout.as_millis()),
             ));
         }
-        Ok(Err(e)) => {
+        Err(e) => {
             return Err(ErrorBody::new(
                 ErrorCode::UnknownApp,
                 format!("nobody answers on {subject}: is the manager up? ({e})"),
             ));
         }
-        Ok(Ok(m)) => m,
     };
     bus_schema::decode::<bus_schema::Reply<R>>(&msg.payload)
         .map_err(|e| ErrorBody::new(ErrorCode::Internal, e.to_string()))?
