@@ -638,15 +638,11 @@ async fn sigterm_publishes_final_results_and_leaves() {
     drop(s.nats);
 }
 
-/// The same slow analyzer behind the same tiny queue with a lossless
-/// replay: the replay waits for it, and it sees every packet.
-#[tokio::test]
-async fn a_lossless_replay_waits_for_a_slow_analyzer() {
-    let s = setup(
-        "[limits]\nqueue_batches = 2\nbatch_packets = 4\n",
-        "lossless",
-    )
-    .await;
+/// A deliberately slow analyzer (3M loop iterations per call) loaded
+/// behind a two-batch queue of four-packet batches on link 0, replayed as
+/// `replay`; returns the setup and how many packets the capture holds.
+async fn slow_analyzer_behind_a_tiny_queue(replay: &str) -> (Setup, u64) {
+    let s = setup("[limits]\nqueue_batches = 2\nbatch_packets = 4\n", replay).await;
     let slow = wat_analyzer(
         1,
         "(local $i i32) (loop (local.set $i (i32.add (local.get $i) (i32.const 1))) \
@@ -655,6 +651,13 @@ async fn a_lossless_replay_waits_for_a_slow_analyzer() {
     let req = s.module_request("slow", "slow", &slow).await;
     s.load(&req).await.into_result().unwrap();
     let (all, _) = count(&s.frames, |_| true);
+    (s, all)
+}
+
+/// A lossless replay waits for the slow analyzer: it sees every packet.
+#[tokio::test]
+async fn a_lossless_replay_waits_for_a_slow_analyzer() {
+    let (s, all) = slow_analyzer_behind_a_tiny_queue("lossless").await;
     let st = s
         .monitor
         .wait_status(&s.client, "every packet analyzed", |st| {
@@ -665,23 +668,11 @@ async fn a_lossless_replay_waits_for_a_slow_analyzer() {
     assert_eq!(st.links[0].packets, all);
 }
 
-/// A deliberately slow analyzer behind a tiny queue: capture never waits,
-/// and every packet is either analyzed or counted as dropped.
+/// An instant replay (like live capture) never waits for it: every packet
+/// is either analyzed or counted as dropped.
 #[tokio::test]
 async fn a_slow_analyzer_drops_and_counts_instead_of_blocking_capture() {
-    let s = setup(
-        "[limits]\nqueue_batches = 2\nbatch_packets = 4\n",
-        "instant",
-    )
-    .await;
-    let slow = wat_analyzer(
-        1,
-        "(local $i i32) (loop (local.set $i (i32.add (local.get $i) (i32.const 1))) \
-         (br_if 0 (i32.lt_u (local.get $i) (i32.const 3000000))))",
-    );
-    let req = s.module_request("slow", "slow", &slow).await;
-    s.load(&req).await.into_result().unwrap();
-    let (all, _) = count(&s.frames, |_| true);
+    let (s, all) = slow_analyzer_behind_a_tiny_queue("instant").await;
     let st = s
         .monitor
         .wait_status(&s.client, "every packet analyzed or dropped", |st| {
