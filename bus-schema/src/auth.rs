@@ -116,10 +116,19 @@ fn instantiate(pattern: &str, role: Role, id: &str) -> String {
         .join(".")
 }
 
-/// Roles that read and that write each JetStream stream of the contract:
-/// `(stream, readers, writers)`. A stream's readers subscribe to the
-/// subjects it captures, its writers publish them.
-fn streams_with_roles() -> Vec<(String, Vec<Role>, Vec<Role>)> {
+/// A JetStream stream of the contract with the roles that read and write it.
+struct StreamRoles {
+    name: String,
+    readers: Vec<Role>,
+    writers: Vec<Role>,
+    /// The bucket behind it, for a `KV_`/`OBJ_` stream.
+    bucket: Option<store::BucketSpec>,
+}
+
+/// Every stream of the contract and its roles: a stream's readers subscribe
+/// to the subjects it captures, its writers publish them; a bucket's are
+/// declared with it.
+fn streams_with_roles() -> Vec<StreamRoles> {
     let catalog = subject::catalog();
     let mut out = Vec::new();
     for spec in store::streams() {
@@ -145,14 +154,20 @@ fn streams_with_roles() -> Vec<(String, Vec<Role>, Vec<Role>)> {
                 }
             }
         }
-        out.push((spec.name.to_owned(), readers, writers));
+        out.push(StreamRoles {
+            name: spec.name.to_owned(),
+            readers,
+            writers,
+            bucket: None,
+        });
     }
     for spec in store::buckets() {
-        out.push((
-            stream_of_bucket(spec.name, spec.kind),
-            spec.readers.to_vec(),
-            spec.writers.to_vec(),
-        ));
+        out.push(StreamRoles {
+            name: stream_of_bucket(spec.name, spec.kind),
+            readers: spec.readers.to_vec(),
+            writers: spec.writers.to_vec(),
+            bucket: Some(spec),
+        });
     }
     out
 }
@@ -162,24 +177,24 @@ fn streams_with_roles() -> Vec<(String, Vec<Role>, Vec<Role>)> {
 /// so may look it up and create it.
 #[must_use]
 pub fn touches(role: Role, stream: &str) -> bool {
-    streams_with_roles().iter().any(|(s, readers, writers)| {
-        s == stream && (readers.contains(&role) || writers.contains(&role))
-    })
+    streams_with_roles()
+        .iter()
+        .any(|s| s.name == stream && (s.readers.contains(&role) || s.writers.contains(&role)))
 }
 
 /// The subjects a writer of a bucket may put to, scoped to its own id where
 /// the bucket is keyed by it.
-fn bucket_writes(bucket: &str, kind: BucketKind, role: Role, id: &str) -> Vec<String> {
+fn bucket_writes(bucket: &str, kind: BucketKind, role: Role, id: &str) -> String {
     match kind {
-        BucketKind::Object => vec![format!("$O.{bucket}.>")],
+        BucketKind::Object => format!("$O.{bucket}.>"),
         BucketKind::KeyValue => match (bucket, role) {
             (store::MONITORS_BUCKET, Role::Monitor) | (store::MANAGERS_BUCKET, Role::Manager) => {
-                vec![format!("$KV.{bucket}.{id}")]
+                format!("$KV.{bucket}.{id}")
             }
             (store::SNAPSHOTS_BUCKET, Role::Monitor) => {
-                vec![format!("$KV.{bucket}.{}>", store::snapshot_prefix(id))]
+                format!("$KV.{bucket}.{}>", store::snapshot_prefix(id))
             }
-            _ => vec![format!("$KV.{bucket}.>")],
+            _ => format!("$KV.{bucket}.>"),
         },
     }
 }
@@ -227,7 +242,13 @@ pub fn permissions(role: Role, id: &str, public_key: &str) -> Permissions {
     }
     // JetStream.
     publish("$JS.API.INFO".into(), &mut p);
-    for (stream, readers, writers) in streams_with_roles() {
+    for StreamRoles {
+        name: stream,
+        readers,
+        writers,
+        bucket,
+    } in streams_with_roles()
+    {
         let reads = readers.contains(&role);
         let writes = writers.contains(&role);
         if !(reads || writes) {
@@ -252,16 +273,10 @@ pub fn permissions(role: Role, id: &str, public_key: &str) -> Permissions {
                 publish(api, &mut p);
             }
         }
-        if writes {
-            for spec in store::buckets() {
-                if stream_of_bucket(spec.name, spec.kind) == stream {
-                    for s in bucket_writes(spec.name, spec.kind, role, id) {
-                        publish(s, &mut p);
-                    }
-                    if spec.kind == BucketKind::Object {
-                        publish(format!("$JS.API.STREAM.PURGE.{stream}"), &mut p);
-                    }
-                }
+        if writes && let Some(bucket) = &bucket {
+            publish(bucket_writes(bucket.name, bucket.kind, role, id), &mut p);
+            if bucket.kind == BucketKind::Object {
+                publish(format!("$JS.API.STREAM.PURGE.{stream}"), &mut p);
             }
         }
     }

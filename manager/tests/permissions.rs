@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use async_nats::{Event, ServerError};
 use bus_schema::Role;
+use bus_schema::auth::stream_of_bucket;
 use bus_schema::store::{self, BucketKind};
 use bus_schema::subject::{self, SubjectKind};
 use common::{ManagerProc, Reports, System};
@@ -183,11 +184,7 @@ fn stream_roles(stream: &str) -> (Vec<Role>, Vec<Role>) {
         }
     }
     for spec in store::buckets() {
-        let name = match spec.kind {
-            BucketKind::KeyValue => format!("KV_{}", spec.name),
-            BucketKind::Object => format!("OBJ_{}", spec.name),
-        };
-        if name == stream {
+        if stream_of_bucket(spec.name, spec.kind) == stream {
             return (spec.readers.to_vec(), spec.writers.to_vec());
         }
     }
@@ -197,10 +194,7 @@ fn stream_roles(stream: &str) -> (Vec<Role>, Vec<Role>) {
 fn all_streams() -> Vec<String> {
     let mut names: Vec<String> = store::streams().iter().map(|s| s.name.to_owned()).collect();
     for b in store::buckets() {
-        names.push(match b.kind {
-            BucketKind::KeyValue => format!("KV_{}", b.name),
-            BucketKind::Object => format!("OBJ_{}", b.name),
-        });
+        names.push(stream_of_bucket(b.name, b.kind));
     }
     names
 }
@@ -631,7 +625,10 @@ async fn each_role_may_use_its_subjects_and_nothing_else() {
         .unwrap()
         .await
         .unwrap();
-    assert_eq!(ack.stream, format!("KV_{}", store::MONITORS_BUCKET));
+    assert_eq!(
+        ack.stream,
+        stream_of_bucket(store::MONITORS_BUCKET, BucketKind::KeyValue)
+    );
     let sub = actors.iter().find(|a| a.id == "s1").unwrap();
     let sjs = async_nats::jetstream::new(sub.client.clone());
     let results = sjs.get_stream(store::RESULTS_STREAM).await.unwrap();
