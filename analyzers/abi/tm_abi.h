@@ -20,6 +20,9 @@
  *   int64_t tm_last_error(void);                   UTF-8 reason of the last non-OK status
  *   int64_t tm_snapshot(void);                     optional: state for a restart, 0 for none
  *   int32_t tm_restore(int32_t ptr, int32_t len);  optional: state from tm_snapshot, after tm_init
+ *   uint32_t tm_snap_len(void);                    optional: most captured bytes per packet it reads
+ *                                                  (0: the parsed header alone), asked once after
+ *                                                  tm_init; the host cuts records to it (cap_len)
  *   memory "memory"                                the linear memory
  *
  * Buffers given to tm_init, tm_configure and tm_restore come from tm_alloc

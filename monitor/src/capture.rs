@@ -124,6 +124,8 @@ pub struct Tap {
     spares: (Sender<Vec<u8>>, Receiver<Vec<u8>>),
     /// Wait for room in the queue instead of dropping (a lossless replay).
     wait_for_room: bool,
+    /// Captured bytes per packet the analyzer reads (`tm_snap_len`).
+    snap_len: usize,
 }
 
 /// Spare batch buffers a tap keeps (more are freed).
@@ -146,6 +148,7 @@ impl Tap {
         tx: Sender<DepMsg>,
         counters: Arc<DepCounters>,
         batch_packets: u32,
+        snap_len: usize,
     ) -> Self {
         Tap {
             deployment,
@@ -158,6 +161,7 @@ impl Tap {
             dead: false,
             spares: crossbeam_channel::bounded(SPARE_BUFFERS),
             wait_for_room: false,
+            snap_len,
         }
     }
 
@@ -165,6 +169,18 @@ impl Tap {
         if !self.filter.matches(h) || self.bpf.as_ref().is_some_and(|b| !b.matches(data)) {
             return;
         }
+        // Only the bytes the analyzer reads; the header still describes
+        // the whole packet.
+        let cut;
+        let (h, data) = if data.len() > self.snap_len {
+            cut = PacketHeader {
+                cap_len: self.snap_len as u32,
+                ..*h
+            };
+            (&cut, &data[..self.snap_len])
+        } else {
+            (h, data)
+        };
         let len = record_len(data.len());
         if self.batch.buf.len() + len > BATCH_BYTES {
             self.flush();
@@ -741,5 +757,71 @@ impl LinkThread {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tm_abi::{RECORD_HEADER_LEN, Records};
+
+    /// A TCP frame and its parsed header, as the link thread makes them.
+    fn frame() -> (PacketHeader, Vec<u8>) {
+        let mut data = Vec::new();
+        etherparse::PacketBuilder::ethernet2([1; 6], [2; 6])
+            .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+            .tcp(1234, 80, 7, 1000)
+            .syn()
+            .write(&mut data, &[0xab; 300])
+            .unwrap();
+        let wire = data.len() as u32;
+        (parse(LinkType::Ethernet, 3, 42, wire, &data), data)
+    }
+
+    /// The records a tap with `snap_len` hands its deployment for one frame.
+    fn through_tap(snap_len: usize) -> (Vec<u8>, u32) {
+        let (tx, rx) = crossbeam_channel::bounded(4);
+        let mut tap = Tap::new(
+            "d".into(),
+            Arc::new(CompiledFilter::new(&bus_schema::Filter::default()).unwrap()),
+            None,
+            tx,
+            Arc::new(DepCounters::default()),
+            256,
+            snap_len,
+        );
+        let (h, data) = frame();
+        tap.offer(&h, &data);
+        tap.flush();
+        match rx.try_recv() {
+            Ok(DepMsg::Batch(b)) => (b.buf, b.count),
+            _ => panic!("no batch"),
+        }
+    }
+
+    #[test]
+    fn a_tap_cuts_packets_to_the_analyzers_snap_length() {
+        let (full_h, data) = frame();
+        assert_eq!(data.len(), 14 + 20 + 20 + 300);
+        for snap in [0usize, 1, 54, 100, data.len(), data.len() + 1, usize::MAX] {
+            let (buf, count) = through_tap(snap);
+            assert_eq!(count, 1);
+            let kept = data.len().min(snap);
+            assert_eq!(buf.len(), record_len(kept), "snap {snap}");
+            let (h, bytes) = Records::new(&buf, 1).next().expect("one record");
+            assert_eq!(bytes, &data[..kept], "snap {snap}");
+            assert_eq!(h.cap_len as usize, kept);
+            // Every other header field still describes the whole packet.
+            assert_eq!(
+                PacketHeader {
+                    cap_len: full_h.cap_len,
+                    ..h
+                },
+                full_h
+            );
+            assert_eq!(h.wire_len as usize, data.len());
+            assert_eq!((h.src_port, h.dst_port, h.tcp_flags), (1234, 80, 0x02));
+        }
+        assert!(record_len(0) == RECORD_HEADER_LEN);
     }
 }

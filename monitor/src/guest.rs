@@ -96,6 +96,9 @@ pub struct Analyzer {
     pub calls: u64,
     /// Time spent in the guest.
     pub guest_time: Duration,
+    /// Captured bytes per packet the guest reads (`tm_snap_len`; all if
+    /// it does not say).
+    snap_len: usize,
 }
 
 /// Settings of one instance.
@@ -154,9 +157,10 @@ pub fn check_module(module: &Module) -> Result<(), LoadError> {
             ));
         }
     }
-    let optional: [(&str, &[ValType], &[ValType]); 2] = [
+    let optional: [(&str, &[ValType], &[ValType]); 3] = [
         (export::SNAPSHOT, &[], &[I64]),
         (export::RESTORE, &[I32, I32], &[I32]),
+        (export::SNAP_LEN, &[], &[I32]),
     ];
     for (name, params, results) in optional {
         if let Some(ExternType::Func(f)) = module.get_export(name) {
@@ -343,6 +347,7 @@ impl Analyzer {
             timeout_ms: cfg.call_timeout.as_millis() as u64,
             calls: 0,
             guest_time: Duration::ZERO,
+            snap_len: usize::MAX,
         };
         let to_load = |f: Failure| {
             let code = if f.is_limit() {
@@ -356,7 +361,15 @@ impl Analyzer {
             .alloc_buffer(export::ALLOC, cfg.batch_bytes)
             .map_err(to_load)?;
         match a.call_with_buffer(export::INIT, params).map_err(to_load)? {
-            Status::Ok => Ok(a),
+            Status::Ok => {
+                if let Ok(f) = instance.get_typed_func::<(), i32>(&mut a.store, export::SNAP_LEN) {
+                    let len = a
+                        .call(export::SNAP_LEN, |s| f.call(s, ()))
+                        .map_err(to_load)?;
+                    a.snap_len = len as u32 as usize;
+                }
+                Ok(a)
+            }
             Status::BadParams => Err(load_err(ErrorCode::BadParams, a.guest_error())),
             Status::Failed => Err(load_err(
                 ErrorCode::BadParams,
@@ -565,6 +578,13 @@ impl Analyzer {
                 Err(ConfigureError::BadParams(self.guest_error()))
             }
         }
+    }
+
+    /// The most captured bytes per packet the guest reads: its
+    /// `tm_snap_len` answer after `init`, or `usize::MAX`.
+    #[must_use]
+    pub fn snap_len(&self) -> usize {
+        self.snap_len
     }
 
     /// Current size of the guest's linear memory.

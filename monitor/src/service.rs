@@ -496,6 +496,7 @@ impl Monitor {
             shared.restore_from(snap);
         }
         let abi_version = tm_abi::ABI_VERSION;
+        let snap_len = analyzer.snap_len();
         let (tx, rx) = crossbeam_channel::bounded(limits.queue_batches);
         let timers = Timers {
             tick: Duration::from_millis(limits.tick_ms),
@@ -536,6 +537,7 @@ impl Monitor {
                 tx.clone(),
                 shared.counters.clone(),
                 limits.batch_packets,
+                snap_len,
             );
             let _ = self.links[l].ctl.send(LinkCtl::Attach(Box::new(tap)));
         }

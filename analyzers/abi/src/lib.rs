@@ -19,11 +19,18 @@
 //! | `tm_last_error` | `() -> i64` | UTF-8 message of the last non-OK status, packed as above |
 //! | `tm_snapshot` (optional) | `() -> i64` | state to save for a restart, MessagePack, packed as above; 0 for none |
 //! | `tm_restore` (optional) | `(ptr: i32, len: i32) -> i32` | state from `tm_snapshot`, called right after `tm_init` |
+//! | `tm_snap_len` (optional) | `() -> i32` | most captured bytes per packet the analyzer reads (as `u32`; 0: the parsed header alone); asked once, right after `tm_init`; absent: every captured byte |
 //!
 //! Buffers passed to `tm_init`, `tm_configure` and `tm_restore` were obtained
 //! from `tm_alloc` and belong to the guest afterwards (it frees them). The
 //! batch buffer is obtained once from `tm_alloc` and reused by the host for
 //! every `tm_on_packets` call; the guest must not free it.
+//!
+//! An analyzer that reads only the parsed header (or the first bytes of
+//! each packet) says so with `tm_snap_len`: the host then cuts each
+//! record's captured bytes to that length for it (`cap_len` says how many
+//! follow; every header field still describes the whole packet), which
+//! makes batches smaller and the copies cheaper.
 //!
 //! # Host imports (module `tm`)
 //!
@@ -68,6 +75,8 @@ pub mod export {
     pub const SNAPSHOT: &str = "tm_snapshot";
     /// `(ptr: i32, len: i32) -> i32` (optional)
     pub const RESTORE: &str = "tm_restore";
+    /// `() -> i32` (optional): captured bytes per packet the guest reads.
+    pub const SNAP_LEN: &str = "tm_snap_len";
     /// The guest's linear memory.
     pub const MEMORY: &str = "memory";
 }

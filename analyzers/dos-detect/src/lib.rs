@@ -357,6 +357,11 @@ impl Analyzer for DosDetect {
         Ok(())
     }
 
+    /// Everything it reads is in the parsed header.
+    fn snap_len(&self) -> u32 {
+        0
+    }
+
     fn results(&self) -> Results {
         let mut r = self.results.clone();
         r.alerts = self.alerts.iter().cloned().collect();

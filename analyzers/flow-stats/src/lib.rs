@@ -261,6 +261,11 @@ impl Analyzer for FlowStats {
         Ok(())
     }
 
+    /// Everything it reads is in the parsed header.
+    fn snap_len(&self) -> u32 {
+        0
+    }
+
     fn results(&self) -> Results {
         let mut r = self.totals.clone();
         r.active_flows = self.flows.len() as u64;

@@ -104,6 +104,14 @@ pub trait Analyzer: Sized {
     fn restore(&mut self, _state: &[u8]) -> Result<(), String> {
         Err("this analyzer does not restore state".into())
     }
+    /// The most captured bytes of each packet this analyzer reads, asked
+    /// once right after `init`; the host cuts every packet to it, so
+    /// batches are smaller and copied faster. `0`: the parsed header alone
+    /// ([`PacketHeader`](abi::PacketHeader): addresses, ports, flags,
+    /// lengths). The default, `u32::MAX`, is every byte captured.
+    fn snap_len(&self) -> u32 {
+        u32::MAX
+    }
 }
 
 /// Derives [`Analyzer::snapshot`] and [`Analyzer::restore`] from the
@@ -366,6 +374,14 @@ pub mod rt {
             }
         }
 
+        /// `tm_snap_len`
+        pub fn snap_len(&self) -> u32 {
+            self.get()
+                .analyzer
+                .as_ref()
+                .map_or(u32::MAX, |a| a.snap_len())
+        }
+
         /// `tm_last_error`
         pub fn last_error(&self) -> u64 {
             let e = &self.get().error;
@@ -437,6 +453,10 @@ macro_rules! export_analyzer {
             #[no_mangle]
             pub extern "C" fn tm_restore(ptr: u32, len: u32) -> u32 {
                 SLOT.restore(ptr, len)
+            }
+            #[no_mangle]
+            pub extern "C" fn tm_snap_len() -> u32 {
+                SLOT.snap_len()
             }
             #[no_mangle]
             pub extern "C" fn tm_last_error() -> u64 {

@@ -134,6 +134,7 @@ pub fn monitor_run(
         Box::new(|_| {}),
     )
     .unwrap();
+    let snap_len = analyzer.snap_len();
     let (tx, rx) = crossbeam_channel::bounded(64);
     let thread = {
         let shared = shared.clone();
@@ -151,6 +152,7 @@ pub fn monitor_run(
         tx.clone(),
         shared.counters.clone(),
         BATCH,
+        snap_len,
     );
     let started = Instant::now();
     link.ctl.send(LinkCtl::Attach(Box::new(tap))).unwrap();
