@@ -114,6 +114,9 @@ TM_EXPORT("tm_last_error") int64_t tm_last_error(void) { return TM_PACK((uintptr
 
 TM_EXPORT("tm_snapshot") int64_t tm_snapshot(void) { return 0; }
 
+/* Everything it reads is in the record header: no captured bytes needed. */
+TM_EXPORT("tm_snap_len") uint32_t tm_snap_len(void) { return 0; }
+
 TM_EXPORT("tm_restore") int32_t tm_restore(int32_t ptr, int32_t len) {
     (void)ptr;
     (void)len;

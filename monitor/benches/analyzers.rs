@@ -30,7 +30,11 @@ use std::time::{Duration, Instant};
 
 use bus_schema::{Filter, Value};
 use common::{BATCH, capture_file_sized, guest, monitor_run, root};
-use monitor::capture::{BATCH_BYTES, guest_batch_bytes};
+use std::sync::Arc;
+
+use monitor::capture::{Tap, guest_batch_bytes};
+use monitor::deployment::DepMsg;
+use monitor::filter::CompiledFilter;
 use monitor::guest::{Analyzer, InstanceConfig};
 use monitor::parse::{LinkType, parse};
 use wasm_host::{Sandbox, SandboxConfig};
@@ -129,28 +133,36 @@ fn field<'a>(v: &'a Value, key: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {key} in {v}"))
 }
 
-/// The batches the monitor's tap builds for a deployment matching all.
-fn batches(path: &Path) -> Vec<(u32, Vec<u8>)> {
+/// The batches the monitor's tap builds for a deployment matching all, for
+/// an analyzer reading `snap_len` bytes of each packet.
+fn batches(path: &Path, snap_len: usize) -> Vec<(u32, Vec<u8>)> {
     let mut cap = pcap::Capture::from_file_with_precision(path, pcap::Precision::Nano).unwrap();
+    let (tx, rx) = crossbeam_channel::bounded(4);
+    let mut tap = Tap::new(
+        "bench".into(),
+        Arc::new(CompiledFilter::new(&Filter::default()).unwrap()),
+        None,
+        tx,
+        Arc::default(),
+        BATCH,
+        snap_len,
+    );
     let mut out = Vec::new();
-    let mut buf = Vec::with_capacity(BATCH_BYTES);
-    let mut count = 0u32;
+    let mut take = |rx: &crossbeam_channel::Receiver<DepMsg>| {
+        while let Ok(DepMsg::Batch(mut b)) = rx.try_recv() {
+            out.push((b.count, std::mem::take(&mut b.buf)));
+        }
+    };
     while let Ok(p) = cap.next_packet() {
         let ts = p.header.ts.tv_sec as u64 * 1_000_000_000 + p.header.ts.tv_usec as u64;
-        let h = parse(LinkType::Ethernet, 0, ts, p.header.len, p.data);
-        let len = tm_abi::record_len(p.data.len());
-        if buf.len() + len > BATCH_BYTES || count == BATCH {
-            out.push((count, std::mem::take(&mut buf)));
-            count = 0;
-        }
-        let at = buf.len();
-        buf.resize(at + len, 0);
-        h.write_record(p.data, &mut buf[at..]).unwrap();
-        count += 1;
+        tap.offer(
+            &parse(LinkType::Ethernet, 0, ts, p.header.len, p.data),
+            p.data,
+        );
+        take(&rx);
     }
-    if count > 0 {
-        out.push((count, buf));
-    }
+    tap.flush();
+    take(&rx);
     out
 }
 
@@ -340,7 +352,25 @@ fn main() {
 
     // Native vs WebAssembly on the same batches.
     eprintln!("native vs WebAssembly ...");
-    let batches = batches(&path);
+    let sandbox = Sandbox::new(&SandboxConfig::default()).unwrap();
+    let module = guest(&sandbox, "flow-stats");
+    let instance = || {
+        Analyzer::new(
+            &sandbox,
+            &module,
+            &InstanceConfig {
+                memory_bytes: 256 << 20,
+                call_timeout: Duration::from_secs(10),
+                batch_bytes: guest_batch_bytes(65535),
+                deployment: "bench".into(),
+            },
+            &[0xc0],
+            Box::new(|_| {}),
+        )
+        .unwrap()
+    };
+    // Cut to what flow-stats reads, as the monitor's tap does.
+    let batches = batches(&path, instance().snap_len());
     // Kept beside the capture, for profiling the native build by hand.
     let records = path.with_extension("batches");
     {
@@ -384,24 +414,10 @@ fn main() {
     let native_ns = kv("best_ns");
     assert_eq!(kv("packets"), total);
 
-    let sandbox = Sandbox::new(&SandboxConfig::default()).unwrap();
-    let module = guest(&sandbox, "flow-stats");
     let mut wasm_best = Duration::MAX;
     let mut flows_seen = 0;
     for _ in 0..3 {
-        let mut a = Analyzer::new(
-            &sandbox,
-            &module,
-            &InstanceConfig {
-                memory_bytes: 256 << 20,
-                call_timeout: Duration::from_secs(10),
-                batch_bytes: guest_batch_bytes(65535),
-                deployment: "bench".into(),
-            },
-            &[0xc0],
-            Box::new(|_| {}),
-        )
-        .unwrap();
+        let mut a = instance();
         let started = Instant::now();
         for (count, buf) in &batches {
             a.on_packets(buf, *count).unwrap();

@@ -165,7 +165,9 @@ impl Tap {
         }
     }
 
-    fn offer(&mut self, h: &PacketHeader, data: &[u8]) {
+    /// Takes one parsed packet: filters it, cuts it to the snap length and
+    /// appends its record, handing the batch over when full.
+    pub fn offer(&mut self, h: &PacketHeader, data: &[u8]) {
         if !self.filter.matches(h) || self.bpf.as_ref().is_some_and(|b| !b.matches(data)) {
             return;
         }
@@ -205,7 +207,8 @@ impl Tap {
         }
     }
 
-    fn flush(&mut self) {
+    /// Hands the partial batch over now.
+    pub fn flush(&mut self) {
         if self.batch.count == 0 || self.dead {
             return;
         }

@@ -599,3 +599,71 @@ impl Analyzer {
         self.store.data().emits_dropped
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A minimal ABI v1 analyzer with `extra` exports.
+    fn module(sandbox: &Sandbox, extra: &str) -> Result<Module, String> {
+        let wasm = wat::parse_str(format!(
+            r#"(module
+              (memory (export "memory") 4)
+              (global $bump (mut i32) (i32.const 4096))
+              (func (export "tm_abi_version") (result i32) (i32.const 1))
+              (func (export "tm_alloc") (param $n i32) (result i32) (local $p i32)
+                (local.set $p (global.get $bump))
+                (global.set $bump (i32.add (global.get $bump) (local.get $n)))
+                (local.get $p))
+              (func (export "tm_init") (param i32 i32) (result i32) (i32.const 0))
+              (func (export "tm_on_packets") (param i32 i32 i32) (result i32) (i32.const 0))
+              (func (export "tm_tick") (param i64) (result i32) (i32.const 0))
+              (func (export "tm_configure") (param i32 i32) (result i32) (i32.const 0))
+              (func (export "tm_collect") (result i64) (i64.const 0))
+              (func (export "tm_last_error") (result i64) (i64.const 0))
+              {extra})"#
+        ))
+        .unwrap();
+        sandbox
+            .module(&wasm_host::sha256_hex(&wasm), &wasm)
+            .map_err(|e| e.to_string())
+    }
+
+    fn load(extra: &str) -> Result<Analyzer, LoadError> {
+        let sandbox = Sandbox::new(&wasm_host::SandboxConfig::default()).unwrap();
+        let module = module(&sandbox, extra).unwrap();
+        Analyzer::new(
+            &sandbox,
+            &module,
+            &InstanceConfig {
+                memory_bytes: 1 << 20,
+                call_timeout: Duration::from_secs(1),
+                batch_bytes: 4096,
+                deployment: "t".into(),
+            },
+            &[0xc0],
+            Box::new(|_| {}),
+        )
+    }
+
+    #[test]
+    fn the_snap_length_is_the_guests_answer_or_everything() {
+        assert_eq!(load("").unwrap().snap_len(), usize::MAX);
+        let declared = r#"(func (export "tm_snap_len") (result i32) (i32.const 96))"#;
+        assert_eq!(load(declared).unwrap().snap_len(), 96);
+        let zero = r#"(func (export "tm_snap_len") (result i32) (i32.const 0))"#;
+        assert_eq!(load(zero).unwrap().snap_len(), 0);
+        // Read as unsigned: -1 is "every byte".
+        let all = r#"(func (export "tm_snap_len") (result i32) (i32.const -1))"#;
+        assert_eq!(load(all).unwrap().snap_len(), u32::MAX as usize);
+
+        let wrong = r#"(func (export "tm_snap_len") (param i32) (result i32) (i32.const 0))"#;
+        let e = load(wrong).err().expect("refused");
+        assert_eq!(e.code, ErrorCode::BadModule);
+        assert!(e.message.contains("tm_snap_len"), "{}", e.message);
+        let traps = r#"(func (export "tm_snap_len") (result i32) unreachable)"#;
+        let e = load(traps).err().expect("refused");
+        assert_eq!(e.code, ErrorCode::GuestTrap);
+        assert!(e.message.contains("tm_snap_len"), "{}", e.message);
+    }
+}

@@ -13,8 +13,7 @@
 use std::time::Instant;
 
 use flow_stats::{FlowStats, Params};
-use tm_sdk::abi::Records;
-use tm_sdk::{Analyzer, Packet};
+use tm_sdk::Analyzer;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -47,9 +46,7 @@ fn main() {
         for (count, buf) in &batches {
             let own = &mut own[..buf.len()];
             own.copy_from_slice(buf);
-            for (header, data) in Records::new(own, *count) {
-                a.on_packet(&Packet { header, data });
-            }
+            tm_sdk::feed(&mut a, own, *count);
         }
         best = best.min(started.elapsed().as_nanos());
         last = Some(a.results());

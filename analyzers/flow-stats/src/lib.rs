@@ -22,7 +22,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use tm_sdk::{ip, Analyzer, FlowKey as Key, FxHashMap, Packet};
+use tm_sdk::{ip, Analyzer, FlowKey as Key, FlowTable, Packet};
 
 /// Parameters.
 #[derive(Debug, Clone, Deserialize)]
@@ -62,7 +62,7 @@ impl Params {
 }
 
 /// Counters of a flow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counters {
     /// Packets.
     pub packets: u64,
@@ -152,7 +152,7 @@ pub struct Results {
     pub top: Vec<FlowOut>,
 }
 
-type Table = FxHashMap<Key, Counters>;
+type Table = FlowTable<Counters>;
 
 /// What a snapshot holds.
 #[derive(Serialize, Deserialize)]
@@ -208,6 +208,7 @@ impl Analyzer for FlowStats {
         })
     }
 
+    #[inline]
     fn on_packet(&mut self, p: &Packet) {
         let h = &p.header;
         let wire = u64::from(h.wire_len);
@@ -274,7 +275,7 @@ impl Analyzer for FlowStats {
                 r.links.insert(id as u32, *link);
             }
         }
-        let mut all: Vec<(&Key, &Counters)> = self.flows.iter().collect();
+        let mut all: Vec<(Key, &Counters)> = self.flows.iter().collect();
         // Ties broken by the key, so results are deterministic.
         all.sort_unstable_by(|a, b| {
             (b.1.bytes, b.1.packets)
@@ -321,7 +322,7 @@ impl Analyzer for FlowStats {
         tm_sdk::encode_state(&Saved {
             totals: self.totals.clone(),
             links: self.links.clone(),
-            flows: self.flows.iter().map(|(k, c)| (*k, *c)).collect(),
+            flows: self.flows.iter().map(|(k, c)| (k, *c)).collect(),
             latest_ns: self.latest_ns,
         })
     }
@@ -330,7 +331,10 @@ impl Analyzer for FlowStats {
         let saved: Saved = tm_sdk::decode_state(state)?;
         self.totals = saved.totals;
         self.links = saved.links;
-        self.flows = saved.flows.into_iter().collect();
+        self.flows.clear();
+        for (k, c) in saved.flows {
+            self.flows.insert(k, c);
+        }
         self.latest_ns = saved.latest_ns;
         Ok(())
     }

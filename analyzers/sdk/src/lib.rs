@@ -26,8 +26,10 @@ use std::cell::UnsafeCell;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 pub use serde;
+pub use table::FlowTable;
 pub use view::{ip, Direction, FlowKey, Fx, FxHashMap, FxHashSet, Tcp, Window};
 
+mod table;
 mod view;
 pub use tm_abi as abi;
 use tm_abi::{PacketHeader, Records, Status, NO_OFFSET};
@@ -111,6 +113,16 @@ pub trait Analyzer: Sized {
     /// lengths). The default, `u32::MAX`, is every byte captured.
     fn snap_len(&self) -> u32 {
         u32::MAX
+    }
+}
+
+/// Hands the `count` records of a batch to `analyzer`, one by one in
+/// order, as the exports do (native builds and tests call it too). Stops
+/// at the first malformed record.
+#[inline]
+pub fn feed<A: Analyzer>(analyzer: &mut A, buf: &[u8], count: u32) {
+    for (header, data) in Records::new(buf, count) {
+        analyzer.on_packet(&Packet { header, data });
     }
 }
 
@@ -306,9 +318,7 @@ pub mod rt {
             // The host owns this buffer and keeps it alive across calls.
             let buf =
                 unsafe { std::slice::from_raw_parts(ptr as usize as *const u8, len as usize) };
-            for (header, data) in Records::new(buf, count) {
-                analyzer.on_packet(&Packet { header, data });
-            }
+            feed(analyzer, buf, count);
             Status::Ok as u32
         }
 
