@@ -7,6 +7,8 @@
 //! nats_credentials = "m1.nk"  # nkey seed (`tmctl auth init`) or a JWT .creds file
 //! replicas = 1            # of streams/buckets it creates (3 on a cluster)
 //! metrics_listen = "127.0.0.1:9464"  # Prometheus endpoint GET /metrics (off when absent)
+//! compiled_dir = "/var/cache/tm-monitor"  # compiled analyzers kept across restarts
+//!                         # (created 0700; absent: every start compiles again)
 //!
 //! [limits]
 //! memory_mb = 64          # linear-memory cap per analyzer
@@ -196,6 +198,11 @@ pub struct Config {
     /// Where the Prometheus endpoint (`GET /metrics`) listens; none: off.
     #[serde(default)]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Where compiled analyzers are kept, so a restart (or a second
+    /// deployment in another process) does not compile them again;
+    /// relative: to the config file. None: not kept.
+    #[serde(default)]
+    pub compiled_dir: Option<PathBuf>,
     /// Analyzer limits.
     #[serde(default)]
     pub limits: Limits,
@@ -236,6 +243,11 @@ impl Config {
             && p.is_relative()
         {
             config.nats_credentials = Some(base.join(p));
+        }
+        if let Some(p) = &config.compiled_dir
+            && p.is_relative()
+        {
+            config.compiled_dir = Some(base.join(p));
         }
         for link in &mut config.links {
             if let Some(p) = &link.pcap

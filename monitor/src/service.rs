@@ -99,7 +99,10 @@ impl Monitor {
         config: Config,
         js: jetstream::Context,
     ) -> anyhow::Result<(Arc<Monitor>, mpsc::UnboundedReceiver<Outgoing>)> {
-        let sandbox = Sandbox::new(&wasm_host::SandboxConfig::default())?;
+        let sandbox = Sandbox::new(&wasm_host::SandboxConfig {
+            compiled_dir: config.compiled_dir.clone(),
+            ..wasm_host::SandboxConfig::default()
+        })?;
         Self::start_with(config, js, sandbox).await
     }
 

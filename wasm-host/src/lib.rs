@@ -2,7 +2,8 @@
 //! (management apps).
 //!
 //! * [`Sandbox`]: the engine, configured for untrusted guests, with an epoch
-//!   ticker thread and a compiled-module cache keyed by SHA-256.
+//!   ticker thread and a compiled-module cache keyed by SHA-256 (in memory,
+//!   and optionally on disk so a restart does not compile again).
 //! * [`Limits`]: per-store memory cap.
 //! * [`GuestMemory`]: bounds-checked reads and writes of guest memory.
 //! * [`Failure`]: what a failed guest call was (trap, timeout, memory limit).
@@ -14,7 +15,8 @@ pub mod metrics;
 pub mod trust;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -26,12 +28,18 @@ use wasmtime::{Config, Engine, Memory, Module, ResourceLimiter, Store, Trap};
 pub struct SandboxConfig {
     /// How often the epoch advances; the granularity of call deadlines.
     pub epoch_tick: Duration,
+    /// A directory for compiled modules (`<sha256>.cwasm`), so a module is
+    /// compiled once per machine rather than once per process. What is in
+    /// it runs as native code: it must be writable by this process's user
+    /// only (it is created mode 0700). `None`: compile in every process.
+    pub compiled_dir: Option<PathBuf>,
 }
 
 impl Default for SandboxConfig {
     fn default() -> Self {
         SandboxConfig {
             epoch_tick: Duration::from_millis(10),
+            compiled_dir: None,
         }
     }
 }
@@ -54,6 +62,10 @@ pub struct Sandbox {
     /// Per digest, the compilation: one at a time per digest, so many
     /// deployments loading the same module at once compile it once.
     cache: Arc<Mutex<HashMap<String, Compilation>>>,
+    compiled_dir: Option<PathBuf>,
+    /// Modules compiled / loaded from `compiled_dir`.
+    compiled: Arc<AtomicU64>,
+    loaded: Arc<AtomicU64>,
     _ticker: Arc<Ticker>,
 }
 
@@ -110,10 +122,21 @@ impl Sandbox {
                     }
                 })?
         };
+        if let Some(dir) = &config.compiled_dir {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| anyhow::anyhow!("compiled_dir {}: {e}", dir.display()))?;
+        }
         Ok(Sandbox {
             engine,
             epoch_tick: config.epoch_tick,
             cache: Arc::default(),
+            compiled_dir: config.compiled_dir.clone(),
+            compiled: Arc::default(),
+            loaded: Arc::default(),
             _ticker: Arc::new(Ticker {
                 stop,
                 thread: Some(thread),
@@ -147,9 +170,55 @@ impl Sandbox {
             .or_default()
             .clone();
         // Others asking for this digest meanwhile wait for this compilation.
-        cell.get_or_init(|| Module::new(&self.engine, bytes).map_err(|e| format!("{e:#}")))
+        cell.get_or_init(|| self.compile(sha256, bytes).map_err(|e| format!("{e:#}")))
             .clone()
             .map_err(|e| CompileError(wasmtime::Error::msg(e)))
+    }
+
+    /// Compiles `bytes`, or loads what an earlier compilation of the same
+    /// digest left in `compiled_dir` (if this wasmtime and configuration
+    /// made it; wasmtime checks both and refuses anything else).
+    fn compile(&self, sha256: &str, bytes: &[u8]) -> wasmtime::Result<Module> {
+        let file = self.compiled_dir.as_deref().and_then(|dir| {
+            let digest = sha256.len() == 64 && sha256.bytes().all(|b| b.is_ascii_hexdigit());
+            digest.then(|| dir.join(format!("{sha256}.cwasm")))
+        });
+        // Read, not mapped: a file changed under a mapping would fault.
+        if let Some(compiled) = file.as_deref().and_then(|f| std::fs::read(f).ok()) {
+            // SAFETY: the directory holds only what this host's own
+            // `serialize` wrote (it is the host's, mode 0700), and wasmtime
+            // refuses artifacts of another version or configuration.
+            match unsafe { Module::deserialize(&self.engine, &compiled) } {
+                Ok(m) => {
+                    self.loaded.fetch_add(1, Ordering::Relaxed);
+                    return Ok(m);
+                }
+                Err(e) => {
+                    tracing::info!(sha256, error = %e, "compiled module not usable; compiling again");
+                }
+            }
+        }
+        let module = Module::new(&self.engine, bytes)?;
+        self.compiled.fetch_add(1, Ordering::Relaxed);
+        if let Some(file) = &file
+            && let Err(e) = module
+                .serialize()
+                .map_err(anyhow::Error::from)
+                .and_then(|b| write_new(file, &b).map_err(anyhow::Error::from))
+        {
+            tracing::warn!(file = %file.display(), error = %e, "compiled module not kept");
+        }
+        Ok(module)
+    }
+
+    /// Modules compiled by this sandbox, and modules loaded compiled from
+    /// `compiled_dir`.
+    #[must_use]
+    pub fn compilations(&self) -> (u64, u64) {
+        (
+            self.compiled.load(Ordering::Relaxed),
+            self.loaded.load(Ordering::Relaxed),
+        )
     }
 
     /// How many distinct modules are compiled and cached.
@@ -162,6 +231,16 @@ impl Sandbox {
             .filter(|c| c.get().is_some_and(Result::is_ok))
             .count()
     }
+}
+
+/// Writes `file` whole or not at all: a temporary beside it, then a rename.
+fn write_new(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = file.with_extension(format!("tmp{}", std::process::id()));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, file)
 }
 
 /// Per-store resource limits: a cap on linear memory, one memory, few tables.
@@ -366,6 +445,57 @@ mod tests {
         store.set_epoch_deadline(sandbox.ticks(Duration::from_millis(200)));
         let inst = Instance::new(&mut store, &module, &[]).unwrap();
         (store, inst)
+    }
+
+    #[test]
+    fn compiled_modules_are_kept_on_disk_and_loaded_by_the_next_sandbox() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("compiled");
+        let config = SandboxConfig {
+            compiled_dir: Some(dir.clone()),
+            ..SandboxConfig::default()
+        };
+        let wat = r#"(module (func (export "seven") (result i32) (i32.const 7)))"#;
+        let digest = sha256_hex(wat.as_bytes());
+        let file = dir.join(format!("{digest}.cwasm"));
+        let seven = |sandbox: &Sandbox| {
+            let (mut store, inst) = instance(sandbox, wat, 1 << 20);
+            let f = inst.get_typed_func::<(), i32>(&mut store, "seven").unwrap();
+            f.call(&mut store, ()).unwrap()
+        };
+
+        let first = Sandbox::new(&config).unwrap();
+        assert_eq!(
+            std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        assert_eq!(seven(&first), 7);
+        assert_eq!(first.compilations(), (1, 0));
+        assert!(file.exists());
+
+        // A new process (here: a new sandbox) loads it instead of compiling.
+        let second = Sandbox::new(&config).unwrap();
+        assert_eq!(seven(&second), 7);
+        assert_eq!(second.compilations(), (0, 1));
+
+        // A damaged file is not used: the module is compiled and kept again.
+        std::fs::write(&file, b"not a compiled module").unwrap();
+        let third = Sandbox::new(&config).unwrap();
+        assert_eq!(seven(&third), 7);
+        assert_eq!(third.compilations(), (1, 0));
+        assert_eq!(
+            Sandbox::new(&config)
+                .map(|s| (seven(&s), s.compilations()))
+                .unwrap(),
+            (7, (0, 1))
+        );
+
+        // Without a directory nothing is written.
+        let plain = Sandbox::new(&SandboxConfig::default()).unwrap();
+        assert_eq!(seven(&plain), 7);
+        assert_eq!(plain.compilations(), (1, 0));
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
     }
 
     #[test]
