@@ -198,7 +198,6 @@ fn main() {
     // Children start from this process's memory (posix_spawn shares it
     // until exec), and their peak RSS would include ours: reset our peak.
     std::fs::write("/proc/self/clear_refs", "5").expect("reset peak RSS");
-    let mut rows: Vec<(String, Cost, String)> = Vec::new();
     // Warm the page cache so every tool reads from memory.
     let warm = Command::new("cat")
         .arg(&path)
@@ -206,6 +205,144 @@ fn main() {
         .status();
     assert!(warm.is_ok_and(|s| s.success()));
 
+    // `--analysis-only`: just the native-vs-WebAssembly table.
+    if !args.iter().any(|a| a == "--analysis-only") {
+        tools(&path, total, &dir, &args, packets, flows, max_payload, size);
+    }
+
+    // Native vs WebAssembly on the same batches.
+    eprintln!("native vs WebAssembly ...");
+    let sandbox = Sandbox::new(&SandboxConfig::default()).unwrap();
+    let module = guest(&sandbox, "flow-stats");
+    let instance = || {
+        Analyzer::new(
+            &sandbox,
+            &module,
+            &InstanceConfig {
+                memory_bytes: 256 << 20,
+                call_timeout: Duration::from_secs(10),
+                batch_bytes: guest_batch_bytes(65535),
+                deployment: "bench".into(),
+            },
+            &[0xc0],
+            Box::new(|_| {}),
+        )
+        .unwrap()
+    };
+    // Cut to what flow-stats reads, as the monitor's tap does.
+    let batches = batches(&path, instance().snap_len());
+    // Kept beside the capture, for profiling the native build by hand.
+    let records = path.with_extension("batches");
+    {
+        use std::io::Write;
+        let mut f = std::io::BufWriter::new(File::create(&records).unwrap());
+        for (count, buf) in &batches {
+            f.write_all(&count.to_le_bytes()).unwrap();
+            f.write_all(&(buf.len() as u32).to_le_bytes()).unwrap();
+            f.write_all(buf).unwrap();
+        }
+    }
+    let analyzers = root().join("analyzers");
+    let status = Command::new("cargo")
+        .current_dir(&analyzers)
+        .args([
+            "build",
+            "--quiet",
+            "--release",
+            "--example",
+            "native",
+            "-p",
+            "flow-stats",
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // Rounds alternate one native run and one WebAssembly run, so that a
+    // shared machine's changing speed falls on both alike.
+    const ROUNDS: usize = 5;
+    let mut native_best = Duration::MAX;
+    let mut wasm_best = Duration::MAX;
+    let mut ratios = Vec::new();
+    for _ in 0..ROUNDS {
+        let run = Command::new(analyzers.join("target/release/examples/native"))
+            .arg(&records)
+            .arg("1")
+            .output()
+            .unwrap();
+        assert!(run.status.success());
+        let out = String::from_utf8(run.stdout).unwrap();
+        let kv = |k: &str| -> u64 {
+            out.split_whitespace()
+                .find_map(|t| t.strip_prefix(&format!("{k}=")))
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        assert_eq!(kv("packets"), total);
+        let native = Duration::from_nanos(kv("best_ns"));
+
+        let mut a = instance();
+        let started = Instant::now();
+        for (count, buf) in &batches {
+            a.on_packets(buf, *count).unwrap();
+        }
+        let wasm = started.elapsed();
+        let r = a.collect().unwrap();
+        assert_eq!(field(&r, "packets").as_u64(), Some(total));
+        assert_eq!(field(&r, "active_flows").as_u64(), Some(kv("flows")));
+        native_best = native_best.min(native);
+        wasm_best = wasm_best.min(wasm);
+        ratios.push(wasm.as_secs_f64() / native.as_secs_f64());
+    }
+    ratios.sort_by(f64::total_cmp);
+    let flows_seen = flows;
+    let native = native_best;
+    println!();
+    println!(
+        "| flow-stats, analysis only ({} batches, best of {ROUNDS}) | time | Mpps | ns/packet |",
+        batches.len()
+    );
+    println!("|---|---|---|---|");
+    for (name, d) in [
+        ("native (x86_64, same crate)", native),
+        (
+            "WebAssembly (wasmtime, in the monitor's sandbox)",
+            wasm_best,
+        ),
+    ] {
+        println!(
+            "| {name} | {:.3} s | {:.2} | {:.0} |",
+            d.as_secs_f64(),
+            total as f64 / d.as_secs_f64() / 1e6,
+            d.as_secs_f64() * 1e9 / total as f64
+        );
+    }
+    println!(
+        "\nWebAssembly / native time: {:.2}× best against best; per round {} ({} flows)",
+        wasm_best.as_secs_f64() / native.as_secs_f64(),
+        ratios
+            .iter()
+            .map(|r| format!("{r:.2}×"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        flows_seen
+    );
+}
+
+/// Every tool and the monitor on `path`, measured and printed as a table.
+#[allow(clippy::too_many_arguments)]
+fn tools(
+    path: &Path,
+    total: u64,
+    dir: &tempfile::TempDir,
+    args: &[String],
+    packets: usize,
+    flows: usize,
+    max_payload: usize,
+    size: u64,
+) {
+    let path = path.to_path_buf();
+    let mut rows: Vec<(String, Cost, String)> = Vec::new();
     eprintln!("tcpdump ...");
     let c = measure(
         Command::new("tcpdump")
@@ -369,109 +506,4 @@ fn main() {
             ours / cpu_rate,
         );
     }
-
-    // Native vs WebAssembly on the same batches.
-    eprintln!("native vs WebAssembly ...");
-    let sandbox = Sandbox::new(&SandboxConfig::default()).unwrap();
-    let module = guest(&sandbox, "flow-stats");
-    let instance = || {
-        Analyzer::new(
-            &sandbox,
-            &module,
-            &InstanceConfig {
-                memory_bytes: 256 << 20,
-                call_timeout: Duration::from_secs(10),
-                batch_bytes: guest_batch_bytes(65535),
-                deployment: "bench".into(),
-            },
-            &[0xc0],
-            Box::new(|_| {}),
-        )
-        .unwrap()
-    };
-    // Cut to what flow-stats reads, as the monitor's tap does.
-    let batches = batches(&path, instance().snap_len());
-    // Kept beside the capture, for profiling the native build by hand.
-    let records = path.with_extension("batches");
-    {
-        use std::io::Write;
-        let mut f = std::io::BufWriter::new(File::create(&records).unwrap());
-        for (count, buf) in &batches {
-            f.write_all(&count.to_le_bytes()).unwrap();
-            f.write_all(&(buf.len() as u32).to_le_bytes()).unwrap();
-            f.write_all(buf).unwrap();
-        }
-    }
-    let analyzers = root().join("analyzers");
-    let status = Command::new("cargo")
-        .current_dir(&analyzers)
-        .args([
-            "build",
-            "--quiet",
-            "--release",
-            "--example",
-            "native",
-            "-p",
-            "flow-stats",
-        ])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let native = Command::new(analyzers.join("target/release/examples/native"))
-        .arg(&records)
-        .arg("3")
-        .output()
-        .unwrap();
-    assert!(native.status.success());
-    let out = String::from_utf8(native.stdout).unwrap();
-    let kv = |k: &str| -> u64 {
-        out.split_whitespace()
-            .find_map(|t| t.strip_prefix(&format!("{k}=")))
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
-    let native_ns = kv("best_ns");
-    assert_eq!(kv("packets"), total);
-
-    let mut wasm_best = Duration::MAX;
-    let mut flows_seen = 0;
-    for _ in 0..3 {
-        let mut a = instance();
-        let started = Instant::now();
-        for (count, buf) in &batches {
-            a.on_packets(buf, *count).unwrap();
-        }
-        wasm_best = wasm_best.min(started.elapsed());
-        let r = a.collect().unwrap();
-        assert_eq!(field(&r, "packets").as_u64(), Some(total));
-        flows_seen = field(&r, "active_flows").as_u64().unwrap();
-    }
-    assert_eq!(flows_seen, kv("flows"));
-    let native = Duration::from_nanos(native_ns);
-    println!();
-    println!(
-        "| flow-stats, analysis only ({} batches) | time | Mpps | ns/packet |",
-        batches.len()
-    );
-    println!("|---|---|---|---|");
-    for (name, d) in [
-        ("native (x86_64, same crate)", native),
-        (
-            "WebAssembly (wasmtime, in the monitor's sandbox)",
-            wasm_best,
-        ),
-    ] {
-        println!(
-            "| {name} | {:.3} s | {:.2} | {:.0} |",
-            d.as_secs_f64(),
-            total as f64 / d.as_secs_f64() / 1e6,
-            d.as_secs_f64() * 1e9 / total as f64
-        );
-    }
-    println!(
-        "\nWebAssembly / native time: {:.2}× ({} flows)",
-        wasm_best.as_secs_f64() / native.as_secs_f64(),
-        flows_seen
-    );
 }

@@ -222,6 +222,13 @@ impl Analyzer for FlowStats {
         if h.ts_ns > self.latest_ns {
             self.latest_ns = h.ts_ns;
         }
+        if let Some(c) = self.flows.packet_mut(p) {
+            c.packets += 1;
+            c.bytes += wire;
+            c.last_ns = c.last_ns.max(h.ts_ns);
+            c.tcp_flags |= h.tcp_flags;
+            return;
+        }
         let key = match p.flow() {
             Some(k) => k,
             None => {
@@ -229,16 +236,9 @@ impl Analyzer for FlowStats {
                 return;
             }
         };
-        let full = self.flows.len() >= self.params.max_flows as usize;
-        match self.flows.get_mut(&key) {
-            Some(c) => {
-                c.packets += 1;
-                c.bytes += wire;
-                c.last_ns = c.last_ns.max(h.ts_ns);
-                c.tcp_flags |= h.tcp_flags;
-            }
-            None if full => self.totals.refused_packets += 1,
-            None => {
+        match self.flows.len() >= self.params.max_flows as usize {
+            true => self.totals.refused_packets += 1,
+            false => {
                 self.flows.insert(
                     key,
                     Counters {

@@ -8,7 +8,9 @@
 //! three times the instructions in WebAssembly, where the compiler keeps
 //! less in registers. IPv6 keys go to an [`FxHashMap`].
 
+use crate::abi::PacketHeader;
 use crate::view::{FlowKey, FxHashMap};
+use crate::Packet;
 
 /// Slots of a fresh table (a power of two).
 const FIRST_CAPACITY: usize = 64;
@@ -29,12 +31,23 @@ impl Packed {
         if k.version != 4 {
             return None;
         }
+        Some(Packed::new(&k.src, &k.dst, k.sport, k.dport, k.proto))
+    }
+
+    /// The key of an IPv4 packet's header, as [`Packed::of`] its flow key.
+    #[inline]
+    fn of_header(h: &PacketHeader) -> Packed {
+        Packed::new(&h.src_addr, &h.dst_addr, h.src_port, h.dst_port, h.ip_proto)
+    }
+
+    #[inline]
+    fn new(src: &[u8; 16], dst: &[u8; 16], sport: u16, dport: u16, proto: u8) -> Packed {
         // Little-endian: no byte swapping (WebAssembly has no instruction for it).
         let word = |x: &[u8; 16]| u64::from(u32::from_le_bytes([x[0], x[1], x[2], x[3]]));
-        Some(Packed {
-            a: word(&k.src) << 32 | word(&k.dst),
-            b: u64::from(k.sport) << 48 | u64::from(k.dport) << 32 | u64::from(k.proto) << 8 | 4,
-        })
+        Packed {
+            a: word(src) << 32 | word(dst),
+            b: u64::from(sport) << 48 | u64::from(dport) << 32 | u64::from(proto) << 8 | 4,
+        }
     }
 
     fn key(self) -> FlowKey {
@@ -131,6 +144,26 @@ impl<V: Default> FlowTable<V> {
                 }
             }
             None => self.v6.get_mut(key),
+        }
+    }
+
+    /// The state of the flow of packet `p` (its [`Packet::flow`]); `None`
+    /// also for a packet without IP. For IPv4 the key is read straight
+    /// from the header, never built.
+    #[inline]
+    pub fn packet_mut(&mut self, p: &Packet) -> Option<&mut V> {
+        if p.header.ip_version != 4 {
+            return self.v6.get_mut(&p.flow()?);
+        }
+        if self.slots.is_empty() {
+            return None;
+        }
+        let i = self.find(Packed::of_header(&p.header));
+        let slot = &mut self.slots[i];
+        if slot.key.b == 0 {
+            None
+        } else {
+            Some(&mut slot.value)
         }
     }
 
@@ -287,6 +320,29 @@ mod tests {
                 assert_eq!(t.get(k), Some(v));
             }
         }
+        // A packet finds the flow its key was stored under.
+        for v6 in [false, true] {
+            let k = key(900_001, v6);
+            let header = PacketHeader {
+                ip_version: k.version,
+                ip_proto: k.proto,
+                src_addr: k.src,
+                dst_addr: k.dst,
+                src_port: k.sport,
+                dst_port: k.dport,
+                ..PacketHeader::default()
+            };
+            let p = Packet { header, data: &[] };
+            assert_eq!(p.flow(), Some(k));
+            assert!(t.packet_mut(&p).is_none());
+            t.insert(k, 99);
+            assert_eq!(t.packet_mut(&p).map(|v| *v), Some(99));
+        }
+        let p = Packet {
+            header: PacketHeader::default(),
+            data: &[],
+        };
+        assert!(t.packet_mut(&p).is_none(), "not IP");
         // Keys come back exactly as given.
         let k = key(77, false);
         t.insert(k, 5);
