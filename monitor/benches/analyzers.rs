@@ -125,11 +125,12 @@ fn child(path: &Path, pin: bool, total: u64, compiled_dir: Option<PathBuf>) {
     assert_eq!(r.packets_in, total, "the guest must see every packet");
     let u = |k: &str| field(&r.results, k).as_u64().unwrap();
     println!(
-        "{} {} {} {}",
+        "{} {} {} {} {}",
         u("packets"),
         u("bytes"),
         u("active_flows"),
-        r.elapsed.as_nanos()
+        r.elapsed.as_nanos(),
+        r.guest_time.as_nanos()
     );
 }
 

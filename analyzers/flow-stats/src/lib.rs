@@ -208,6 +208,13 @@ impl Analyzer for FlowStats {
         })
     }
 
+    const PREPARES: bool = true;
+
+    #[inline]
+    fn prepare(&self, record: &[u8; tm_sdk::abi::RECORD_HEADER_LEN]) {
+        self.flows.touch_record(record);
+    }
+
     #[inline]
     fn on_packet(&mut self, p: &Packet) {
         let h = &p.header;

@@ -8,7 +8,7 @@
 //! three times the instructions in WebAssembly, where the compiler keeps
 //! less in registers. IPv6 keys go to an [`FxHashMap`].
 
-use crate::abi::PacketHeader;
+use crate::abi::{PacketHeader, RECORD_HEADER_LEN};
 use crate::view::{FlowKey, FxHashMap};
 use crate::Packet;
 
@@ -38,6 +38,18 @@ impl Packed {
     #[inline]
     fn of_header(h: &PacketHeader) -> Packed {
         Packed::new(&h.src_addr, &h.dst_addr, h.src_port, h.dst_port, h.ip_proto)
+    }
+
+    /// The key of an IPv4 packet from its raw ABI record header.
+    #[inline]
+    fn of_record(r: &[u8; RECORD_HEADER_LEN]) -> Packed {
+        let word =
+            |at: usize| u64::from(u32::from_le_bytes([r[at], r[at + 1], r[at + 2], r[at + 3]]));
+        let port = |at: usize| u64::from(u16::from_le_bytes([r[at], r[at + 1]]));
+        Packed {
+            a: word(32) << 32 | word(48),
+            b: port(64) << 48 | port(66) << 32 | u64::from(r[31]) << 8 | 4,
+        }
     }
 
     #[inline]
@@ -145,6 +157,19 @@ impl<V: Default> FlowTable<V> {
             }
             None => self.v6.get_mut(key),
         }
+    }
+
+    /// Reads the slot where the flow of the packet with this raw record
+    /// header starts its search (IPv4 only), so that it is in cache when
+    /// the packet's turn comes (see [`Analyzer::prepare`](crate::Analyzer::prepare)).
+    #[inline]
+    pub fn touch_record(&self, record: &[u8; RECORD_HEADER_LEN]) {
+        if record[30] != 4 || self.slots.is_empty() {
+            return;
+        }
+        let slot = &self.slots[Packed::of_record(record).home(self.bits)];
+        // A load the compiler must keep.
+        unsafe { core::ptr::read_volatile(&slot.key.b) };
     }
 
     /// The state of the flow of packet `p` (its [`Packet::flow`]); `None`
@@ -334,6 +359,13 @@ mod tests {
             };
             let p = Packet { header, data: &[] };
             assert_eq!(p.flow(), Some(k));
+            if !v6 {
+                // The raw record gives the same key as the header.
+                let mut record = [0u8; RECORD_HEADER_LEN];
+                header.write_record(&[], &mut record).unwrap();
+                assert!(Packed::of_record(&record) == Packed::of_header(&header));
+                t.touch_record(&record);
+            }
             assert!(t.packet_mut(&p).is_none());
             t.insert(k, 99);
             assert_eq!(t.packet_mut(&p).map(|v| *v), Some(99));
