@@ -424,6 +424,23 @@ mod tests {
     }
 
     #[test]
+    fn a_relative_compiled_dir_is_beside_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("monitor.toml");
+        let text = GOOD.replace(
+            "address = \"133.256.10.1\"",
+            "address = \"133.256.10.1\"\ncompiled_dir = \"compiled\"",
+        );
+        std::fs::write(&path, &text).unwrap();
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.compiled_dir, Some(dir.path().join("compiled")));
+        assert_eq!(parse(GOOD).unwrap().compiled_dir, None);
+        std::fs::write(&path, text.replace("\"compiled\"", "\"/var/cache/tm\"")).unwrap();
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.compiled_dir, Some(PathBuf::from("/var/cache/tm")));
+    }
+
+    #[test]
     fn bad_fields_are_named_with_their_value() {
         let cases = [
             (
