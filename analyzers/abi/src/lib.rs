@@ -131,6 +131,45 @@ pub const RECORD_ALIGN: usize = 8;
 /// An offset that is absent (no L3, L4 or payload found).
 pub const NO_OFFSET: u16 = 0xffff;
 
+/// Where each field sits in a record header (little-endian), as the C
+/// header's `TM_OFF_*`.
+pub mod off {
+    /// `u32`: header + data + padding.
+    pub const RECORD_LEN: usize = 0;
+    /// `u32`
+    pub const LINK: usize = 4;
+    /// `u64`: Unix ns.
+    pub const TS_NS: usize = 8;
+    /// `u32`
+    pub const WIRE_LEN: usize = 16;
+    /// `u32`
+    pub const CAP_LEN: usize = 20;
+    /// `u16`
+    pub const L3_OFFSET: usize = 24;
+    /// `u16`
+    pub const L4_OFFSET: usize = 26;
+    /// `u16`
+    pub const PAYLOAD_OFFSET: usize = 28;
+    /// `u8`: 0, 4 or 6.
+    pub const IP_VERSION: usize = 30;
+    /// `u8`
+    pub const IP_PROTO: usize = 31;
+    /// 16 bytes; IPv4 in the first 4.
+    pub const SRC_ADDR: usize = 32;
+    /// 16 bytes.
+    pub const DST_ADDR: usize = 48;
+    /// `u16`
+    pub const SRC_PORT: usize = 64;
+    /// `u16`
+    pub const DST_PORT: usize = 66;
+    /// `u8`
+    pub const TCP_FLAGS: usize = 68;
+    /// `u8`: [`flag`](super::flag) bits.
+    pub const FLAGS: usize = 69;
+    /// `u16`: outer VLAN id, 0 if none.
+    pub const VLAN: usize = 70;
+}
+
 /// Bits of [`PacketHeader::flags`].
 pub mod flag {
     /// The packet could not be fully parsed; parsed fields may be partial.
@@ -255,23 +294,24 @@ impl PacketHeader {
     #[inline]
     pub fn encode(&self, record_len: u32) -> [u8; RECORD_HEADER_LEN] {
         let mut out = [0u8; RECORD_HEADER_LEN];
-        out[0..4].copy_from_slice(&record_len.to_le_bytes());
-        out[4..8].copy_from_slice(&self.link.to_le_bytes());
-        out[8..16].copy_from_slice(&self.ts_ns.to_le_bytes());
-        out[16..20].copy_from_slice(&self.wire_len.to_le_bytes());
-        out[20..24].copy_from_slice(&self.cap_len.to_le_bytes());
-        out[24..26].copy_from_slice(&self.l3_offset.to_le_bytes());
-        out[26..28].copy_from_slice(&self.l4_offset.to_le_bytes());
-        out[28..30].copy_from_slice(&self.payload_offset.to_le_bytes());
-        out[30] = self.ip_version;
-        out[31] = self.ip_proto;
-        out[32..48].copy_from_slice(&self.src_addr);
-        out[48..64].copy_from_slice(&self.dst_addr);
-        out[64..66].copy_from_slice(&self.src_port.to_le_bytes());
-        out[66..68].copy_from_slice(&self.dst_port.to_le_bytes());
-        out[68] = self.tcp_flags;
-        out[69] = self.flags;
-        out[70..72].copy_from_slice(&self.vlan.to_le_bytes());
+        let mut put = |at: usize, bytes: &[u8]| out[at..at + bytes.len()].copy_from_slice(bytes);
+        put(off::RECORD_LEN, &record_len.to_le_bytes());
+        put(off::LINK, &self.link.to_le_bytes());
+        put(off::TS_NS, &self.ts_ns.to_le_bytes());
+        put(off::WIRE_LEN, &self.wire_len.to_le_bytes());
+        put(off::CAP_LEN, &self.cap_len.to_le_bytes());
+        put(off::L3_OFFSET, &self.l3_offset.to_le_bytes());
+        put(off::L4_OFFSET, &self.l4_offset.to_le_bytes());
+        put(off::PAYLOAD_OFFSET, &self.payload_offset.to_le_bytes());
+        put(off::IP_VERSION, &[self.ip_version]);
+        put(off::IP_PROTO, &[self.ip_proto]);
+        put(off::SRC_ADDR, &self.src_addr);
+        put(off::DST_ADDR, &self.dst_addr);
+        put(off::SRC_PORT, &self.src_port.to_le_bytes());
+        put(off::DST_PORT, &self.dst_port.to_le_bytes());
+        put(off::TCP_FLAGS, &[self.tcp_flags]);
+        put(off::FLAGS, &[self.flags]);
+        put(off::VLAN, &self.vlan.to_le_bytes());
         out
     }
 
@@ -280,34 +320,73 @@ impl PacketHeader {
     /// that does not fit `buf` or disagrees with `cap_len`).
     #[inline]
     pub fn read_record(buf: &[u8]) -> Option<(PacketHeader, &[u8], usize)> {
-        if buf.len() < RECORD_HEADER_LEN {
-            return None;
-        }
-        let len = u32::from_le_bytes(get(buf, 0)) as usize;
-        let cap_len = u32::from_le_bytes(get(buf, 20));
-        if len != record_len(cap_len as usize) || len > buf.len() {
-            return None;
-        }
+        let len = checked_len(buf)?;
+        let cap_len = u32::from_le_bytes(get(buf, off::CAP_LEN));
         let header = PacketHeader {
-            link: u32::from_le_bytes(get(buf, 4)),
-            ts_ns: u64::from_le_bytes(get(buf, 8)),
-            wire_len: u32::from_le_bytes(get(buf, 16)),
+            link: u32::from_le_bytes(get(buf, off::LINK)),
+            ts_ns: u64::from_le_bytes(get(buf, off::TS_NS)),
+            wire_len: u32::from_le_bytes(get(buf, off::WIRE_LEN)),
             cap_len,
-            l3_offset: u16::from_le_bytes(get(buf, 24)),
-            l4_offset: u16::from_le_bytes(get(buf, 26)),
-            payload_offset: u16::from_le_bytes(get(buf, 28)),
-            ip_version: buf[30],
-            ip_proto: buf[31],
-            src_addr: get(buf, 32),
-            dst_addr: get(buf, 48),
-            src_port: u16::from_le_bytes(get(buf, 64)),
-            dst_port: u16::from_le_bytes(get(buf, 66)),
-            tcp_flags: buf[68],
-            flags: buf[69],
-            vlan: u16::from_le_bytes(get(buf, 70)),
+            l3_offset: u16::from_le_bytes(get(buf, off::L3_OFFSET)),
+            l4_offset: u16::from_le_bytes(get(buf, off::L4_OFFSET)),
+            payload_offset: u16::from_le_bytes(get(buf, off::PAYLOAD_OFFSET)),
+            ip_version: buf[off::IP_VERSION],
+            ip_proto: buf[off::IP_PROTO],
+            src_addr: get(buf, off::SRC_ADDR),
+            dst_addr: get(buf, off::DST_ADDR),
+            src_port: u16::from_le_bytes(get(buf, off::SRC_PORT)),
+            dst_port: u16::from_le_bytes(get(buf, off::DST_PORT)),
+            tcp_flags: buf[off::TCP_FLAGS],
+            flags: buf[off::FLAGS],
+            vlan: u16::from_le_bytes(get(buf, off::VLAN)),
         };
         let data = &buf[RECORD_HEADER_LEN..RECORD_HEADER_LEN + cap_len as usize];
         Some((header, data, len))
+    }
+}
+
+/// The length of the record at the start of `buf`, if it is well formed:
+/// a whole header, a length that fits `buf` and agrees with `cap_len`.
+#[inline]
+fn checked_len(buf: &[u8]) -> Option<usize> {
+    if buf.len() < RECORD_HEADER_LEN {
+        return None;
+    }
+    let len = u32::from_le_bytes(get(buf, off::RECORD_LEN)) as usize;
+    let cap_len = u32::from_le_bytes(get(buf, off::CAP_LEN));
+    if len != record_len(cap_len as usize) || len > buf.len() {
+        return None;
+    }
+    Some(len)
+}
+
+/// Iterates over the raw header bytes of the records of a batch (read
+/// fields at [`off`]); stops where [`Records`] stops.
+pub struct RecordHeaders<'a> {
+    buf: &'a [u8],
+    left: u32,
+}
+
+impl<'a> RecordHeaders<'a> {
+    /// The headers of the `count` records in `buf`.
+    pub fn new(buf: &'a [u8], count: u32) -> Self {
+        RecordHeaders { buf, left: count }
+    }
+}
+
+impl<'a> Iterator for RecordHeaders<'a> {
+    type Item = &'a [u8; RECORD_HEADER_LEN];
+
+    #[inline]
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.left == 0 {
+            return None;
+        }
+        let len = checked_len(self.buf)?;
+        let (record, rest) = self.buf.split_at(len);
+        self.buf = rest;
+        self.left -= 1;
+        record[..RECORD_HEADER_LEN].try_into().ok()
     }
 }
 
@@ -378,6 +457,11 @@ mod tests {
         };
         assert_eq!(got[0], (a, &b"hello"[..]));
         assert_eq!(got[1], (b, &b""[..]));
+        // The raw headers of the same records.
+        let mut raw = RecordHeaders::new(&buf[..n1 + n2], 2);
+        assert_eq!(raw.next(), Some(&a.encode(80)));
+        assert_eq!(raw.next(), Some(&b.encode(72)));
+        assert_eq!(raw.next(), None);
     }
 
     #[test]
@@ -390,9 +474,11 @@ mod tests {
         let n = h.write_record(&[1; 8], &mut buf).unwrap();
         // Claims more records than there are.
         assert_eq!(Records::new(&buf[..n], 5).count(), 1);
+        assert_eq!(RecordHeaders::new(&buf[..n], 5).count(), 1);
         // A corrupted length.
         buf[0] = 200;
         assert_eq!(Records::new(&buf[..n], 1).count(), 0);
+        assert_eq!(RecordHeaders::new(&buf[..n], 1).count(), 0);
         // Too short for a header.
         assert!(PacketHeader::read_record(&buf[..10]).is_none());
         // cap_len disagreeing with the data given.
@@ -460,6 +546,27 @@ mod tests {
             }
             v
         };
+        for (name, at) in [
+            ("TM_OFF_RECORD_LEN", off::RECORD_LEN),
+            ("TM_OFF_LINK", off::LINK),
+            ("TM_OFF_TS_NS", off::TS_NS),
+            ("TM_OFF_WIRE_LEN", off::WIRE_LEN),
+            ("TM_OFF_CAP_LEN", off::CAP_LEN),
+            ("TM_OFF_L3_OFFSET", off::L3_OFFSET),
+            ("TM_OFF_L4_OFFSET", off::L4_OFFSET),
+            ("TM_OFF_PAYLOAD_OFFSET", off::PAYLOAD_OFFSET),
+            ("TM_OFF_IP_VERSION", off::IP_VERSION),
+            ("TM_OFF_IP_PROTO", off::IP_PROTO),
+            ("TM_OFF_SRC_ADDR", off::SRC_ADDR),
+            ("TM_OFF_DST_ADDR", off::DST_ADDR),
+            ("TM_OFF_SRC_PORT", off::SRC_PORT),
+            ("TM_OFF_DST_PORT", off::DST_PORT),
+            ("TM_OFF_TCP_FLAGS", off::TCP_FLAGS),
+            ("TM_OFF_FLAGS", off::FLAGS),
+            ("TM_OFF_VLAN", off::VLAN),
+        ] {
+            assert_eq!(define(name), at as u64, "{name}");
+        }
         assert_eq!(at("TM_OFF_RECORD_LEN", 4), 72);
         assert_eq!(at("TM_OFF_LINK", 4), u64::from(h.link));
         assert_eq!(at("TM_OFF_TS_NS", 8), h.ts_ns);

@@ -132,18 +132,8 @@ pub trait Analyzer: Sized {
 #[inline]
 pub fn feed<A: Analyzer>(analyzer: &mut A, buf: &[u8], count: u32) {
     if A::PREPARES {
-        let mut rest = buf;
-        for _ in 0..count {
-            let header = match rest.get(..abi::RECORD_HEADER_LEN) {
-                Some(h) => h,
-                None => break,
-            };
-            let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
-            if len < abi::RECORD_HEADER_LEN || len > rest.len() {
-                break;
-            }
-            analyzer.prepare(header.try_into().expect("72 bytes"));
-            rest = &rest[len..];
+        for header in abi::RecordHeaders::new(buf, count) {
+            analyzer.prepare(header);
         }
     }
     for (header, data) in Records::new(buf, count) {

@@ -8,7 +8,7 @@
 //! three times the instructions in WebAssembly, where the compiler keeps
 //! less in registers. IPv6 keys go to an [`FxHashMap`].
 
-use crate::abi::{PacketHeader, RECORD_HEADER_LEN};
+use crate::abi::{off, PacketHeader, RECORD_HEADER_LEN};
 use crate::view::{FlowKey, FxHashMap};
 use crate::Packet;
 
@@ -47,8 +47,11 @@ impl Packed {
             |at: usize| u64::from(u32::from_le_bytes([r[at], r[at + 1], r[at + 2], r[at + 3]]));
         let port = |at: usize| u64::from(u16::from_le_bytes([r[at], r[at + 1]]));
         Packed {
-            a: word(32) << 32 | word(48),
-            b: port(64) << 48 | port(66) << 32 | u64::from(r[31]) << 8 | 4,
+            a: word(off::SRC_ADDR) << 32 | word(off::DST_ADDR),
+            b: port(off::SRC_PORT) << 48
+                | port(off::DST_PORT) << 32
+                | u64::from(r[off::IP_PROTO]) << 8
+                | 4,
         }
     }
 
@@ -164,7 +167,7 @@ impl<V: Default> FlowTable<V> {
     /// the packet's turn comes (see [`Analyzer::prepare`](crate::Analyzer::prepare)).
     #[inline]
     pub fn touch_record(&self, record: &[u8; RECORD_HEADER_LEN]) {
-        if record[30] != 4 || self.slots.is_empty() {
+        if record[off::IP_VERSION] != 4 || self.slots.is_empty() {
             return;
         }
         let slot = &self.slots[Packed::of_record(record).home(self.bits)];
