@@ -321,6 +321,14 @@ impl PacketHeader {
     #[inline]
     pub fn read_record(buf: &[u8]) -> Option<(PacketHeader, &[u8], usize)> {
         let len = checked_len(buf)?;
+        let (header, data) = PacketHeader::decode(&buf[..len]);
+        Some((header, data, len))
+    }
+
+    /// The header and captured bytes of a record that [`checked_len`]
+    /// accepted (and nothing after it).
+    #[inline]
+    fn decode(buf: &[u8]) -> (PacketHeader, &[u8]) {
         let cap_len = u32::from_le_bytes(get(buf, off::CAP_LEN));
         let header = PacketHeader {
             link: u32::from_le_bytes(get(buf, off::LINK)),
@@ -341,7 +349,7 @@ impl PacketHeader {
             vlan: u16::from_le_bytes(get(buf, off::VLAN)),
         };
         let data = &buf[RECORD_HEADER_LEN..RECORD_HEADER_LEN + cap_len as usize];
-        Some((header, data, len))
+        (header, data)
     }
 }
 
@@ -360,17 +368,37 @@ fn checked_len(buf: &[u8]) -> Option<usize> {
     Some(len)
 }
 
-/// Iterates over the raw header bytes of the records of a batch (read
-/// fields at [`off`]); stops where [`Records`] stops.
-pub struct RecordHeaders<'a> {
+/// The well-formed records at the start of a batch, each whole (header,
+/// data, padding), at most `left` of them.
+struct Walk<'a> {
     buf: &'a [u8],
     left: u32,
 }
 
+impl<'a> Iterator for Walk<'a> {
+    type Item = &'a [u8];
+
+    #[inline]
+    fn next(&mut self) -> Option<&'a [u8]> {
+        if self.left == 0 {
+            return None;
+        }
+        let len = checked_len(self.buf)?;
+        let (record, rest) = self.buf.split_at(len);
+        self.buf = rest;
+        self.left -= 1;
+        Some(record)
+    }
+}
+
+/// Iterates over the raw header bytes of the records of a batch (read
+/// fields at [`off`]); stops where [`Records`] stops.
+pub struct RecordHeaders<'a>(Walk<'a>);
+
 impl<'a> RecordHeaders<'a> {
     /// The headers of the `count` records in `buf`.
     pub fn new(buf: &'a [u8], count: u32) -> Self {
-        RecordHeaders { buf, left: count }
+        RecordHeaders(Walk { buf, left: count })
     }
 }
 
@@ -379,27 +407,17 @@ impl<'a> Iterator for RecordHeaders<'a> {
 
     #[inline]
     fn next(&mut self) -> Option<Self::Item> {
-        if self.left == 0 {
-            return None;
-        }
-        let len = checked_len(self.buf)?;
-        let (record, rest) = self.buf.split_at(len);
-        self.buf = rest;
-        self.left -= 1;
-        record[..RECORD_HEADER_LEN].try_into().ok()
+        self.0.next()?[..RECORD_HEADER_LEN].try_into().ok()
     }
 }
 
 /// Iterates over the records of a batch; stops at the first malformed one.
-pub struct Records<'a> {
-    buf: &'a [u8],
-    left: u32,
-}
+pub struct Records<'a>(Walk<'a>);
 
 impl<'a> Records<'a> {
     /// The `count` records in `buf`.
     pub fn new(buf: &'a [u8], count: u32) -> Self {
-        Records { buf, left: count }
+        Records(Walk { buf, left: count })
     }
 }
 
@@ -408,13 +426,7 @@ impl<'a> Iterator for Records<'a> {
 
     #[inline]
     fn next(&mut self) -> Option<Self::Item> {
-        if self.left == 0 {
-            return None;
-        }
-        let (header, data, len) = PacketHeader::read_record(self.buf)?;
-        self.buf = &self.buf[len..];
-        self.left -= 1;
-        Some((header, data))
+        self.0.next().map(PacketHeader::decode)
     }
 }
 
