@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bus_schema::{LinkInfo, LinkState, LinkStatus};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
-use tm_abi::{PacketHeader, flag, record_len};
+use tm_abi::{PacketHeader, flag, off, record_len};
 
 use crate::config::{LinkConfig, Replay, Source};
 use crate::deployment::{Batch, DepCounters, DepMsg};
@@ -171,18 +171,9 @@ impl Tap {
         if !self.filter.matches(h) || self.bpf.as_ref().is_some_and(|b| !b.matches(data)) {
             return;
         }
-        // Only the bytes the analyzer reads; the header still describes
-        // the whole packet.
-        let cut;
-        let (h, data) = if data.len() > self.snap_len {
-            cut = PacketHeader {
-                cap_len: self.snap_len as u32,
-                ..*h
-            };
-            (&cut, &data[..self.snap_len])
-        } else {
-            (h, data)
-        };
+        // Only the bytes the analyzer reads; every other header field
+        // still describes the whole packet.
+        let data = &data[..data.len().min(self.snap_len)];
         let len = record_len(data.len());
         if self.batch.buf.len() + len > BATCH_BYTES {
             self.flush();
@@ -194,10 +185,12 @@ impl Tap {
             }
             self.batch.buf.reserve(BATCH_BYTES.max(len));
         }
-        // Header, captured bytes, zero padding: each byte written once.
-        debug_assert_eq!(h.cap_len as usize, data.len());
+        // Header (its cap_len what is kept), captured bytes, zero padding:
+        // each byte written once.
+        let mut head = h.encode(len as u32);
+        head[off::CAP_LEN..off::CAP_LEN + 4].copy_from_slice(&(data.len() as u32).to_le_bytes());
         let buf = &mut self.batch.buf;
-        buf.extend_from_slice(&h.encode(len as u32));
+        buf.extend_from_slice(&head);
         buf.extend_from_slice(data);
         buf.resize(at + len, 0);
         self.batch.count += 1;

@@ -243,21 +243,20 @@ impl Analyzer for FlowStats {
                 return;
             }
         };
-        match self.flows.len() >= self.params.max_flows as usize {
-            true => self.totals.refused_packets += 1,
-            false => {
-                self.flows.insert(
-                    key,
-                    Counters {
-                        packets: 1,
-                        bytes: wire,
-                        first_ns: h.ts_ns,
-                        last_ns: h.ts_ns,
-                        tcp_flags: h.tcp_flags,
-                    },
-                );
-            }
+        if self.flows.len() >= self.params.max_flows as usize {
+            self.totals.refused_packets += 1;
+            return;
         }
+        self.flows.insert(
+            key,
+            Counters {
+                packets: 1,
+                bytes: wire,
+                first_ns: h.ts_ns,
+                last_ns: h.ts_ns,
+                tcp_flags: h.tcp_flags,
+            },
+        );
     }
 
     fn tick(&mut self, _now_ns: u64) {

@@ -142,21 +142,23 @@ impl<V: Default> FlowTable<V> {
         }
     }
 
+    /// The slot holding `p`, if it is there.
+    #[inline]
+    fn position(&self, p: Packed) -> Option<usize> {
+        if self.slots.is_empty() {
+            return None;
+        }
+        let i = self.find(p);
+        (self.slots[i].key.b != 0).then_some(i)
+    }
+
     /// The state of `key`'s flow.
     #[inline]
     pub fn get_mut(&mut self, key: &FlowKey) -> Option<&mut V> {
         match Packed::of(key) {
             Some(p) => {
-                if self.slots.is_empty() {
-                    return None;
-                }
-                let i = self.find(p);
-                let slot = &mut self.slots[i];
-                if slot.key.b == 0 {
-                    None
-                } else {
-                    Some(&mut slot.value)
-                }
+                let i = self.position(p)?;
+                Some(&mut self.slots[i].value)
             }
             None => self.v6.get_mut(key),
         }
@@ -183,32 +185,14 @@ impl<V: Default> FlowTable<V> {
         if p.header.ip_version != 4 {
             return self.v6.get_mut(&p.flow()?);
         }
-        if self.slots.is_empty() {
-            return None;
-        }
-        let i = self.find(Packed::of_header(&p.header));
-        let slot = &mut self.slots[i];
-        if slot.key.b == 0 {
-            None
-        } else {
-            Some(&mut slot.value)
-        }
+        let i = self.position(Packed::of_header(&p.header))?;
+        Some(&mut self.slots[i].value)
     }
 
     /// The state of `key`'s flow.
     pub fn get(&self, key: &FlowKey) -> Option<&V> {
         match Packed::of(key) {
-            Some(p) => {
-                if self.slots.is_empty() {
-                    return None;
-                }
-                let slot = &self.slots[self.find(p)];
-                if slot.key.b == 0 {
-                    None
-                } else {
-                    Some(&slot.value)
-                }
-            }
+            Some(p) => self.position(p).map(|i| &self.slots[i].value),
             None => self.v6.get(key),
         }
     }
