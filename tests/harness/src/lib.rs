@@ -499,17 +499,33 @@ impl NatsCluster {
 /// Every result window of `deployment` held in the `TM_RESULTS` stream, in
 /// stream order, with its stream sequence: what an outside subscriber reads.
 ///
+/// In a cluster the JetStream API may not answer while a restarted node's
+/// stream leader is being elected; like any subscriber this retries for
+/// up to 20 s.
+///
 /// # Panics
-/// If the stream cannot be read or holds a window that does not decode.
+/// If the stream cannot be read for 20 s or holds a window that does not
+/// decode.
 pub async fn stream_windows(
     js: &jetstream::Context,
     deployment: &str,
 ) -> Vec<(u64, bus_schema::ResultWindow)> {
-    let mut stream = js
-        .get_stream(bus_schema::store::RESULTS_STREAM)
-        .await
-        .expect("TM_RESULTS");
-    let state = stream.info().await.expect("stream info").state.clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let (stream, state) = loop {
+        let read = async {
+            let mut stream = js.get_stream(bus_schema::store::RESULTS_STREAM).await?;
+            let state = stream.info().await?.state.clone();
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>((stream, state))
+        };
+        match read.await {
+            Ok(r) => break r,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                eprintln!("TM_RESULTS not readable yet ({e}); retrying");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => panic!("TM_RESULTS unreadable for 20 s: {e}"),
+        }
+    };
     let mut held = Vec::new();
     for seq in state.first_sequence..=state.last_sequence {
         let Ok(msg) = stream.get_raw_message(seq).await else {
