@@ -72,11 +72,14 @@ fn main() -> Result<()> {
             no_lint,
             runner_args,
         } => {
+            disk_report(&root, "before the build");
             let wasm_dir = guests::build_all(&root, toolchain)?;
             if !no_lint {
                 lint(&root)?;
             }
-            test(&root, &wasm_dir, &runner_args)?;
+            let outcome = test(&root, &wasm_dir, &runner_args);
+            disk_report(&root, "after the suite");
+            outcome?;
         }
         Cmd::Lint => lint(&root)?,
         Cmd::Demo => demo::run(&root)?,
@@ -128,6 +131,41 @@ fn lint(root: &Path) -> Result<()> {
         run(cargo().current_dir(&dir).args(CLIPPY))?;
     }
     Ok(())
+}
+
+/// Prints the space left on target/'s file system and what target/ takes.
+/// A full disk shows up as a linker killed by SIGBUS, far from its cause;
+/// this line says it plainly.
+fn disk_report(root: &Path, when: &str) {
+    let target = root.join("target");
+    let probe = if target.exists() { &target } else { root };
+    let df = Command::new("df").args(["-Pk"]).arg(probe).output();
+    let free_kib = df.ok().and_then(|o| {
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        let line = text.lines().nth(1)?.to_owned();
+        line.split_whitespace().nth(3)?.parse::<u64>().ok()
+    });
+    let du = Command::new("du").args(["-sk"]).arg(&target).output();
+    let used_kib = du.ok().and_then(|o| {
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        text.split_whitespace().next()?.parse::<u64>().ok()
+    });
+    let gib = |kib: u64| kib as f64 / (1024.0 * 1024.0);
+    match (free_kib, used_kib) {
+        (Some(free), used) => {
+            eprintln!(
+                "xtask: disk {when}: {:.1} GiB free, target/ {:.1} GiB",
+                gib(free),
+                gib(used.unwrap_or(0))
+            );
+            if free < 8 * 1024 * 1024 {
+                eprintln!(
+                    "xtask: warning: under 8 GiB free; a clean build of the suite takes several"
+                );
+            }
+        }
+        (None, _) => eprintln!("xtask: disk {when}: df gave no answer"),
+    }
 }
 
 /// Finds a nats-server the tests can kill directly (not a pyenv shim).
