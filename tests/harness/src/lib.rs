@@ -527,10 +527,30 @@ pub async fn stream_windows(
         }
     };
     let mut held = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     for seq in state.first_sequence..=state.last_sequence {
-        let Ok(msg) = stream.get_raw_message(seq).await else {
-            continue;
+        let msg = loop {
+            use async_nats::jetstream::stream::RawMessageErrorKind as Kind;
+            match stream.get_raw_message(seq).await {
+                Ok(msg) => break Some(msg),
+                // A sequence with no message (deleted): nothing to read.
+                Err(e) if e.kind() == Kind::NoMessageFound => break None,
+                Err(e)
+                    if matches!(&e.kind(), Kind::JetStream(j)
+                        if j.error_code() == async_nats::jetstream::ErrorCode::NO_MESSAGE_FOUND) =>
+                {
+                    break None;
+                }
+                // Anything else (a timeout while a leader is elected, say)
+                // is retried: skipping it would hide a window.
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    eprintln!("TM_RESULTS message {seq} not readable yet ({e}); retrying");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) => panic!("TM_RESULTS message {seq} unreadable for 20 s: {e}"),
+            }
         };
+        let Some(msg) = msg else { continue };
         let w: bus_schema::ResultWindow =
             bus_schema::decode(&msg.payload).expect("a ResultWindow in TM_RESULTS");
         if w.deployment == deployment {
