@@ -22,11 +22,11 @@
 //!
 //! Then the same flow-stats logic natively vs in WebAssembly on the very
 //! batches the monitor builds (analysis only, no capture): the native build
-//! is `analyzers/flow-stats/examples/native.rs`.
+//! is `analyzers/flow-stats/examples/native.rs`, a shared library loaded
+//! into this process, fed turn about with the WebAssembly build.
 
 mod common;
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -232,72 +232,56 @@ fn main() {
     };
     // Cut to what flow-stats reads, as the monitor's tap does.
     let batches = batches(&path, instance().snap_len());
-    // Kept beside the capture, for profiling the native build by hand.
-    let records = path.with_extension("batches");
-    {
-        use std::io::Write;
-        let mut f = std::io::BufWriter::new(File::create(&records).unwrap());
-        for (count, buf) in &batches {
-            f.write_all(&count.to_le_bytes()).unwrap();
-            f.write_all(&(buf.len() as u32).to_le_bytes()).unwrap();
-            f.write_all(buf).unwrap();
-        }
-    }
-    let analyzers = root().join("analyzers");
-    let status = Command::new("cargo")
-        .current_dir(&analyzers)
-        .args([
-            "build",
-            "--quiet",
-            "--release",
-            "--example",
-            "native",
-            "-p",
-            "flow-stats",
-        ])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    // Rounds alternate one native run and one WebAssembly run, so that a
-    // shared machine's changing speed falls on both alike.
+    let native = NativeFlowStats::build_and_load();
+    // Each round feeds every batch to a fresh native and a fresh
+    // WebAssembly flow-stats, turn about, CHUNK batches at a time (about
+    // 8,000 packets, a millisecond or so), the order swapping every turn:
+    // this machine's speed moves from one second to the next, and so both
+    // builds see the same machine.
     const ROUNDS: usize = 5;
-    let mut native_best = Duration::MAX;
-    let mut wasm_best = Duration::MAX;
-    let mut ratios = Vec::new();
+    const CHUNK: usize = 32;
+    let mut rounds = Vec::new();
     for _ in 0..ROUNDS {
-        let run = Command::new(analyzers.join("target/release/examples/native"))
-            .arg(&records)
-            .arg("1")
-            .output()
-            .unwrap();
-        assert!(run.status.success());
-        let out = String::from_utf8(run.stdout).unwrap();
-        let kv = |k: &str| -> u64 {
-            out.split_whitespace()
-                .find_map(|t| t.strip_prefix(&format!("{k}=")))
-                .unwrap()
-                .parse()
-                .unwrap()
-        };
-        assert_eq!(kv("packets"), total);
-        let native = Duration::from_nanos(kv("best_ns"));
-
+        let n = native.instance();
         let mut a = instance();
-        let started = Instant::now();
-        for (count, buf) in &batches {
-            a.on_packets(buf, *count).unwrap();
+        let (mut native_t, mut wasm_t) = (Duration::ZERO, Duration::ZERO);
+        for (turn, chunk) in batches.chunks(CHUNK).enumerate() {
+            let mut run_native = || {
+                let started = Instant::now();
+                for (count, buf) in chunk {
+                    n.on_packets(buf, *count);
+                }
+                native_t += started.elapsed();
+            };
+            let mut run_wasm = || {
+                let started = Instant::now();
+                for (count, buf) in chunk {
+                    a.on_packets(buf, *count).unwrap();
+                }
+                wasm_t += started.elapsed();
+            };
+            if turn % 2 == 0 {
+                run_native();
+                run_wasm();
+            } else {
+                run_wasm();
+                run_native();
+            }
         }
-        let wasm = started.elapsed();
+        let (packets, flows) = n.packets_and_flows();
         let r = a.collect().unwrap();
+        assert_eq!(packets, total);
         assert_eq!(field(&r, "packets").as_u64(), Some(total));
-        assert_eq!(field(&r, "active_flows").as_u64(), Some(kv("flows")));
-        native_best = native_best.min(native);
-        wasm_best = wasm_best.min(wasm);
-        ratios.push(wasm.as_secs_f64() / native.as_secs_f64());
+        assert_eq!(field(&r, "active_flows").as_u64(), Some(flows));
+        rounds.push((native_t, wasm_t));
     }
+    let native_best = rounds.iter().map(|r| r.0).min().unwrap();
+    let wasm_best = rounds.iter().map(|r| r.1).min().unwrap();
+    let mut ratios: Vec<f64> = rounds
+        .iter()
+        .map(|(n, w)| w.as_secs_f64() / n.as_secs_f64())
+        .collect();
     ratios.sort_by(f64::total_cmp);
-    let flows_seen = flows;
-    let native = native_best;
     println!();
     println!(
         "| flow-stats, analysis only ({} batches, best of {ROUNDS}) | time | Mpps | ns/packet |",
@@ -305,7 +289,7 @@ fn main() {
     );
     println!("|---|---|---|---|");
     for (name, d) in [
-        ("native (x86_64, same crate)", native),
+        ("native (x86_64, same crate)", native_best),
         (
             "WebAssembly (wasmtime, in the monitor's sandbox)",
             wasm_best,
@@ -319,15 +303,90 @@ fn main() {
         );
     }
     println!(
-        "\nWebAssembly / native time: {:.2}× best against best; per round {} ({} flows)",
-        wasm_best.as_secs_f64() / native.as_secs_f64(),
+        "\nWebAssembly / native time, per round (same batches, turn about): {}; median {:.2}× ({} flows)",
         ratios
             .iter()
             .map(|r| format!("{r:.2}×"))
             .collect::<Vec<_>>()
             .join(", "),
-        flows_seen
+        ratios[ratios.len() / 2],
+        flows
     );
+}
+
+/// flow-stats built natively as a shared library
+/// (`analyzers/flow-stats/examples/native.rs`), loaded into this process.
+struct NativeFlowStats {
+    lib: libloading::Library,
+}
+
+/// One native flow-stats.
+struct NativeInstance<'l> {
+    ptr: *mut std::ffi::c_void,
+    on_packets:
+        libloading::Symbol<'l, unsafe extern "C" fn(*mut std::ffi::c_void, *const u8, usize, u32)>,
+    packets: libloading::Symbol<'l, unsafe extern "C" fn(*mut std::ffi::c_void, *mut u64) -> u64>,
+    free: libloading::Symbol<'l, unsafe extern "C" fn(*mut std::ffi::c_void)>,
+}
+
+impl NativeFlowStats {
+    fn build_and_load() -> Self {
+        let analyzers = root().join("analyzers");
+        let status = Command::new("cargo")
+            .current_dir(&analyzers)
+            .args([
+                "build",
+                "--quiet",
+                "--release",
+                "--example",
+                "native",
+                "-p",
+                "flow-stats",
+            ])
+            .status()
+            .unwrap();
+        assert!(status.success(), "building flow-stats' native example");
+        let path = analyzers.join("target/release/examples/libnative.so");
+        // SAFETY: our own library, whose initialisers do nothing.
+        let lib = unsafe { libloading::Library::new(&path) }
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        NativeFlowStats { lib }
+    }
+
+    fn instance(&self) -> NativeInstance<'_> {
+        // SAFETY: the signatures are those of examples/native.rs.
+        unsafe {
+            let new: libloading::Symbol<unsafe extern "C" fn() -> *mut std::ffi::c_void> =
+                self.lib.get(b"native_new").unwrap();
+            NativeInstance {
+                ptr: new(),
+                on_packets: self.lib.get(b"native_on_packets").unwrap(),
+                packets: self.lib.get(b"native_packets").unwrap(),
+                free: self.lib.get(b"native_free").unwrap(),
+            }
+        }
+    }
+}
+
+impl NativeInstance<'_> {
+    fn on_packets(&self, buf: &[u8], count: u32) {
+        // SAFETY: `ptr` is live until drop; `buf` is readable.
+        unsafe { (self.on_packets)(self.ptr, buf.as_ptr(), buf.len(), count) }
+    }
+
+    fn packets_and_flows(&self) -> (u64, u64) {
+        let mut flows = 0;
+        // SAFETY: `ptr` is live until drop.
+        let packets = unsafe { (self.packets)(self.ptr, &mut flows) };
+        (packets, flows)
+    }
+}
+
+impl Drop for NativeInstance<'_> {
+    fn drop(&mut self) {
+        // SAFETY: made by native_new, freed once.
+        unsafe { (self.free)(self.ptr) }
+    }
 }
 
 /// Every tool and the monitor on `path`, measured and printed as a table.

@@ -328,28 +328,39 @@ impl PacketHeader {
     /// The header and captured bytes of a record that [`checked_len`]
     /// accepted (and nothing after it).
     #[inline]
-    fn decode(buf: &[u8]) -> (PacketHeader, &[u8]) {
-        let cap_len = u32::from_le_bytes(get(buf, off::CAP_LEN));
-        let header = PacketHeader {
-            link: u32::from_le_bytes(get(buf, off::LINK)),
-            ts_ns: u64::from_le_bytes(get(buf, off::TS_NS)),
-            wire_len: u32::from_le_bytes(get(buf, off::WIRE_LEN)),
-            cap_len,
-            l3_offset: u16::from_le_bytes(get(buf, off::L3_OFFSET)),
-            l4_offset: u16::from_le_bytes(get(buf, off::L4_OFFSET)),
-            payload_offset: u16::from_le_bytes(get(buf, off::PAYLOAD_OFFSET)),
-            ip_version: buf[off::IP_VERSION],
-            ip_proto: buf[off::IP_PROTO],
-            src_addr: get(buf, off::SRC_ADDR),
-            dst_addr: get(buf, off::DST_ADDR),
-            src_port: u16::from_le_bytes(get(buf, off::SRC_PORT)),
-            dst_port: u16::from_le_bytes(get(buf, off::DST_PORT)),
-            tcp_flags: buf[off::TCP_FLAGS],
-            flags: buf[off::FLAGS],
-            vlan: u16::from_le_bytes(get(buf, off::VLAN)),
+    fn decode(record: &[u8]) -> (PacketHeader, &[u8]) {
+        let (head, rest) = record.split_at(RECORD_HEADER_LEN);
+        let header = match head.try_into() {
+            Ok(head) => PacketHeader::from_bytes(head),
+            Err(_) => unreachable!("split at the header's length"),
         };
-        let data = &buf[RECORD_HEADER_LEN..RECORD_HEADER_LEN + cap_len as usize];
+        let data = &rest[..header.cap_len as usize];
         (header, data)
+    }
+
+    /// Decodes a record header (the first [`RECORD_HEADER_LEN`] bytes of a
+    /// record). Fields are read at fixed offsets of a fixed-size array, so
+    /// there is no length check per field.
+    #[inline]
+    pub fn from_bytes(head: &[u8; RECORD_HEADER_LEN]) -> PacketHeader {
+        PacketHeader {
+            link: u32::from_le_bytes(get(head, off::LINK)),
+            ts_ns: u64::from_le_bytes(get(head, off::TS_NS)),
+            wire_len: u32::from_le_bytes(get(head, off::WIRE_LEN)),
+            cap_len: u32::from_le_bytes(get(head, off::CAP_LEN)),
+            l3_offset: u16::from_le_bytes(get(head, off::L3_OFFSET)),
+            l4_offset: u16::from_le_bytes(get(head, off::L4_OFFSET)),
+            payload_offset: u16::from_le_bytes(get(head, off::PAYLOAD_OFFSET)),
+            ip_version: head[off::IP_VERSION],
+            ip_proto: head[off::IP_PROTO],
+            src_addr: get(head, off::SRC_ADDR),
+            dst_addr: get(head, off::DST_ADDR),
+            src_port: u16::from_le_bytes(get(head, off::SRC_PORT)),
+            dst_port: u16::from_le_bytes(get(head, off::DST_PORT)),
+            tcp_flags: head[off::TCP_FLAGS],
+            flags: head[off::FLAGS],
+            vlan: u16::from_le_bytes(get(head, off::VLAN)),
+        }
     }
 }
 
@@ -362,7 +373,9 @@ fn checked_len(buf: &[u8]) -> Option<usize> {
     }
     let len = u32::from_le_bytes(get(buf, off::RECORD_LEN)) as usize;
     let cap_len = u32::from_le_bytes(get(buf, off::CAP_LEN));
-    if len != record_len(cap_len as usize) || len > buf.len() {
+    // `len >= RECORD_HEADER_LEN` holds for any `record_len` that did not
+    // wrap; saying it lets the compiler drop the per-field checks after.
+    if len < RECORD_HEADER_LEN || len != record_len(cap_len as usize) || len > buf.len() {
         return None;
     }
     Some(len)

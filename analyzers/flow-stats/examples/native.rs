@@ -1,59 +1,69 @@
-//! flow-stats compiled natively, for the native-vs-WebAssembly figure of
-//! `cargo bench -p monitor --bench analyzers`, which writes the batches and
-//! runs this with:
+//! flow-stats compiled natively as a shared library, for the
+//! native-vs-WebAssembly figure of `cargo bench -p monitor --bench
+//! analyzers`, which builds it with
 //!
-//!     cargo run --release --example native -p flow-stats -- BATCHES RUNS
+//!     cargo build --release --example native -p flow-stats
 //!
-//! BATCHES holds the very batches the monitor gives the guest: repeated
-//! `[count: u32 LE][len: u32 LE][len bytes of ABI v1 records]`. Each run
-//! feeds all of them to a fresh analyzer through the same `Records` walk
-//! as the WebAssembly exports, copying each batch into the analyzer's own
-//! buffer first, as the host copies it into guest memory. Prints `best_ns=… packets=… flows=…`.
-
-use std::time::Instant;
+//! and loads `target/release/examples/libnative.so` into the same process
+//! as the WebAssembly build, so both run the same batches turn about.
+//!
+//! The entry points mirror the guest's exports: `native_on_packets` copies
+//! the batch into the analyzer's own buffer (as the host copies it into
+//! guest memory before `tm_on_packets`) and runs the same `tm_sdk::feed`
+//! the WebAssembly exports run.
 
 use flow_stats::{FlowStats, Params};
 use tm_sdk::Analyzer;
 
-fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if args.len() < 2 {
-        eprintln!("usage: native BATCHES [RUNS]");
-        std::process::exit(2);
+/// A native flow-stats and its batch buffer.
+pub struct Native {
+    analyzer: FlowStats,
+    buf: Vec<u8>,
+}
+
+/// A flow-stats with default params; free it with [`native_free`].
+#[no_mangle]
+pub extern "C" fn native_new() -> *mut Native {
+    let analyzer = FlowStats::init(Params::default()).expect("default params");
+    Box::into_raw(Box::new(Native {
+        analyzer,
+        buf: Vec::new(),
+    }))
+}
+
+/// Feeds one batch of `count` ABI v1 records.
+///
+/// # Safety
+/// `n` comes from [`native_new`] and is not freed; `ptr` points to `len`
+/// readable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn native_on_packets(n: *mut Native, ptr: *const u8, len: usize, count: u32) {
+    let n = &mut *n;
+    let batch = std::slice::from_raw_parts(ptr, len);
+    if n.buf.len() < len {
+        n.buf.resize(len, 0);
     }
-    let data = std::fs::read(&args[1]).unwrap_or_else(|e| {
-        eprintln!("{}: {}", args[1], e);
-        std::process::exit(1)
-    });
-    let runs: usize = args.get(2).and_then(|r| r.parse().ok()).unwrap_or(3);
-    let mut batches = Vec::new();
-    let mut at = 0;
-    while at + 8 <= data.len() {
-        let count = u32::from_le_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]]);
-        let len =
-            u32::from_le_bytes([data[at + 4], data[at + 5], data[at + 6], data[at + 7]]) as usize;
-        batches.push((count, &data[at + 8..at + 8 + len]));
-        at += 8 + len;
-    }
-    let mut best = u128::MAX;
-    let mut last = None;
-    for _ in 0..runs {
-        let mut a = FlowStats::init(Params::default()).expect("default params");
-        // Each batch is first copied into the analyzer's own buffer, as the
-        // host copies it into the guest's memory before each call.
-        let mut own = vec![0u8; batches.iter().map(|b| b.1.len()).max().unwrap_or(0)];
-        let started = Instant::now();
-        for (count, buf) in &batches {
-            let own = &mut own[..buf.len()];
-            own.copy_from_slice(buf);
-            tm_sdk::feed(&mut a, own, *count);
-        }
-        best = best.min(started.elapsed().as_nanos());
-        last = Some(a.results());
-    }
-    let r = last.expect("at least one run");
-    println!(
-        "best_ns={} packets={} flows={}",
-        best, r.packets, r.active_flows
-    );
+    let own = &mut n.buf[..len];
+    own.copy_from_slice(batch);
+    tm_sdk::feed(&mut n.analyzer, own, count);
+}
+
+/// Packets seen (writes the flows tracked to `flows`).
+///
+/// # Safety
+/// `n` comes from [`native_new`] and is not freed; `flows` is writable.
+#[no_mangle]
+pub unsafe extern "C" fn native_packets(n: *const Native, flows: *mut u64) -> u64 {
+    let r = (*n).analyzer.results();
+    *flows = r.active_flows;
+    r.packets
+}
+
+/// Frees what [`native_new`] made.
+///
+/// # Safety
+/// `n` comes from [`native_new`] and is not used again.
+#[no_mangle]
+pub unsafe extern "C" fn native_free(n: *mut Native) {
+    drop(Box::from_raw(n));
 }
