@@ -132,12 +132,29 @@ pub trait Analyzer: Sized {
 #[inline]
 pub fn feed<A: Analyzer>(analyzer: &mut A, buf: &[u8], count: u32) {
     if A::PREPARES {
-        for header in abi::RecordHeaders::new(buf, count) {
-            analyzer.prepare(header);
+        // Four records a turn: a WebAssembly runtime checks its deadline at
+        // every loop head (and keeps values out of registers around the
+        // check), and this loop does little else. Measured: 3-4% of the
+        // guest's time; eight a turn was slower again.
+        let mut it = abi::RecordHeaders::new(buf, count);
+        'batch: loop {
+            for _ in 0..4 {
+                match it.next() {
+                    Some(h) => analyzer.prepare(h),
+                    None => break 'batch,
+                }
+            }
         }
     }
-    for (header, data) in Records::new(buf, count) {
-        analyzer.on_packet(&Packet { header, data });
+    // Two a turn, for the same reason (3% more; four gained nothing).
+    let mut it = Records::new(buf, count);
+    'main: loop {
+        for _ in 0..2 {
+            match it.next() {
+                Some((header, data)) => analyzer.on_packet(&Packet { header, data }),
+                None => break 'main,
+            }
+        }
     }
 }
 
@@ -489,4 +506,87 @@ macro_rules! export_analyzer {
             }
         }
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    /// Records what `feed` hands it.
+    #[derive(Default)]
+    struct Seen {
+        prepared: Cell<Vec<u32>>,
+        packets: Vec<u32>,
+    }
+
+    impl Analyzer for Seen {
+        type Params = ();
+        type Results = ();
+        fn init(_: ()) -> Result<Self, String> {
+            Ok(Seen::default())
+        }
+        const PREPARES: bool = true;
+        fn prepare(&self, record: &[u8; abi::RECORD_HEADER_LEN]) {
+            let mut v = self.prepared.take();
+            v.push(PacketHeader::from_bytes(record).wire_len);
+            self.prepared.set(v);
+        }
+        fn on_packet(&mut self, p: &Packet) {
+            assert_eq!(p.data.len() as u32, p.header.cap_len);
+            self.packets.push(p.header.wire_len);
+        }
+        fn configure(&mut self, _: ()) -> Result<(), String> {
+            Ok(())
+        }
+        fn results(&self) {}
+    }
+
+    /// `n` records (wire_len 1000 + i, i + 1 captured bytes) back to back.
+    fn batch(n: u32) -> Vec<u8> {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut at = 0;
+        for i in 0..n {
+            let data = vec![i as u8; i as usize + 1];
+            let h = PacketHeader {
+                wire_len: 1000 + i,
+                cap_len: data.len() as u32,
+                ..PacketHeader::default()
+            };
+            at += h.write_record(&data, &mut buf[at..]).unwrap();
+        }
+        buf.truncate(at);
+        buf
+    }
+
+    #[test]
+    fn feed_hands_over_every_record_once_up_to_count() {
+        // Every count around the unrolled loops' turns (4 and 2 a turn).
+        for n in 0..12u32 {
+            let buf = batch(n);
+            for count in 0..=n + 2 {
+                let mut a = Seen::default();
+                feed(&mut a, &buf, count);
+                let want: Vec<u32> = (0..count.min(n)).map(|i| 1000 + i).collect();
+                assert_eq!(a.packets, want, "{n} records, count {count}");
+                assert_eq!(a.prepared.take(), want, "{n} records, count {count}");
+            }
+        }
+    }
+
+    #[test]
+    fn feed_stops_at_the_first_malformed_record() {
+        let mut buf = batch(9);
+        // Record 5's length field disagrees with its cap_len.
+        let mut at = 0;
+        for _ in 0..5 {
+            at += u32::from_le_bytes(buf[at..at + 4].try_into().unwrap()) as usize;
+        }
+        buf[at] ^= 0x40;
+        let mut a = Seen::default();
+        feed(&mut a, &buf, 9);
+        let want: Vec<u32> = (0..5).map(|i| 1000 + i).collect();
+        assert_eq!(a.packets, want);
+        assert_eq!(a.prepared.take(), want);
+    }
 }

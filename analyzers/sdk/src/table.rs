@@ -17,7 +17,8 @@ const FIRST_CAPACITY: usize = 64;
 
 /// An IPv4 key in two words: `a` = source << 32 | destination (each read
 /// little-endian), `b` =
-/// source port << 48 | destination port << 32 | protocol << 8 | 4. `b` is
+/// destination port << 48 | source port << 32 | protocol << 8 | 4 (the two
+/// ports as one little-endian word, as they lie in a record header). `b` is
 /// never 0, so 0 marks an empty slot.
 #[derive(Clone, Copy, PartialEq, Eq)]
 struct Packed {
@@ -45,13 +46,11 @@ impl Packed {
     fn of_record(r: &[u8; RECORD_HEADER_LEN]) -> Packed {
         let word =
             |at: usize| u64::from(u32::from_le_bytes([r[at], r[at + 1], r[at + 2], r[at + 3]]));
-        let port = |at: usize| u64::from(u16::from_le_bytes([r[at], r[at + 1]]));
+        // DST_PORT follows SRC_PORT: one load for both.
+        const _: () = assert!(off::DST_PORT == off::SRC_PORT + 2);
         Packed {
             a: word(off::SRC_ADDR) << 32 | word(off::DST_ADDR),
-            b: port(off::SRC_PORT) << 48
-                | port(off::DST_PORT) << 32
-                | u64::from(r[off::IP_PROTO]) << 8
-                | 4,
+            b: word(off::SRC_PORT) << 32 | u64::from(r[off::IP_PROTO]) << 8 | 4,
         }
     }
 
@@ -61,7 +60,7 @@ impl Packed {
         let word = |x: &[u8; 16]| u64::from(u32::from_le_bytes([x[0], x[1], x[2], x[3]]));
         Packed {
             a: word(src) << 32 | word(dst),
-            b: u64::from(sport) << 48 | u64::from(dport) << 32 | u64::from(proto) << 8 | 4,
+            b: u64::from(dport) << 48 | u64::from(sport) << 32 | u64::from(proto) << 8 | 4,
         }
     }
 
@@ -75,8 +74,8 @@ impl Packed {
             proto: (self.b >> 8) as u8,
             src,
             dst,
-            sport: (self.b >> 48) as u16,
-            dport: (self.b >> 32) as u16,
+            sport: (self.b >> 32) as u16,
+            dport: (self.b >> 48) as u16,
         }
     }
 
