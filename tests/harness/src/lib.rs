@@ -527,6 +527,10 @@ pub async fn stream_windows(
         }
     };
     let mut held = Vec::new();
+    if state.messages == 0 {
+        // An empty stream reports sequences 0..=0; there is nothing to read.
+        return held;
+    }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     for seq in state.first_sequence..=state.last_sequence {
         let msg = loop {
