@@ -538,13 +538,8 @@ pub async fn stream_windows(
             match stream.get_raw_message(seq).await {
                 Ok(msg) => break Some(msg),
                 // A sequence with no message (deleted): nothing to read.
+                // (async-nats maps JetStream's code 10037 to this kind.)
                 Err(e) if e.kind() == Kind::NoMessageFound => break None,
-                Err(e)
-                    if matches!(&e.kind(), Kind::JetStream(j)
-                        if j.error_code() == async_nats::jetstream::ErrorCode::NO_MESSAGE_FOUND) =>
-                {
-                    break None;
-                }
                 // Anything else (a timeout while a leader is elected, say)
                 // is retried: skipping it would hide a window.
                 Err(e) if tokio::time::Instant::now() < deadline => {
