@@ -128,8 +128,11 @@ pub struct Tap {
     snap_len: usize,
 }
 
-/// Spare batch buffers a tap keeps (more are freed).
-const SPARE_BUFFERS: usize = 4;
+/// Spare batch buffers a tap keeps beyond its queue's capacity: every
+/// buffer that can be in flight (queued, in the guest, being filled) comes
+/// back for reuse, instead of being freed and allocated (and faulted in)
+/// again.
+const SPARE_BUFFERS: usize = 2;
 
 /// With this many batches waiting in a deployment's queue, the link thread
 /// yields after handing over another: where both threads share one core,
@@ -150,6 +153,7 @@ impl Tap {
         batch_packets: u32,
         snap_len: usize,
     ) -> Self {
+        let spares = tx.capacity().unwrap_or(0) + SPARE_BUFFERS;
         Tap {
             deployment,
             filter,
@@ -159,7 +163,7 @@ impl Tap {
             batch_packets,
             batch: Batch::default(),
             dead: false,
-            spares: crossbeam_channel::bounded(SPARE_BUFFERS),
+            spares: crossbeam_channel::bounded(spares),
             wait_for_room: false,
             snap_len,
         }

@@ -1,15 +1,21 @@
 //! Reading capture files for replay.
 //!
-//! A classic pcap file is memory-mapped and its records handed out in place
-//! (`pcap-file`'s slice parser): no `read(2)` per 4 KB and no copy into a
-//! read buffer, which on a replay was a quarter of the link thread's time.
-//! Anything else libpcap reads (pcapng) goes through libpcap.
+//! A classic pcap file is read in large chunks into one buffer that is
+//! reused, and its records are handed out in place (`pcap-file`'s slice
+//! parser): one `read(2)` per chunk, and the records the link thread then
+//! parses are in the cache the copy just brought them into. Sessions 5–7
+//! memory-mapped the file instead; that cost as much CPU on the bench's
+//! small packets and a third more on full-size ones (a page fault per
+//! 64 KB, handing the pages back so that the resident memory does not grow
+//! with the file, each record's first touch waiting on memory), and a file
+//! truncated under the map killed the process (SIGBUS). Anything else
+//! libpcap reads (pcapng) goes through libpcap.
 //!
-//! The map is private and read-only: a file that grows while it is
-//! replayed is read up to the length it had when opened. Truncating a file
-//! while it is being replayed is not supported (the kernel would fault the
-//! read of a vanished page).
+//! A file that grows while it is replayed is read up to the length it had
+//! when opened; one truncated meanwhile ends with a "truncated" error.
 
+use std::fs::File;
+use std::io::Read;
 use std::path::Path;
 
 use pcap_file::PcapError;
@@ -20,58 +26,71 @@ pub type Record<'a> = (u64, u32, &'a [u8]);
 
 /// A capture file being read.
 pub enum FileReader {
-    /// A classic pcap file, mapped.
-    Mapped(MappedPcap),
+    /// A classic pcap file, read in chunks.
+    Classic(ClassicPcap),
     /// Whatever else libpcap reads.
     Libpcap(pcap::Capture<pcap::Offline>),
 }
 
-/// A classic pcap file read through a memory map.
-pub struct MappedPcap {
-    map: memmap2::Mmap,
+/// Bytes read from the file at a time (the buffer grows for a record
+/// longer than this).
+const CHUNK: usize = 128 << 10;
+
+/// Longest record accepted unless the file's snap length is longer, as
+/// libpcap does (its largest snap length for most link types): a longer
+/// one is a corrupt length field, not a packet to read into memory.
+const MAX_RECORD: u32 = 262_144;
+
+/// A classic pcap file read through a reused buffer.
+pub struct ClassicPcap {
+    file: File,
     parser: PcapParser,
-    /// Offset of the first record.
-    start: usize,
-    /// Offset of the next record.
-    pos: usize,
-    /// Pages before this offset have been handed back to the kernel.
-    released: usize,
+    buf: Vec<u8>,
+    /// `buf[head..tail]`: read, not yet handed out.
+    head: usize,
+    tail: usize,
+    /// File offset of `buf[0]`.
+    buf_at: u64,
+    /// File offset of the first record.
+    start: u64,
+    /// The file's length when opened: nothing after it is read.
+    end: u64,
+    /// Longest captured length accepted.
+    max_record: u32,
     nano: bool,
     dlt: i32,
 }
 
-/// Read pages are handed back (`MADV_DONTNEED`) this many bytes at a time,
-/// so that the process's resident memory does not grow with the file (the
-/// pages stay in the page cache; only the mapping lets go of them).
-const RELEASE_EVERY: usize = 8 << 20;
-
 impl FileReader {
-    /// Opens `path`: mapped if it is a classic pcap file, else with libpcap.
+    /// Opens `path`: in chunks if it is a classic pcap file, else with
+    /// libpcap.
     ///
     /// # Errors
     /// A message naming the file if it cannot be opened or is no capture.
     pub fn open(path: &Path) -> Result<FileReader, String> {
         let fail = |e: String| format!("cannot open {}: {e}", path.display());
-        let file = std::fs::File::open(path).map_err(|e| fail(e.to_string()))?;
-        // SAFETY: the map is read-only and private; the module's doc says
-        // what happens if another process truncates the file meanwhile.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| fail(e.to_string()))?;
-        if let Ok((rest, parser)) = PcapParser::new(&map[..]) {
-            let header = parser.header();
-            let start = map.len() - rest.len();
-            // Read-ahead for a front-to-back read; only a hint.
-            let _ = map.advise(memmap2::Advice::Sequential);
-            return Ok(FileReader::Mapped(MappedPcap {
-                nano: header.ts_resolution == pcap_file::TsResolution::NanoSecond,
-                dlt: u32::from(header.datalink) as i32,
-                map,
+        let mut file = File::open(path).map_err(|e| fail(e.to_string()))?;
+        let end = file.metadata().map_err(|e| fail(e.to_string()))?.len();
+        let mut header = [0u8; 24];
+        if file.read_exact(&mut header).is_ok()
+            && let Ok((_, parser)) = PcapParser::new(&header[..])
+        {
+            let h = parser.header();
+            return Ok(FileReader::Classic(ClassicPcap {
+                nano: h.ts_resolution == pcap_file::TsResolution::NanoSecond,
+                dlt: u32::from(h.datalink) as i32,
+                file,
                 parser,
-                start,
-                pos: start,
-                released: 0,
+                buf: vec![0; CHUNK],
+                head: 0,
+                tail: 0,
+                buf_at: 24,
+                start: 24,
+                end,
+                max_record: MAX_RECORD.max(h.snaplen),
             }));
         }
-        drop(map);
+        drop(file);
         pcap::Capture::from_file_with_precision(path, pcap::Precision::Nano)
             .map(FileReader::Libpcap)
             .map_err(|e| fail(e.to_string()))
@@ -81,7 +100,7 @@ impl FileReader {
     #[must_use]
     pub fn dlt(&self) -> i32 {
         match self {
-            FileReader::Mapped(m) => m.dlt,
+            FileReader::Classic(c) => c.dlt,
             FileReader::Libpcap(cap) => cap.get_datalink().0,
         }
     }
@@ -92,7 +111,7 @@ impl FileReader {
     /// A record that cannot be read (a truncated or corrupt file).
     pub fn next_record(&mut self) -> Result<Option<Record<'_>>, String> {
         match self {
-            FileReader::Mapped(m) => m.next_record(),
+            FileReader::Classic(c) => c.next_record(),
             FileReader::Libpcap(cap) => match cap.next_packet() {
                 Ok(p) => Ok(Some((
                     crate::capture::timeval_ns(&p.header.ts, true),
@@ -108,14 +127,10 @@ impl FileReader {
     /// Back to the first record (a looped replay's next round).
     ///
     /// # Errors
-    /// If libpcap cannot open the file again.
+    /// If the file cannot be read again.
     pub fn rewind(&mut self, path: &Path) -> Result<(), String> {
         match self {
-            FileReader::Mapped(m) => {
-                m.pos = m.start;
-                m.released = 0;
-                Ok(())
-            }
+            FileReader::Classic(c) => c.rewind().map_err(|e| format!("{}: {e}", path.display())),
             FileReader::Libpcap(_) => {
                 *self = FileReader::open(path)?;
                 Ok(())
@@ -124,48 +139,110 @@ impl FileReader {
     }
 }
 
-impl MappedPcap {
-    fn next_record(&mut self) -> Result<Option<Record<'_>>, String> {
-        if self.pos - self.released >= RELEASE_EVERY {
-            // Everything before this record has been handed out and copied
-            // (the borrow of the last record ended with this call).
-            let upto = self.pos & !(RELEASE_EVERY - 1);
-            // SAFETY: a read-only private mapping of a file: dropping pages
-            // discards nothing, and a later read faults them in again from
-            // the file with the same contents. No slice into them is alive.
-            let _ = unsafe {
-                self.map.unchecked_advise_range(
-                    memmap2::UncheckedAdvice::DontNeed,
-                    self.released,
-                    upto - self.released,
-                )
-            };
-            self.released = upto;
+impl ClassicPcap {
+    fn rewind(&mut self) -> std::io::Result<()> {
+        use std::io::{Seek, SeekFrom};
+        self.file.seek(SeekFrom::Start(self.start))?;
+        self.buf_at = self.start;
+        self.head = 0;
+        self.tail = 0;
+        Ok(())
+    }
+
+    /// Reads more of the file after `buf[..tail]`, first moving what is
+    /// left to the front; `false` at the file's (opening) length.
+    fn refill(&mut self) -> Result<bool, String> {
+        self.buf.copy_within(self.head..self.tail, 0);
+        self.buf_at += self.head as u64;
+        self.tail -= self.head;
+        self.head = 0;
+        if self.tail == self.buf.len() {
+            // A record longer than the buffer (at most MAX_RECORD + 16).
+            self.buf.resize(self.buf.len() * 2, 0);
         }
-        let rest = &self.map[self.pos..];
-        if rest.is_empty() {
-            return Ok(None);
+        let left = self.end - (self.buf_at + self.tail as u64);
+        let room = (self.buf.len() - self.tail).min(usize::try_from(left).unwrap_or(usize::MAX));
+        if room == 0 {
+            return Ok(false);
         }
-        // Raw records: libpcap, too, accepts an original length above the
-        // file's snap length (a capture truncated with `-s`).
-        let (after, raw) = match self.parser.next_raw_packet(rest) {
-            Ok(r) => r,
-            Err(PcapError::IncompleteBuffer) => {
-                return Err(format!(
-                    "truncated dump file; the last record at offset {} is incomplete",
-                    self.pos
-                ));
+        loop {
+            match self.file.read(&mut self.buf[self.tail..self.tail + room]) {
+                Ok(0) => return Ok(false),
+                Ok(n) => {
+                    self.tail += n;
+                    return Ok(true);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    return Err(format!(
+                        "reading at offset {}: {e}",
+                        self.buf_at + self.tail as u64
+                    ));
+                }
             }
-            Err(e) => return Err(format!("record at offset {}: {e}", self.pos)),
-        };
-        let frac = u64::from(raw.ts_frac);
-        let ts_ns =
-            u64::from(raw.ts_sec) * 1_000_000_000 + if self.nano { frac } else { frac * 1000 };
-        let wire_len = raw.orig_len;
-        let len = raw.data.len();
-        let data_at = self.map.len() - after.len() - len;
-        self.pos = self.map.len() - after.len();
-        Ok(Some((ts_ns, wire_len, &self.map[data_at..data_at + len])))
+        }
+    }
+
+    fn next_record(&mut self) -> Result<Option<Record<'_>>, String> {
+        loop {
+            let at = self.buf_at + self.head as u64;
+            let rest = &self.buf[self.head..self.tail];
+            // Plain values out of the parse, so that the buffer's borrow
+            // ends here whichever way it went.
+            let parsed = match self.parser.next_raw_packet(rest) {
+                Ok((after, raw)) => Ok((
+                    after.len(),
+                    raw.ts_sec,
+                    raw.ts_frac,
+                    raw.orig_len,
+                    raw.data.len(),
+                )),
+                Err(e) => Err(e),
+            };
+            match parsed {
+                Ok((after, sec, frac, wire_len, len)) => {
+                    let ts_ns = u64::from(sec) * 1_000_000_000
+                        + if self.nano {
+                            u64::from(frac)
+                        } else {
+                            u64::from(frac) * 1000
+                        };
+                    let data_at = self.tail - after - len;
+                    self.head = self.tail - after;
+                    return Ok(Some((ts_ns, wire_len, &self.buf[data_at..data_at + len])));
+                }
+                Err(PcapError::IncompleteBuffer) => {
+                    if rest.len() >= 16 {
+                        let cap = self.captured_len(rest);
+                        if cap > self.max_record {
+                            return Err(format!(
+                                "record at offset {at}: captured length {cap} is over the largest this capture holds ({})",
+                                self.max_record
+                            ));
+                        }
+                    }
+                    let empty = rest.is_empty();
+                    if !self.refill()? {
+                        if empty {
+                            return Ok(None);
+                        }
+                        return Err(format!(
+                            "truncated dump file; the last record at offset {at} is incomplete"
+                        ));
+                    }
+                }
+                Err(e) => return Err(format!("record at offset {at}: {e}")),
+            }
+        }
+    }
+
+    /// The captured length in the record header at the start of `rest`.
+    fn captured_len(&self, rest: &[u8]) -> u32 {
+        let b = [rest[8], rest[9], rest[10], rest[11]];
+        match self.parser.header().endianness {
+            pcap_file::Endianness::Big => u32::from_be_bytes(b),
+            pcap_file::Endianness::Little => u32::from_le_bytes(b),
+        }
     }
 }
 
@@ -199,7 +276,7 @@ mod tests {
 
     fn read_all(path: &Path) -> Read {
         let mut r = FileReader::open(path).unwrap();
-        assert!(matches!(r, FileReader::Mapped(_)));
+        assert!(matches!(r, FileReader::Classic(_)));
         assert_eq!(r.dlt(), 1);
         let mut out = Vec::new();
         loop {
@@ -253,6 +330,59 @@ mod tests {
         let (records, error) = read_all(&path);
         assert_eq!(records.len(), 1);
         assert!(error.unwrap().contains("truncated"));
+    }
+
+    #[test]
+    fn records_longer_than_a_chunk_and_across_chunks_come_out_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("long.pcap");
+        // A record longer than the read chunk, then enough small ones that
+        // several straddle a chunk's end.
+        let big: Vec<u8> = (0..CHUNK + CHUNK / 2).map(|i| (i % 251) as u8).collect();
+        let small: Vec<Vec<u8>> = (0..40_000u32)
+            .map(|i| vec![(i % 256) as u8; 1 + (i as usize % 29)])
+            .collect();
+        let mut records: Vec<(u32, u32, &[u8], u32)> = vec![(1, 0, &big, big.len() as u32)];
+        for (i, s) in small.iter().enumerate() {
+            records.push((2, i as u32, s, s.len() as u32));
+        }
+        std::fs::write(&path, pcap(false, &records)).unwrap();
+        let (read, error) = read_all(&path);
+        assert_eq!(error, None);
+        assert_eq!(read.len(), records.len());
+        for ((_, _, want, wire), (_, got_wire, got)) in records.iter().zip(&read) {
+            assert_eq!((got.as_slice(), got_wire), (*want, wire));
+        }
+    }
+
+    #[test]
+    fn a_corrupt_captured_length_is_refused_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("corrupt.pcap");
+        let mut bytes = pcap(false, &[(1, 0, b"whole", 5), (2, 0, b"next", 4)]);
+        // The second record's captured length: 4 GB minus one.
+        let at = 24 + 16 + 5 + 8;
+        bytes[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        std::fs::write(&path, bytes).unwrap();
+        let (records, error) = read_all(&path);
+        assert_eq!(records.len(), 1);
+        let error = error.unwrap();
+        assert!(
+            error.contains("offset 45") && error.contains("4294967295"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_file_that_grows_is_read_up_to_its_length_when_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("grows.pcap");
+        std::fs::write(&path, pcap(false, &[(1, 0, b"first", 5)])).unwrap();
+        let mut r = FileReader::open(&path).unwrap();
+        let more = pcap(false, &[(1, 0, b"first", 5), (2, 0, b"second", 6)]);
+        std::fs::write(&path, &more).unwrap();
+        assert_eq!(r.next_record().unwrap().unwrap().2, b"first");
+        assert!(r.next_record().unwrap().is_none());
     }
 
     #[test]
