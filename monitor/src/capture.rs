@@ -109,9 +109,9 @@ pub struct Tap {
     /// Deployment id.
     pub deployment: String,
     /// Address/port/protocol filter.
-    pub filter: Arc<CompiledFilter>,
+    filter: Arc<CompiledFilter>,
     /// BPF program for this link, if the filter has one.
-    pub bpf: Option<Bpf>,
+    bpf: Option<Bpf>,
     /// The deployment's queue.
     pub tx: Sender<DepMsg>,
     /// The deployment's counters (drops are counted here).
@@ -126,6 +126,8 @@ pub struct Tap {
     wait_for_room: bool,
     /// Captured bytes per packet the analyzer reads (`tm_snap_len`).
     snap_len: usize,
+    /// Neither filter nor BPF expression: every packet is taken.
+    open: bool,
 }
 
 /// Spare batch buffers a tap keeps beyond its queue's capacity: every
@@ -154,6 +156,7 @@ impl Tap {
         snap_len: usize,
     ) -> Self {
         let spares = tx.capacity().unwrap_or(0) + SPARE_BUFFERS;
+        let open = filter.is_open() && bpf.is_none();
         Tap {
             deployment,
             filter,
@@ -166,13 +169,16 @@ impl Tap {
             spares: crossbeam_channel::bounded(spares),
             wait_for_room: false,
             snap_len,
+            open,
         }
     }
 
     /// Takes one parsed packet: filters it, cuts it to the snap length and
     /// appends its record, handing the batch over when full.
     pub fn offer(&mut self, h: &PacketHeader, data: &[u8]) {
-        if !self.filter.matches(h) || self.bpf.as_ref().is_some_and(|b| !b.matches(data)) {
+        if !self.open
+            && (!self.filter.matches(h) || self.bpf.as_ref().is_some_and(|b| !b.matches(data)))
+        {
             return;
         }
         // Only the bytes the analyzer reads; every other header field

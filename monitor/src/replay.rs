@@ -1,8 +1,8 @@
 //! Reading capture files for replay.
 //!
-//! A classic pcap file is read in large chunks into one buffer that is
-//! reused, and its records are handed out in place (`pcap-file`'s slice
-//! parser): one `read(2)` per chunk, and the records the link thread then
+//! A classic pcap file (its header decoded by `pcap-file`) is read in
+//! large chunks into one buffer that is reused, and its records are handed
+//! out in place: one `read(2)` per chunk, and the records the link thread then
 //! parses are in the cache the copy just brought them into. Sessions 5–7
 //! memory-mapped the file instead; that cost as much CPU on the bench's
 //! small packets and a third more on full-size ones (a page fault per
@@ -18,7 +18,6 @@ use std::fs::File;
 use std::io::Read;
 use std::path::Path;
 
-use pcap_file::PcapError;
 use pcap_file::pcap::PcapParser;
 
 /// One record: timestamp (ns), length on the wire, captured bytes.
@@ -44,7 +43,6 @@ const MAX_RECORD: u32 = 262_144;
 /// A classic pcap file read through a reused buffer.
 pub struct ClassicPcap {
     file: File,
-    parser: PcapParser,
     buf: Vec<u8>,
     /// `buf[head..tail]`: read, not yet handed out.
     head: usize,
@@ -57,6 +55,7 @@ pub struct ClassicPcap {
     end: u64,
     /// Longest captured length accepted.
     max_record: u32,
+    big_endian: bool,
     nano: bool,
     dlt: i32,
 }
@@ -80,7 +79,6 @@ impl FileReader {
                 nano: h.ts_resolution == pcap_file::TsResolution::NanoSecond,
                 dlt: u32::from(h.datalink) as i32,
                 file,
-                parser,
                 buf: vec![0; CHUNK],
                 head: 0,
                 tail: 0,
@@ -88,6 +86,7 @@ impl FileReader {
                 start: 24,
                 end,
                 max_record: MAX_RECORD.max(h.snaplen),
+                big_endian: h.endianness == pcap_file::Endianness::Big,
             }));
         }
         drop(file);
@@ -187,61 +186,46 @@ impl ClassicPcap {
         loop {
             let at = self.buf_at + self.head as u64;
             let rest = &self.buf[self.head..self.tail];
-            // Plain values out of the parse, so that the buffer's borrow
-            // ends here whichever way it went.
-            let parsed = match self.parser.next_raw_packet(rest) {
-                Ok((after, raw)) => Ok((
-                    after.len(),
-                    raw.ts_sec,
-                    raw.ts_frac,
-                    raw.orig_len,
-                    raw.data.len(),
-                )),
-                Err(e) => Err(e),
-            };
-            match parsed {
-                Ok((after, sec, frac, wire_len, len)) => {
-                    let ts_ns = u64::from(sec) * 1_000_000_000
-                        + if self.nano {
-                            u64::from(frac)
-                        } else {
-                            u64::from(frac) * 1000
-                        };
-                    let data_at = self.tail - after - len;
-                    self.head = self.tail - after;
-                    return Ok(Some((ts_ns, wire_len, &self.buf[data_at..data_at + len])));
-                }
-                Err(PcapError::IncompleteBuffer) => {
-                    if rest.len() >= 16 {
-                        let cap = self.captured_len(rest);
-                        if cap > self.max_record {
-                            return Err(format!(
-                                "record at offset {at}: captured length {cap} is over the largest this capture holds ({})",
-                                self.max_record
-                            ));
-                        }
+            // The record header: seconds, fraction, captured and wire
+            // lengths, in the file's byte order (read here directly: it
+            // is a quarter of the link thread's per-packet reading).
+            let header = rest.get(..16).map(|h| {
+                let word = |i: usize| {
+                    let b = [h[i], h[i + 1], h[i + 2], h[i + 3]];
+                    if self.big_endian {
+                        u32::from_be_bytes(b)
+                    } else {
+                        u32::from_le_bytes(b)
                     }
-                    let empty = rest.is_empty();
-                    if !self.refill()? {
-                        if empty {
-                            return Ok(None);
-                        }
-                        return Err(format!(
-                            "truncated dump file; the last record at offset {at} is incomplete"
-                        ));
-                    }
+                };
+                [word(0), word(4), word(8), word(12)]
+            });
+            let empty = rest.is_empty();
+            if let Some([sec, frac, cap, wire_len]) = header {
+                if cap > self.max_record {
+                    return Err(format!(
+                        "record at offset {at}: captured length {cap} is over the largest this capture holds ({})",
+                        self.max_record
+                    ));
                 }
-                Err(e) => return Err(format!("record at offset {at}: {e}")),
+                let data_at = self.head + 16;
+                let end = data_at + cap as usize;
+                if end <= self.tail {
+                    self.head = end;
+                    let frac = u64::from(frac);
+                    let ts_ns =
+                        u64::from(sec) * 1_000_000_000 + if self.nano { frac } else { frac * 1000 };
+                    return Ok(Some((ts_ns, wire_len, &self.buf[data_at..end])));
+                }
             }
-        }
-    }
-
-    /// The captured length in the record header at the start of `rest`.
-    fn captured_len(&self, rest: &[u8]) -> u32 {
-        let b = [rest[8], rest[9], rest[10], rest[11]];
-        match self.parser.header().endianness {
-            pcap_file::Endianness::Big => u32::from_be_bytes(b),
-            pcap_file::Endianness::Little => u32::from_le_bytes(b),
+            if !self.refill()? {
+                if empty {
+                    return Ok(None);
+                }
+                return Err(format!(
+                    "truncated dump file; the last record at offset {at} is incomplete"
+                ));
+            }
         }
     }
 }
@@ -353,6 +337,27 @@ mod tests {
         for ((_, _, want, wire), (_, got_wire, got)) in records.iter().zip(&read) {
             assert_eq!((got.as_slice(), got_wire), (*want, wire));
         }
+    }
+
+    #[test]
+    fn big_endian_files_are_read_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("be.pcap");
+        let mut f = Vec::new();
+        f.extend_from_slice(&0xa1b2_c3d4u32.to_be_bytes());
+        f.extend_from_slice(&2u16.to_be_bytes());
+        f.extend_from_slice(&4u16.to_be_bytes());
+        f.extend_from_slice(&[0; 8]);
+        f.extend_from_slice(&65535u32.to_be_bytes());
+        f.extend_from_slice(&1u32.to_be_bytes());
+        for word in [7u32, 250, 3, 60] {
+            f.extend_from_slice(&word.to_be_bytes());
+        }
+        f.extend_from_slice(b"xyz");
+        std::fs::write(&path, f).unwrap();
+        let (records, error) = read_all(&path);
+        assert_eq!(error, None);
+        assert_eq!(records, vec![(7_000_250_000, 60, b"xyz".to_vec())]);
     }
 
     #[test]
