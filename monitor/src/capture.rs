@@ -133,7 +133,8 @@ pub struct Tap {
 /// Spare batch buffers a tap keeps beyond its queue's capacity: every
 /// buffer that can be in flight (queued, in the guest, being filled) comes
 /// back for reuse, instead of being freed and allocated (and faulted in)
-/// again.
+/// again. The memory the queue held at its fullest therefore stays with
+/// the tap until it is detached.
 const SPARE_BUFFERS: usize = 2;
 
 /// With this many batches waiting in a deployment's queue, the link thread

@@ -40,6 +40,10 @@ const CHUNK: usize = 128 << 10;
 /// one is a corrupt length field, not a packet to read into memory.
 const MAX_RECORD: u32 = 262_144;
 
+/// The largest snap length a file's header is believed (libpcap's largest,
+/// for D-Bus captures): a header claiming more is corrupt too.
+const MAX_SNAPLEN: u32 = 128 << 20;
+
 /// A classic pcap file read through a reused buffer.
 pub struct ClassicPcap {
     file: File,
@@ -85,7 +89,7 @@ impl FileReader {
                 buf_at: 24,
                 start: 24,
                 end,
-                max_record: MAX_RECORD.max(h.snaplen),
+                max_record: MAX_RECORD.max(h.snaplen.min(MAX_SNAPLEN)),
                 big_endian: h.endianness == pcap_file::Endianness::Big,
             }));
         }
