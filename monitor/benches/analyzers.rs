@@ -447,6 +447,7 @@ fn tools(
         .iter()
         .find_map(|a| a.strip_prefix("--runs="))
         .map_or(3, |n| n.parse().expect("--runs=N: a number of rounds"));
+    assert!(runs >= 1, "--runs={runs}: at least one round");
     let me = std::env::current_exe().unwrap();
     // The first monitor row compiles flow-stats and keeps it in
     // `compiled_dir`, as a monitor does on its first deployment; the others
