@@ -497,6 +497,8 @@ fn tools(
             softflowd_totals,
         ));
     }
+    // tcpdump and softflowd come first in the table, the monitor last.
+    let other_tools = quick_tools.len();
     for (label, pin, compile) in [
         ("pinned to 1 core, compiling the module", "pin", true),
         ("2 cores", "free", false),
@@ -543,8 +545,7 @@ fn tools(
             let totals = totals(&c, total);
             (label, c, totals)
         });
-    // tcpdump and softflowd first, the monitor last.
-    rows.extend(quick_rows.by_ref().take(3));
+    rows.extend(quick_rows.by_ref().take(other_tools));
 
     // `--quick`: only tcpdump, softflowd and the monitor (for iterating).
     // pmacctd and tshark run once: their rates are ten and a hundred times

@@ -31,6 +31,9 @@ pub enum FileReader {
     Libpcap(pcap::Capture<pcap::Offline>),
 }
 
+/// A classic pcap file's header; the first record follows it.
+const FILE_HEADER_LEN: u64 = 24;
+
 /// Bytes read from the file at a time (the buffer grows for a record
 /// longer than this).
 const CHUNK: usize = 128 << 10;
@@ -53,8 +56,6 @@ pub struct ClassicPcap {
     tail: usize,
     /// File offset of `buf[0]`.
     buf_at: u64,
-    /// File offset of the first record.
-    start: u64,
     /// The file's length when opened: nothing after it is read.
     end: u64,
     /// Longest captured length accepted.
@@ -74,7 +75,7 @@ impl FileReader {
         let fail = |e: String| format!("cannot open {}: {e}", path.display());
         let mut file = File::open(path).map_err(|e| fail(e.to_string()))?;
         let end = file.metadata().map_err(|e| fail(e.to_string()))?.len();
-        let mut header = [0u8; 24];
+        let mut header = [0u8; FILE_HEADER_LEN as usize];
         if file.read_exact(&mut header).is_ok()
             && let Ok((_, parser)) = PcapParser::new(&header[..])
         {
@@ -86,8 +87,7 @@ impl FileReader {
                 buf: vec![0; CHUNK],
                 head: 0,
                 tail: 0,
-                buf_at: 24,
-                start: 24,
+                buf_at: FILE_HEADER_LEN,
                 end,
                 max_record: MAX_RECORD.max(h.snaplen.min(MAX_SNAPLEN)),
                 big_endian: h.endianness == pcap_file::Endianness::Big,
@@ -145,8 +145,8 @@ impl FileReader {
 impl ClassicPcap {
     fn rewind(&mut self) -> std::io::Result<()> {
         use std::io::{Seek, SeekFrom};
-        self.file.seek(SeekFrom::Start(self.start))?;
-        self.buf_at = self.start;
+        self.file.seek(SeekFrom::Start(FILE_HEADER_LEN))?;
+        self.buf_at = FILE_HEADER_LEN;
         self.head = 0;
         self.tail = 0;
         Ok(())
