@@ -112,6 +112,7 @@ impl FileReader {
     ///
     /// # Errors
     /// A record that cannot be read (a truncated or corrupt file).
+    #[inline]
     pub fn next_record(&mut self) -> Result<Option<Record<'_>>, String> {
         match self {
             FileReader::Classic(c) => c.next_record(),
@@ -154,6 +155,7 @@ impl ClassicPcap {
 
     /// Reads more of the file after `buf[..tail]`, first moving what is
     /// left to the front; `false` at the file's (opening) length.
+    #[inline(never)]
     fn refill(&mut self) -> Result<bool, String> {
         self.buf.copy_within(self.head..self.tail, 0);
         self.buf_at += self.head as u64;
@@ -186,6 +188,7 @@ impl ClassicPcap {
         }
     }
 
+    #[inline]
     fn next_record(&mut self) -> Result<Option<Record<'_>>, String> {
         loop {
             let at = self.buf_at + self.head as u64;
@@ -193,16 +196,14 @@ impl ClassicPcap {
             // The record header: seconds, fraction, captured and wire
             // lengths, in the file's byte order (read here directly: it
             // is a quarter of the link thread's per-packet reading).
-            let header = rest.get(..16).map(|h| {
-                let word = |i: usize| {
-                    let b = [h[i], h[i + 1], h[i + 2], h[i + 3]];
-                    if self.big_endian {
-                        u32::from_be_bytes(b)
-                    } else {
-                        u32::from_le_bytes(b)
-                    }
-                };
-                [word(0), word(4), word(8), word(12)]
+            let header = rest.first_chunk::<16>().map(|h| {
+                let w = |i: usize| u32::from_le_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
+                let words = [w(0), w(4), w(8), w(12)];
+                if self.big_endian {
+                    words.map(u32::swap_bytes)
+                } else {
+                    words
+                }
             });
             let empty = rest.is_empty();
             if let Some([sec, frac, cap, wire_len]) = header {
