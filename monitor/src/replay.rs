@@ -154,7 +154,9 @@ impl ClassicPcap {
     }
 
     /// Reads more of the file after `buf[..tail]`, first moving what is
-    /// left to the front; `false` at the file's (opening) length.
+    /// left to the front; `false` at the file's (opening) length. Kept
+    /// out of line: `next_record`, inlined into the link thread's loop,
+    /// stays small.
     #[inline(never)]
     fn refill(&mut self) -> Result<bool, String> {
         self.buf.copy_within(self.head..self.tail, 0);
