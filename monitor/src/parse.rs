@@ -57,6 +57,7 @@ fn put_addr(dst: &mut [u8; 16], src: &[u8]) {
 /// Parses one captured packet. `data` is what was captured, `wire_len` the
 /// length on the wire.
 #[must_use]
+#[inline]
 pub fn parse(
     link_type: LinkType,
     link: u32,
@@ -169,7 +170,10 @@ fn fast_ethernet(data: &[u8], base: &PacketHeader) -> Option<PacketHeader> {
     Some(h)
 }
 
-/// Any supported link type, through etherparse.
+/// Any supported link type, through etherparse. Out of line: inlined,
+/// its large frame (etherparse's sliced packet) made every packet of the
+/// fast path save and restore it.
+#[inline(never)]
 fn general(link_type: LinkType, data: &[u8], mut h: PacketHeader) -> PacketHeader {
     let truncated = h.flags & flag::TRUNCATED != 0;
     let sliced = match link_type {
