@@ -170,9 +170,9 @@ fn fast_ethernet(data: &[u8], base: &PacketHeader) -> Option<PacketHeader> {
     Some(h)
 }
 
-/// Any supported link type, through etherparse. Out of line: inlined,
-/// its large frame (etherparse's sliced packet) made every packet of the
-/// fast path save and restore it.
+/// Any supported link type, through etherparse. Kept out of line: when
+/// it was inlined into [`parse`], its large stack frame (etherparse's
+/// sliced packet) was set up for every packet, fast path included.
 #[inline(never)]
 fn general(link_type: LinkType, data: &[u8], mut h: PacketHeader) -> PacketHeader {
     let truncated = h.flags & flag::TRUNCATED != 0;

@@ -168,7 +168,7 @@ pub fn monitor_run(
         // Once a millisecond (the end is known to within that): a tighter
         // poll takes the pinned core from the data path it measures — at
         // every 200 µs the guest's time per packet doubled, its flow table
-        // evicted by each wake-up, and the run took a tenth more CPU.
+        // evicted by each wake-up, and the run took 11–20% more CPU.
         std::thread::sleep(Duration::from_millis(1));
     }
     let elapsed = started.elapsed();
