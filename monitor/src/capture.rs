@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use bus_schema::{LinkInfo, LinkState, LinkStatus};
@@ -51,6 +51,8 @@ pub struct LinkShared {
     /// pcap datalink type once the source is open, -1 before.
     dlt: AtomicI32,
     state: Mutex<(LinkState, Option<String>)>,
+    /// Signalled when `state` changes.
+    state_changed: Condvar,
 }
 
 impl LinkShared {
@@ -101,6 +103,20 @@ impl LinkShared {
 
     fn set_state(&self, state: LinkState, error: Option<String>) {
         *self.state.lock().expect("link state") = (state, error);
+        self.state_changed.notify_all();
+    }
+
+    /// Blocks until the link stops running (a replay reached its end, or
+    /// the capture failed), at most `timeout`; its state then. Every packet
+    /// read before the end has been offered to the taps, and each tap's
+    /// last batch sent, before the state changes.
+    pub fn wait_stopped(&self, timeout: Duration) -> LinkState {
+        let guard = self.state.lock().expect("link state");
+        let (guard, _) = self
+            .state_changed
+            .wait_timeout_while(guard, timeout, |(state, _)| *state == LinkState::Running)
+            .expect("link state");
+        guard.0
     }
 }
 
@@ -278,6 +294,7 @@ impl LinkHandle {
             interface_drops: AtomicU64::new(0),
             dlt: AtomicI32::new(-1),
             state: Mutex::new((LinkState::Running, None)),
+            state_changed: Condvar::new(),
         });
         let (ctl, rx) = crossbeam_channel::unbounded();
         let thread = {
@@ -830,5 +847,70 @@ mod tests {
             assert_eq!((h.src_port, h.dst_port, h.tcp_flags), (1234, 80, 0x02));
         }
         assert!(record_len(0) == RECORD_HEADER_LEN);
+    }
+
+    /// A replay's link, the tap's receiving end, and the tap to attach.
+    fn replay_link(path: PathBuf) -> (LinkHandle, Receiver<DepMsg>, Box<Tap>) {
+        let link = LinkHandle::start(LinkConfig {
+            id: 0,
+            interface: None,
+            pcap: Some(path),
+            replay: Replay::Lossless,
+            replay_waits_for: 1,
+            snaplen: 65535,
+            buffer_mb: 16,
+            from_router: "a".into(),
+            to_router: "b".into(),
+        })
+        .unwrap();
+        let (tx, rx) = crossbeam_channel::bounded(1024);
+        let tap = Tap::new(
+            "t".into(),
+            Arc::new(CompiledFilter::new(&bus_schema::Filter::default()).unwrap()),
+            None,
+            tx,
+            Arc::new(DepCounters::default()),
+            64,
+            0,
+        );
+        (link, rx, Box::new(tap))
+    }
+
+    #[test]
+    fn wait_stopped_returns_once_every_packet_was_handed_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.pcap");
+        let frames = pcapgen::flows(1000, 10, 1_000_000_000);
+        pcapgen::write_pcap(&path, pcapgen::linktype::ETHERNET, &frames).unwrap();
+        let (link, rx, tap) = replay_link(path);
+        // Nothing is replayed before a deployment is attached.
+        assert_eq!(
+            link.shared.wait_stopped(Duration::from_millis(50)),
+            LinkState::Running
+        );
+        link.ctl.send(LinkCtl::Attach(tap)).unwrap();
+        assert_eq!(
+            link.shared.wait_stopped(Duration::from_secs(60)),
+            LinkState::Finished
+        );
+        assert_eq!(link.shared.status().packets, 1000);
+        // Every batch is already queued: none arrives later.
+        let mut count = 0;
+        while let Ok(msg) = rx.try_recv() {
+            if let DepMsg::Batch(b) = msg {
+                count += b.count;
+            }
+        }
+        assert_eq!(count, 1000);
+
+        // A file that is not a capture: the link fails, and says so at once.
+        let bad = dir.path().join("bad.pcap");
+        std::fs::write(&bad, b"not a pcap file at all").unwrap();
+        let (link, _rx, _tap) = replay_link(bad);
+        assert_eq!(
+            link.shared.wait_stopped(Duration::from_secs(60)),
+            LinkState::Failed
+        );
+        assert!(link.shared.status().last_error.is_some());
     }
 }

@@ -59,7 +59,7 @@ pub fn guest(sandbox: &Sandbox, name: &str) -> wasmtime::Module {
 
 /// What one replay through the data path did.
 pub struct Run {
-    /// Attach to last packet analyzed.
+    /// Attach to the results of the last packet.
     pub elapsed: Duration,
     /// Calls into the guest.
     pub guest_calls: u64,
@@ -72,8 +72,9 @@ pub struct Run {
 }
 
 /// Replays `path` through one deployment of `module` (named `name`);
-/// `filter` decides what reaches it. Waits until `expect_in` packets were
-/// delivered (or dropped) and the link read all `total`.
+/// `filter` decides what reaches it. Waits for the replay's end and the
+/// guest's results; checks that the link read all `total` packets and that
+/// `expect_in` were delivered (or dropped).
 pub fn monitor_run(
     path: &Path,
     sandbox: &Sandbox,
@@ -156,22 +157,14 @@ pub fn monitor_run(
     );
     let started = Instant::now();
     link.ctl.send(LinkCtl::Attach(Box::new(tap))).unwrap();
-    loop {
-        let st = link.shared.status();
-        let c = &shared.counters;
-        if st.state == LinkState::Finished
-            && c.packets_in.load(Ordering::Relaxed) + c.dropped.load(Ordering::Relaxed) >= expect_in
-        {
-            assert_eq!(st.packets, total);
-            break;
-        }
-        // Once a millisecond (the end is known to within that): a tighter
-        // poll takes the pinned core from the data path it measures — at
-        // every 200 µs the guest's time per packet doubled, its flow table
-        // evicted by each wake-up, and the run took 11–20% more CPU.
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    let elapsed = started.elapsed();
+    // Block until the replay's end, then ask for the results: the link
+    // thread sent every batch before it finished, so the answer comes after
+    // the last one is analyzed. No polling: a harness thread waking on the
+    // pinned core takes it from the data path it measures (polling every
+    // 200 µs cost the run 11–20% more CPU, every 1 ms 3–4%).
+    let state = link.shared.wait_stopped(Duration::from_secs(600));
+    assert_eq!(state, LinkState::Finished, "{:?}", link.shared.status());
+    assert_eq!(link.shared.status().packets, total);
     let (reply, answer) = tokio::sync::oneshot::channel();
     tx.send(DepMsg::Collect(reply)).unwrap();
     let results = answer
@@ -179,6 +172,12 @@ pub fn monitor_run(
         .unwrap()
         .expect("the guest's results")
         .results;
+    let elapsed = started.elapsed();
+    let c = &shared.counters;
+    assert!(
+        c.packets_in.load(Ordering::Relaxed) + c.dropped.load(Ordering::Relaxed) >= expect_in,
+        "the deployment got fewer packets than expected"
+    );
     let stats = shared.counters.stats();
     drop(tx);
     drop(link);
