@@ -161,7 +161,7 @@ pub fn monitor_run(
     // thread sent every batch before it finished, so the answer comes after
     // the last one is analyzed. No polling: a harness thread waking on the
     // pinned core takes it from the data path it measures (polling every
-    // 200 µs cost the run 11–20% more CPU, every 1 ms 3–4%).
+    // 200 µs cost the run 11–20% more CPU, every 1 ms about 5%).
     let state = link.shared.wait_stopped(Duration::from_secs(600));
     assert_eq!(state, LinkState::Finished, "{:?}", link.shared.status());
     assert_eq!(link.shared.status().packets, total);
