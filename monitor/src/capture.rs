@@ -802,18 +802,25 @@ mod tests {
         (parse(LinkType::Ethernet, 3, 42, wire, &data), data)
     }
 
-    /// The records a tap with `snap_len` hands its deployment for one frame.
-    fn through_tap(snap_len: usize) -> (Vec<u8>, u32) {
-        let (tx, rx) = crossbeam_channel::bounded(4);
-        let mut tap = Tap::new(
+    /// A tap taking every packet into batches of `batch_packets`, and the
+    /// deployment queue's receiving end.
+    fn open_tap(batch_packets: u32, snap_len: usize) -> (Tap, Receiver<DepMsg>) {
+        let (tx, rx) = crossbeam_channel::bounded(1024);
+        let tap = Tap::new(
             "d".into(),
             Arc::new(CompiledFilter::new(&bus_schema::Filter::default()).unwrap()),
             None,
             tx,
             Arc::new(DepCounters::default()),
-            256,
+            batch_packets,
             snap_len,
         );
+        (tap, rx)
+    }
+
+    /// The records a tap with `snap_len` hands its deployment for one frame.
+    fn through_tap(snap_len: usize) -> (Vec<u8>, u32) {
+        let (mut tap, rx) = open_tap(256, snap_len);
         let (h, data) = frame();
         tap.offer(&h, &data);
         tap.flush();
@@ -851,28 +858,9 @@ mod tests {
 
     /// A replay's link, the tap's receiving end, and the tap to attach.
     fn replay_link(path: PathBuf) -> (LinkHandle, Receiver<DepMsg>, Box<Tap>) {
-        let link = LinkHandle::start(LinkConfig {
-            id: 0,
-            interface: None,
-            pcap: Some(path),
-            replay: Replay::Lossless,
-            replay_waits_for: 1,
-            snaplen: 65535,
-            buffer_mb: 16,
-            from_router: "a".into(),
-            to_router: "b".into(),
-        })
-        .unwrap();
-        let (tx, rx) = crossbeam_channel::bounded(1024);
-        let tap = Tap::new(
-            "t".into(),
-            Arc::new(CompiledFilter::new(&bus_schema::Filter::default()).unwrap()),
-            None,
-            tx,
-            Arc::new(DepCounters::default()),
-            64,
-            0,
-        );
+        let link =
+            LinkHandle::start(LinkConfig::replay(0, path, Replay::Lossless, "a", "b")).unwrap();
+        let (tap, rx) = open_tap(64, 0);
         (link, rx, Box::new(tap))
     }
 

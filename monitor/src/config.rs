@@ -142,6 +142,23 @@ pub enum Source {
 }
 
 impl LinkConfig {
+    /// Link `id` replaying the file at `path` from router `from` to `to`,
+    /// everything else as a config file's defaults.
+    #[must_use]
+    pub fn replay(id: u32, path: PathBuf, replay: Replay, from: &str, to: &str) -> Self {
+        LinkConfig {
+            id,
+            interface: None,
+            pcap: Some(path),
+            replay,
+            replay_waits_for: default_replay_waits_for(),
+            snaplen: default_snaplen(),
+            buffer_mb: default_buffer_mb(),
+            from_router: from.into(),
+            to_router: to.into(),
+        }
+    }
+
     /// The link's source, once validated.
     #[must_use]
     pub fn source(&self) -> Source {

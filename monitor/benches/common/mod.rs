@@ -84,18 +84,14 @@ pub fn monitor_run(
     expect_in: u64,
     total: u64,
 ) -> Run {
-    let link = LinkHandle::start(LinkConfig {
-        id: 0,
-        interface: None,
-        pcap: Some(path.to_owned()),
-        // Every packet to the guest: the figure is the whole path's.
-        replay: Replay::Lossless,
-        replay_waits_for: 1,
-        snaplen: 65535,
-        buffer_mb: 16,
-        from_router: "a".into(),
-        to_router: "b".into(),
-    })
+    // Every packet to the guest: the figure is the whole path's.
+    let link = LinkHandle::start(LinkConfig::replay(
+        0,
+        path.to_owned(),
+        Replay::Lossless,
+        "a",
+        "b",
+    ))
     .unwrap();
     let (outbox, _events) = tokio::sync::mpsc::unbounded_channel();
     let request = LoadRequest {
