@@ -527,10 +527,13 @@ fn tools(
     // Rounds of every quick tool in turn, so that the VM's changing speed
     // falls on all of them alike; each keeps its run with the least CPU.
     let mut best: Vec<Option<Cost>> = quick_tools.iter().map(|_| None).collect();
+    // Every round's CPU seconds per tool, for the per-round ratios.
+    let mut cpu_by_round: Vec<Vec<f64>> = quick_tools.iter().map(|_| Vec::new()).collect();
     for round in 1..=runs {
         for (i, (label, run, _)) in quick_tools.iter().enumerate() {
             eprintln!("[{round}/{runs}] {label} ...");
             let c = run();
+            cpu_by_round[i].push(c.cpu.as_secs_f64());
             if best[i].as_ref().is_none_or(|b| c.cpu < b.cpu) {
                 best[i] = Some(c);
             }
@@ -546,6 +549,7 @@ fn tools(
             (label, c, totals)
         });
     rows.extend(quick_rows.by_ref().take(other_tools));
+    let other_labels: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
 
     // `--quick`: only tcpdump, softflowd and the monitor (for iterating).
     // pmacctd and tshark run once: their rates are ten and a hundred times
@@ -631,5 +635,30 @@ fn tools(
             c.max_rss_kb / 1024,
             ours / cpu_rate,
         );
+    }
+
+    // The same comparison round by round: within a round the tools run one
+    // after another, seconds apart, so a ratio there is less moved by the
+    // VM's phases than the ratio of two bests taken from different rounds.
+    if runs > 1 {
+        let pinned = cpu_by_round.last().expect("the monitor rows");
+        println!(
+            "\n| pinned monitor's CPU rate vs it, per round ({runs} rounds) | median | lowest | highest |"
+        );
+        println!("|---|---|---|---|");
+        for (label, cpus) in other_labels.iter().zip(&cpu_by_round) {
+            let mut r: Vec<f64> = cpus.iter().zip(pinned).map(|(t, m)| t / m).collect();
+            r.sort_by(f64::total_cmp);
+            let median = if r.len() % 2 == 1 {
+                r[r.len() / 2]
+            } else {
+                (r[r.len() / 2 - 1] + r[r.len() / 2]) / 2.0
+            };
+            println!(
+                "| {label} | {median:.2}× | {:.2}× | {:.2}× |",
+                r[0],
+                r[r.len() - 1]
+            );
+        }
     }
 }
