@@ -9,8 +9,10 @@
 //! as a child process and is measured with wait4(2): wall time, CPU time
 //! (user + system) and peak resident memory. tcpdump, softflowd and the
 //! monitor run in `--runs` rounds (3), each round every one of them in
-//! turn, and each keeps its run with the least CPU; pmacctd and tshark run
-//! once (`--quick` leaves them out).
+//! turn, and each keeps its run with the least CPU (the table's rows); the
+//! pinned monitor's ratio to tcpdump and to softflowd within each round is
+//! printed too (median, lowest, highest). pmacctd and tshark run once
+//! (`--quick` leaves them out).
 //!
 //! - `tcpdump -r FILE -w /dev/null` (libpcap's raw read: the floor);
 //! - `softflowd -r FILE` (flows exported to 127.0.0.1:9, nobody listens),
