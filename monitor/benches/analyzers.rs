@@ -315,7 +315,7 @@ fn main() {
             .map(|r| format!("{r:.2}×"))
             .collect::<Vec<_>>()
             .join(", "),
-        ratios[ratios.len() / 2],
+        median(&ratios),
         flows
     );
 }
@@ -651,16 +651,22 @@ fn tools(
         for (label, cpus) in other_labels.iter().zip(&cpu_by_round) {
             let mut r: Vec<f64> = cpus.iter().zip(pinned).map(|(t, m)| t / m).collect();
             r.sort_by(f64::total_cmp);
-            let median = if r.len() % 2 == 1 {
-                r[r.len() / 2]
-            } else {
-                (r[r.len() / 2 - 1] + r[r.len() / 2]) / 2.0
-            };
             println!(
-                "| {label} | {median:.2}× | {:.2}× | {:.2}× |",
+                "| {label} | {:.2}× | {:.2}× | {:.2}× |",
+                median(&r),
                 r[0],
                 r[r.len() - 1]
             );
         }
+    }
+}
+
+/// The median of `sorted` (ascending, not empty).
+fn median(sorted: &[f64]) -> f64 {
+    let n = sorted.len();
+    if n % 2 == 1 {
+        sorted[n / 2]
+    } else {
+        (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
     }
 }
