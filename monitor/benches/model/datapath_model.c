@@ -12,11 +12,12 @@
  *   slot only (no probing, so flows may share a slot: a model, not a map).
  *
  *   cc -O2 -o /tmp/datapath_model monitor/benches/model/datapath_model.c
- *   taskset -c 0 /tmp/datapath_model FILE MODE QUEUE TABLE_BITS [WINDOW_MB] [READ_ONLY]
+ *   taskset -c 0 /tmp/datapath_model FILE MODE QUEUE TABLE_BITS [WINDOW_MB] [READ_ONLY] [IN_PLACE]
  *
  * MODE: 0 read(2) chunks, 1 whole-file mmap + MADV_SEQUENTIAL, 2 whole-file
  * mmap, 3 mmap windows of WINDOW_MB (MAP_POPULATE, unmapped in turn).
  * READ_ONLY 1: the update pass reads the slots instead of writing them.
+ * IN_PLACE 1: the guest part reads each batch where it was written (no copy).
  * Prints the process CPU (user + system, including unmapping) and the
  * time of the guest part per packet. Only IPv4 over Ethernet is modelled.
  */
@@ -53,13 +54,15 @@ static uint32_t u32(const char *p) { uint32_t v; memcpy(&v, p, 4); return v; }
 
 int main(int argc, char **argv) {
   if (argc < 5) {
-    fprintf(stderr, "usage: %s FILE MODE QUEUE TABLE_BITS [WINDOW_MB] [READ_ONLY]\n", argv[0]);
+    fprintf(stderr, "usage: %s FILE MODE QUEUE TABLE_BITS [WINDOW_MB] [READ_ONLY] [IN_PLACE]\n",
+            argv[0]);
     return 2;
   }
   const char *file = argv[1];
   int mode = atoi(argv[2]), queue = atoi(argv[3]), bits = atoi(argv[4]);
   size_t window = (size_t)(argc > 5 ? atol(argv[5]) : 4) << 20;
   int read_only = argc > 6 && atoi(argv[6]);
+  int in_place = argc > 7 && atoi(argv[7]);
   if (mode < 0 || mode > 3 || queue < 1 || queue > 1024 || bits < 4 || bits > 28) {
     fprintf(stderr, "MODE 0-3, QUEUE 1-1024, TABLE_BITS 4-28\n");
     return 2;
@@ -71,7 +74,7 @@ int main(int argc, char **argv) {
     batches[i] = aligned_alloc(64, BATCH * RECORD);
     memset(batches[i], 0, BATCH * RECORD);
   }
-  char *guest = aligned_alloc(64, BATCH * RECORD);
+  char *guest_buf = aligned_alloc(64, BATCH * RECORD);
   int fd = open(file, O_RDONLY);
   struct stat st;
   if (fd < 0 || fstat(fd, &st) != 0) { perror(file); return 1; }
@@ -148,7 +151,11 @@ int main(int argc, char **argv) {
     for (int k = 0; k < nb; k++) {
       int n = counts[k];
       uint64_t acc = 0;
-      memcpy(guest, batches[k], (size_t)n * RECORD);
+      const char *guest = batches[k];
+      if (!in_place) {
+        memcpy(guest_buf, batches[k], (size_t)n * RECORD);
+        guest = guest_buf;
+      }
       for (int i = 0; i < n; i++) {
         const char *r = guest + i * RECORD;
         uint64_t a = (uint64_t)u32(r + 32) << 32 | u32(r + 48), b = u32(r + 64);
