@@ -205,12 +205,6 @@ fn main() {
     // Children start from this process's memory (posix_spawn shares it
     // until exec), and their peak RSS would include ours: reset our peak.
     std::fs::write("/proc/self/clear_refs", "5").expect("reset peak RSS");
-    // Warm the page cache so every tool reads from memory.
-    let warm = Command::new("cat")
-        .arg(&path)
-        .stdout(Stdio::null())
-        .status();
-    assert!(warm.is_ok_and(|s| s.success()));
 
     // `--analysis-only`: just the native-vs-WebAssembly table.
     if !args.iter().any(|a| a == "--analysis-only") {

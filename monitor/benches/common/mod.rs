@@ -30,6 +30,8 @@ pub fn capture_file(packets: usize, flows: usize) -> PathBuf {
 }
 
 /// Like [`capture_file`] with payloads of 0 to `max_payload - 1` bytes.
+/// The file is left in the page cache as reading it from disk leaves it
+/// ([`cache_as_read`]), whether it was generated just now or long ago.
 pub fn capture_file_sized(packets: usize, flows: usize, max_payload: usize) -> PathBuf {
     let dir = root().join("target/bench");
     std::fs::create_dir_all(&dir).unwrap();
@@ -44,7 +46,28 @@ pub fn capture_file_sized(packets: usize, flows: usize, max_payload: usize) -> P
         let frames = pcapgen::flows_sized(packets, flows, max_payload, 1_764_000_000_000_000_000);
         pcapgen::write_pcap(&path, pcapgen::linktype::ETHERNET, &frames).unwrap();
     }
+    cache_as_read(&path);
     path
+}
+
+/// Drops `path`'s pages from the page cache and reads the file back, so
+/// every tool then reads it from memory, in the pages a read from disk
+/// fills (on Linux 6.x ext4, mostly large folios of hundreds of KB).
+/// Without this the cache holds whatever made the file last: a file the
+/// generator has just written sits in 4 KB pages, and every tool's
+/// `read(2)` of it takes more kernel time (one page-cache lookup and copy
+/// step per 4 KB) than the same tool's read after a reboot — the result
+/// would depend on the file's history (BENCHMARKS.md, issue #4).
+pub fn cache_as_read(path: &Path) {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    let mut file = std::fs::File::open(path).unwrap();
+    // Only clean pages can be dropped.
+    file.sync_data().unwrap();
+    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    assert_eq!(rc, 0, "posix_fadvise({}): {rc}", path.display());
+    let mut buf = vec![0u8; 1 << 20];
+    while file.read(&mut buf).unwrap() > 0 {}
 }
 
 /// A compiled guest module from target/wasm/.
