@@ -68,6 +68,10 @@ pub fn cache_as_read(path: &Path) {
     assert_eq!(rc, 0, "posix_fadvise({}): {rc}", path.display());
     let mut buf = vec![0u8; 1 << 20];
     while file.read(&mut buf).unwrap() > 0 {}
+    eprintln!(
+        "page cache: {} dropped and read back, as from disk",
+        path.display()
+    );
 }
 
 /// A compiled guest module from target/wasm/.
