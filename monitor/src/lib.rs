@@ -7,6 +7,8 @@
 //! * [`filter`]: deployment filters (CIDR, ports, protocol, BPF).
 //! * [`guest`]: one analyzer instance speaking ABI v1 under wasmtime limits.
 //! * [`deployment`]: the deployment thread and its shared state.
+//! * [`replay`]: capture files, mapped (or read in chunks) for replay.
+//! * [`sigbus`]: a truncated mapped file as an error, not a crash.
 //! * [`service`]: NATS commands, publishing, liveness.
 
 pub mod capture;
@@ -18,3 +20,4 @@ pub mod metrics;
 pub mod parse;
 pub mod replay;
 pub mod service;
+pub mod sigbus;

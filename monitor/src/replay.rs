@@ -1,15 +1,20 @@
 //! Reading capture files for replay.
 //!
-//! A classic pcap file (its header decoded by `pcap-file`) is read in
-//! large chunks into one buffer that is reused, and its records are handed
-//! out in place: one `read(2)` per chunk, and the records the link thread then
-//! parses are in the cache the copy just brought them into. Sessions 5–7
-//! memory-mapped the file instead; that cost as much CPU on the bench's
-//! small packets and a third more on full-size ones (a page fault per
-//! 64 KB, handing the pages back so that the resident memory does not grow
-//! with the file, each record's first touch waiting on memory), and a file
-//! truncated under the map killed the process (SIGBUS). Anything else
-//! libpcap reads (pcapng) goes through libpcap.
+//! A classic pcap file (its header decoded by `pcap-file`) is mapped and
+//! its records are handed out in place, with no copy: the kernel maps the
+//! page cache's pages, in large folios when the file was read from disk,
+//! at a fraction of what copying them out with `read(2)` costs (BENCHMARKS.md,
+//! issue #4: 0.80× the pinned monitor's CPU on small packets). Behind the
+//! reader, every [`DROP_STEP`] bytes, the pages read are unmapped again, so
+//! the resident memory does not grow with the file; ahead of it, when
+//! records are long, every cache line of the next [`PREFETCH_AHEAD`] bytes
+//! is prefetched (the processor's own prefetcher does not follow records a
+//! kilobyte apart: full-size packets took 1.7× the CPU without it, 0.63×
+//! that of `read(2)` with it). A file truncated under the map would raise
+//! SIGBUS; [`crate::sigbus`] turns that into a "truncated" error for the
+//! reader. Where the file cannot be mapped (or every guard slot is taken),
+//! it is read in large chunks into one reused buffer instead. Anything
+//! else libpcap reads (pcapng) goes through libpcap.
 //!
 //! A file that grows while it is replayed is read up to the length it had
 //! when opened; one truncated meanwhile ends with a "truncated" error.
@@ -19,6 +24,8 @@ use std::io::Read;
 use std::path::Path;
 
 use pcap_file::pcap::PcapParser;
+
+use crate::sigbus;
 
 /// One record: timestamp (ns), length on the wire, captured bytes.
 pub type Record<'a> = (u64, u32, &'a [u8]);
@@ -47,14 +54,36 @@ const MAX_RECORD: u32 = 262_144;
 /// for D-Bus captures): a header claiming more is corrupt too.
 const MAX_SNAPLEN: u32 = 128 << 20;
 
-/// A classic pcap file read through a reused buffer.
+/// Mapped bytes read are unmapped again every this many bytes.
+pub const DROP_STEP: usize = 4 << 20;
+
+/// Records at least this long (header included) have the file ahead of
+/// them prefetched.
+const PREFETCH_FROM: usize = 512;
+
+/// How far ahead of the reader the file is prefetched.
+pub const PREFETCH_AHEAD: usize = 16 << 10;
+
+/// How a classic pcap file is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reading {
+    /// Mapped where it can be, else in chunks.
+    Mapped,
+    /// In chunks through a reused buffer.
+    Chunks,
+}
+
+/// A classic pcap file, mapped or read through a reused buffer.
 pub struct ClassicPcap {
     file: File,
+    /// The chunks' buffer (empty when mapped).
     buf: Vec<u8>,
-    /// `buf[head..tail]`: read, not yet handed out.
+    /// The mapping, when mapped.
+    map: Option<Mapped>,
+    /// `bytes()[head..tail]`: read, not yet handed out.
     head: usize,
     tail: usize,
-    /// File offset of `buf[0]`.
+    /// File offset of `bytes()[0]` (0 when mapped).
     buf_at: u64,
     /// The file's length when opened: nothing after it is read.
     end: u64,
@@ -66,12 +95,20 @@ pub struct ClassicPcap {
 }
 
 impl FileReader {
-    /// Opens `path`: in chunks if it is a classic pcap file, else with
-    /// libpcap.
+    /// Opens `path`: mapped (or in chunks) if it is a classic pcap file,
+    /// else with libpcap.
     ///
     /// # Errors
     /// A message naming the file if it cannot be opened or is no capture.
     pub fn open(path: &Path) -> Result<FileReader, String> {
+        FileReader::open_as(path, Reading::Mapped)
+    }
+
+    /// Opens `path`, a classic pcap file read as `reading` says.
+    ///
+    /// # Errors
+    /// As [`FileReader::open`].
+    pub fn open_as(path: &Path, reading: Reading) -> Result<FileReader, String> {
         let fail = |e: String| format!("cannot open {}: {e}", path.display());
         let mut file = File::open(path).map_err(|e| fail(e.to_string()))?;
         let end = file.metadata().map_err(|e| fail(e.to_string()))?.len();
@@ -80,14 +117,27 @@ impl FileReader {
             && let Ok((_, parser)) = PcapParser::new(&header[..])
         {
             let h = parser.header();
+            let map = match reading {
+                Reading::Mapped => Mapped::new(&file, end),
+                Reading::Chunks => None,
+            };
             return Ok(FileReader::Classic(ClassicPcap {
                 nano: h.ts_resolution == pcap_file::TsResolution::NanoSecond,
                 dlt: u32::from(h.datalink) as i32,
                 file,
-                buf: vec![0; CHUNK],
-                head: 0,
-                tail: 0,
-                buf_at: FILE_HEADER_LEN,
+                buf: if map.is_some() {
+                    Vec::new()
+                } else {
+                    vec![0; CHUNK]
+                },
+                head: if map.is_some() {
+                    FILE_HEADER_LEN as usize
+                } else {
+                    0
+                },
+                tail: map.as_ref().map_or(0, |m| m.len),
+                buf_at: if map.is_some() { 0 } else { FILE_HEADER_LEN },
+                map,
                 end,
                 max_record: MAX_RECORD.max(h.snaplen.min(MAX_SNAPLEN)),
                 big_endian: h.endianness == pcap_file::Endianness::Big,
@@ -97,6 +147,12 @@ impl FileReader {
         pcap::Capture::from_file_with_precision(path, pcap::Precision::Nano)
             .map(FileReader::Libpcap)
             .map_err(|e| fail(e.to_string()))
+    }
+
+    /// True if the file is read through a map.
+    #[must_use]
+    pub fn is_mapped(&self) -> bool {
+        matches!(self, FileReader::Classic(ClassicPcap { map: Some(_), .. }))
     }
 
     /// The file's link type (DLT).
@@ -143,9 +199,161 @@ impl FileReader {
     }
 }
 
+/// A classic pcap file mapped read-only, guarded against its truncation.
+struct Mapped {
+    ptr: *const u8,
+    len: usize,
+    /// Unregistered in `drop` before the unmapping.
+    guard: std::mem::ManuallyDrop<sigbus::Guard>,
+    /// Pages below this offset were handed back.
+    dropped_to: usize,
+    /// Lines below this offset were prefetched.
+    prefetched_to: usize,
+}
+
+// SAFETY: the mapping is read-only and owned by one reader at a time.
+unsafe impl Send for Mapped {}
+
+impl Mapped {
+    /// Maps `file`'s first `len` bytes; `None` if it cannot be mapped or
+    /// guarded (the caller reads in chunks then).
+    fn new(file: &File, len: u64) -> Option<Mapped> {
+        use std::os::fd::AsRawFd;
+        let len = usize::try_from(len)
+            .ok()
+            .filter(|&n| n > FILE_HEADER_LEN as usize)?;
+        // SAFETY: a fresh read-only shared mapping of an open file.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return None;
+        }
+        let Some(guard) = sigbus::Guard::new(ptr.cast(), len) else {
+            // SAFETY: the mapping just made, not yet shared.
+            unsafe { libc::munmap(ptr, len) };
+            return None;
+        };
+        // SAFETY: advice on our own mapping.
+        unsafe { libc::madvise(ptr, len, libc::MADV_SEQUENTIAL) };
+        Some(Mapped {
+            ptr: ptr.cast(),
+            len,
+            guard: std::mem::ManuallyDrop::new(guard),
+            dropped_to: 0,
+            prefetched_to: 0,
+        })
+    }
+
+    #[inline]
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: `len` mapped bytes, alive as long as `self`. A page the
+        // file lost since reads as zeros (see `sigbus`), never faults.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+
+    /// After the record at `start..end` was located: makes sure its bytes
+    /// are the file's (not a truncated file's zeros), prefetches ahead of
+    /// long records and hands back the pages behind.
+    #[inline]
+    fn advance(&mut self, start: usize, end: usize) -> Result<(), String> {
+        // The header was read. If the record ends on a later page, touch
+        // its last byte: a page the file lost faults now, before the record
+        // is handed out (truncation cuts a suffix, so the pages between are
+        // there if the last one is). `end > start`: a record has a header.
+        if (start ^ (end - 1)) >= 4096 {
+            // SAFETY: `end <= len`, checked by the caller.
+            unsafe { std::ptr::read_volatile(self.ptr.add(end - 1)) };
+        }
+        if self.guard.hit() {
+            return Err(format!(
+                "the file was truncated during the replay; the record at offset {start} is gone"
+            ));
+        }
+        if end - start >= PREFETCH_FROM {
+            self.prefetch(end);
+        }
+        if start - self.dropped_to >= DROP_STEP + 4096 {
+            self.drop_behind(start);
+        }
+        Ok(())
+    }
+
+    #[inline]
+    fn prefetch(&mut self, from: usize) {
+        let until = (from + PREFETCH_AHEAD).min(self.len);
+        let mut at = self.prefetched_to.max(from);
+        while at < until {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: a prefetch of a mapped address; it never faults.
+            unsafe {
+                use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+                _mm_prefetch::<_MM_HINT_T0>(self.ptr.add(at).cast());
+            }
+            at += 64;
+        }
+        self.prefetched_to = at;
+    }
+
+    /// Unmaps the pages wholly before `start` (the file stays cached).
+    #[inline(never)]
+    fn drop_behind(&mut self, start: usize) {
+        let upto = start & !(sigbus::page_size() - 1);
+        if upto > self.dropped_to {
+            // SAFETY: whole pages of our own mapping that no record handed
+            // out still points into (only the current one is alive).
+            unsafe {
+                libc::madvise(
+                    self.ptr.add(self.dropped_to) as *mut libc::c_void,
+                    upto - self.dropped_to,
+                    libc::MADV_DONTNEED,
+                )
+            };
+            self.dropped_to = upto;
+        }
+    }
+
+    fn rewind(&mut self) {
+        self.dropped_to = 0;
+        self.prefetched_to = 0;
+    }
+}
+
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        // SAFETY: dropped once, here; then our mapping is unmapped (no
+        // record outlives the reader).
+        unsafe {
+            std::mem::ManuallyDrop::drop(&mut self.guard);
+            libc::munmap(self.ptr as *mut libc::c_void, self.len);
+        }
+    }
+}
+
 impl ClassicPcap {
+    /// The bytes `head` and `tail` index.
+    #[inline]
+    fn bytes(&self) -> &[u8] {
+        match &self.map {
+            Some(m) => m.bytes(),
+            None => &self.buf,
+        }
+    }
+
     fn rewind(&mut self) -> std::io::Result<()> {
         use std::io::{Seek, SeekFrom};
+        if let Some(m) = &mut self.map {
+            m.rewind();
+            self.head = FILE_HEADER_LEN as usize;
+            return Ok(());
+        }
         self.file.seek(SeekFrom::Start(FILE_HEADER_LEN))?;
         self.buf_at = FILE_HEADER_LEN;
         self.head = 0;
@@ -159,6 +367,10 @@ impl ClassicPcap {
     /// stays small.
     #[inline(never)]
     fn refill(&mut self) -> Result<bool, String> {
+        if self.map.is_some() {
+            // The whole file (as long as it was when opened) is there.
+            return Ok(false);
+        }
         self.buf.copy_within(self.head..self.tail, 0);
         self.buf_at += self.head as u64;
         self.tail -= self.head;
@@ -192,9 +404,31 @@ impl ClassicPcap {
 
     #[inline]
     fn next_record(&mut self) -> Result<Option<Record<'_>>, String> {
+        let Some((ts_ns, wire_len, data_at, end)) = self.locate()? else {
+            return Ok(None);
+        };
+        Ok(Some((ts_ns, wire_len, &self.bytes()[data_at..end])))
+    }
+
+    /// When mapped: the error for a file now shorter than the map.
+    #[cold]
+    fn shrunk(&self, at: u64) -> Option<String> {
+        let now = self.file.metadata().ok()?.len();
+        let mapped = self.map.as_ref()?.len as u64;
+        (now < mapped).then(|| {
+            format!(
+                "the file was truncated during the replay (to {now} bytes); the record at offset {at} is gone"
+            )
+        })
+    }
+
+    /// The next record's timestamp, wire length and where its bytes lie
+    /// in `bytes()`.
+    #[inline]
+    fn locate(&mut self) -> Result<Option<(u64, u32, usize, usize)>, String> {
         loop {
             let at = self.buf_at + self.head as u64;
-            let rest = &self.buf[self.head..self.tail];
+            let rest = &self.bytes()[self.head..self.tail];
             // The record header: seconds, fraction, captured and wire
             // lengths, in the file's byte order (read here directly: it
             // is a quarter of the link thread's per-packet reading).
@@ -210,6 +444,9 @@ impl ClassicPcap {
             let empty = rest.is_empty();
             if let Some([sec, frac, cap, wire_len]) = header {
                 if cap > self.max_record {
+                    if let Some(e) = self.shrunk(at) {
+                        return Err(e);
+                    }
                     return Err(format!(
                         "record at offset {at}: captured length {cap} is over the largest this capture holds ({})",
                         self.max_record
@@ -218,11 +455,22 @@ impl ClassicPcap {
                 let data_at = self.head + 16;
                 let end = data_at + cap as usize;
                 if end <= self.tail {
+                    if let Some(m) = &mut self.map {
+                        m.advance(self.head, end)?;
+                        // The bytes after a truncation's cut, on the page
+                        // it falls in, read as zeros (no fault): a record
+                        // of no length is where a shrunk file shows.
+                        if wire_len == 0
+                            && let Some(e) = self.shrunk(at)
+                        {
+                            return Err(e);
+                        }
+                    }
                     self.head = end;
                     let frac = u64::from(frac);
                     let ts_ns =
                         u64::from(sec) * 1_000_000_000 + if self.nano { frac } else { frac * 1000 };
-                    return Ok(Some((ts_ns, wire_len, &self.buf[data_at..end])));
+                    return Ok(Some((ts_ns, wire_len, data_at, end)));
                 }
             }
             if !self.refill()? {
@@ -265,10 +513,20 @@ mod tests {
     /// ended the file, if one did.
     type Read = (Vec<(u64, u32, Vec<u8>)>, Option<String>);
 
+    /// Read both ways, mapped and in chunks, which must agree.
     fn read_all(path: &Path) -> Read {
-        let mut r = FileReader::open(path).unwrap();
-        assert!(matches!(r, FileReader::Classic(_)));
-        assert_eq!(r.dlt(), 1);
+        let [mapped, chunks] = [Reading::Mapped, Reading::Chunks].map(|reading| {
+            let mut r = FileReader::open_as(path, reading).unwrap();
+            assert!(matches!(r, FileReader::Classic(_)));
+            assert_eq!(r.is_mapped(), reading == Reading::Mapped);
+            assert_eq!(r.dlt(), 1);
+            drain(&mut r)
+        });
+        assert_eq!(mapped, chunks, "mapped and chunked reading differ");
+        mapped
+    }
+
+    fn drain(r: &mut FileReader) -> Read {
         let mut out = Vec::new();
         loop {
             match r.next_record() {
@@ -302,12 +560,14 @@ mod tests {
                 ]
             );
             // Rewinding starts over.
-            let mut r = FileReader::open(&path).unwrap();
-            r.next_record().unwrap();
-            r.next_record().unwrap();
-            assert!(r.next_record().unwrap().is_none());
-            r.rewind(&path).unwrap();
-            assert_eq!(r.next_record().unwrap().unwrap().2, b"abc");
+            for reading in [Reading::Mapped, Reading::Chunks] {
+                let mut r = FileReader::open_as(&path, reading).unwrap();
+                r.next_record().unwrap();
+                r.next_record().unwrap();
+                assert!(r.next_record().unwrap().is_none());
+                r.rewind(&path).unwrap();
+                assert_eq!(r.next_record().unwrap().unwrap().2, b"abc");
+            }
         }
     }
 
@@ -389,12 +649,87 @@ mod tests {
     fn a_file_that_grows_is_read_up_to_its_length_when_opened() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("grows.pcap");
-        std::fs::write(&path, pcap(false, &[(1, 0, b"first", 5)])).unwrap();
-        let mut r = FileReader::open(&path).unwrap();
-        let more = pcap(false, &[(1, 0, b"first", 5), (2, 0, b"second", 6)]);
-        std::fs::write(&path, &more).unwrap();
-        assert_eq!(r.next_record().unwrap().unwrap().2, b"first");
-        assert!(r.next_record().unwrap().is_none());
+        for reading in [Reading::Mapped, Reading::Chunks] {
+            std::fs::write(&path, pcap(false, &[(1, 0, b"first", 5)])).unwrap();
+            let mut r = FileReader::open_as(&path, reading).unwrap();
+            let more = pcap(false, &[(1, 0, b"first", 5), (2, 0, b"second", 6)]);
+            std::fs::write(&path, &more).unwrap();
+            assert_eq!(r.next_record().unwrap().unwrap().2, b"first");
+            assert!(r.next_record().unwrap().is_none());
+        }
+    }
+
+    /// Records of 1 to 300 bytes, each filled with its index's low byte.
+    fn numbered(count: u32) -> (Vec<u8>, Vec<usize>) {
+        let payloads: Vec<Vec<u8>> = (0..count)
+            .map(|i| vec![(i % 251) as u8 + 1; 1 + (i as usize * 37) % 300])
+            .collect();
+        let records: Vec<(u32, u32, &[u8], u32)> = payloads
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (1, i as u32, p.as_slice(), p.len() as u32))
+            .collect();
+        // Each record's offset in the file.
+        let mut at = FILE_HEADER_LEN as usize;
+        let offsets = payloads
+            .iter()
+            .map(|p| {
+                let here = at;
+                at += 16 + p.len();
+                here
+            })
+            .collect();
+        (pcap(false, &records), offsets)
+    }
+
+    #[test]
+    fn a_mapped_file_truncated_during_the_replay_ends_it_with_an_error_not_a_crash() {
+        // wasmtime's signal handlers in place first, as in the monitor:
+        // ours then passes the faults it does not own on to them.
+        let engine = wasmtime::Engine::default();
+        let dir = tempfile::tempdir().unwrap();
+        let (bytes, offsets) = numbered(20_000);
+        // Cuts on a page boundary (the pages after it fault) and inside a
+        // page and a record (the rest of that page reads as zeros).
+        for cut in [40 * 4096, 40 * 4096 + 1234] {
+            let path = dir.path().join(format!("cut-{cut}.pcap"));
+            std::fs::write(&path, &bytes).unwrap();
+            let mut r = FileReader::open_as(&path, Reading::Mapped).unwrap();
+            assert!(r.is_mapped());
+            for _ in 0..100 {
+                r.next_record().unwrap().unwrap();
+            }
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .unwrap()
+                .set_len(cut as u64)
+                .unwrap();
+            let (records, error) = drain(&mut r);
+            let error = error.expect("the replay ends with an error");
+            // On a page boundary the fault tells; inside a page the zeros
+            // and the file's new length do.
+            let how = if cut % 4096 == 0 {
+                "truncated during the replay; the record at offset".to_string()
+            } else {
+                format!("truncated during the replay (to {cut} bytes)")
+            };
+            assert!(error.contains(&how), "{error}");
+            // Every record wholly before the cut came out as written;
+            // nothing after the record the cut falls in did.
+            let whole = offsets.iter().filter(|&&o| o < cut).count() - 1;
+            let handed = 100 + records.len();
+            assert!(
+                handed >= whole && handed <= whole + 1,
+                "{handed} records, {whole} whole: {error}"
+            );
+            for (i, (_, wire, data)) in records.iter().enumerate().take(whole - 100) {
+                let n = 100 + i;
+                assert_eq!(*wire as usize, data.len());
+                assert!(data.iter().all(|&b| b == (n % 251) as u8 + 1), "record {n}");
+            }
+        }
+        drop(engine);
     }
 
     #[test]
