@@ -1,20 +1,22 @@
 //! Reading capture files for replay.
 //!
 //! A classic pcap file (its header decoded by `pcap-file`) is mapped and
-//! its records are handed out in place, with no copy: the kernel maps the
-//! page cache's pages, in large folios when the file was read from disk,
-//! at a fraction of what copying them out with `read(2)` costs (BENCHMARKS.md,
-//! issue #4: 0.80× the pinned monitor's CPU on small packets). Behind the
-//! reader, every [`DROP_STEP`] bytes, the pages read are unmapped again, so
-//! the resident memory does not grow with the file; ahead of it, when
-//! records are long, every cache line of the next [`PREFETCH_AHEAD`] bytes
-//! is prefetched (the processor's own prefetcher does not follow records a
-//! kilobyte apart: full-size packets took 1.7× the CPU without it, 0.63×
-//! that of `read(2)` with it). A file truncated under the map would raise
-//! SIGBUS; [`crate::sigbus`] turns that into a "truncated" error for the
-//! reader. Where the file cannot be mapped (or every guard slot is taken),
-//! it is read in large chunks into one reused buffer instead. Anything
-//! else libpcap reads (pcapng) goes through libpcap.
+//! its records are handed out in place, with no copy out of the page cache.
+//! Ahead of the reader the map's page tables are filled a window at a time
+//! ([`POPULATE_AHEAD`]) and, when records are long, every cache line of the
+//! next [`PREFETCH_AHEAD`] bytes is prefetched (the processor's own
+//! prefetcher does not follow records a kilobyte apart); behind it the
+//! pages read are unmapped every [`DROP_STEP`], so the resident memory does
+//! not grow with the file. Against reading in 128 KB chunks (the pinned
+//! monitor's CPU, BENCHMARKS.md, issue #4): 0.82× on small packets and
+//! 0.65× on full-size ones with the file cached as a read from disk leaves
+//! it (large folios), 0.93× and 1.06× with the file in 4 KB pages. A file
+//! truncated under the map would raise SIGBUS; [`crate::sigbus`] turns that
+//! into a "truncated" error for the reader (at most the record the cut
+//! falls in may reach the link with zeros for its lost bytes). Where the
+//! file cannot be mapped, or every guard slot is taken, it is read in
+//! 128 KB chunks into one reused buffer instead. Anything else libpcap
+//! reads (pcapng) goes through libpcap.
 //!
 //! A file that grows while it is replayed is read up to the length it had
 //! when opened; one truncated meanwhile ends with a "truncated" error.
@@ -55,7 +57,13 @@ const MAX_RECORD: u32 = 262_144;
 const MAX_SNAPLEN: u32 = 128 << 20;
 
 /// Mapped bytes read are unmapped again every this many bytes.
-pub const DROP_STEP: usize = 4 << 20;
+pub const DROP_STEP: usize = 1 << 20;
+
+/// How far ahead of the reader the map's page tables are filled, a window
+/// at a time (`MADV_POPULATE_READ`): one call instead of a fault per 64 KB
+/// when the file is cached in 4 KB pages, and the prefetches ahead then
+/// land in mapped pages.
+pub const POPULATE_AHEAD: usize = 1 << 20;
 
 /// Records at least this long (header included) have the file ahead of
 /// them prefetched.
@@ -209,6 +217,8 @@ struct Mapped {
     dropped_to: usize,
     /// Lines below this offset were prefetched.
     prefetched_to: usize,
+    /// Page tables below this offset were filled.
+    populated_to: usize,
 }
 
 // SAFETY: the mapping is read-only and owned by one reader at a time.
@@ -249,6 +259,7 @@ impl Mapped {
             guard: std::mem::ManuallyDrop::new(guard),
             dropped_to: 0,
             prefetched_to: 0,
+            populated_to: 0,
         })
     }
 
@@ -277,13 +288,36 @@ impl Mapped {
                 "the file was truncated during the replay; the record at offset {start} is gone"
             ));
         }
+        if end + POPULATE_AHEAD > self.populated_to {
+            self.populate(end);
+        }
         if end - start >= PREFETCH_FROM {
             self.prefetch(end);
         }
-        if start - self.dropped_to >= DROP_STEP + 4096 {
+        if start - self.dropped_to >= DROP_STEP + sigbus::page_size() {
             self.drop_behind(start);
         }
         Ok(())
+    }
+
+    /// Fills the page tables of the next window (errors ignored: an old
+    /// kernel without `MADV_POPULATE_READ` faults the pages in as they are
+    /// read; a truncated file is the guard's business).
+    #[inline(never)]
+    fn populate(&mut self, end: usize) {
+        let from = self.populated_to.max(end & !(sigbus::page_size() - 1));
+        let until = (from + POPULATE_AHEAD).min(self.len);
+        if until > from {
+            // SAFETY: advice on whole pages of our own mapping.
+            unsafe {
+                libc::madvise(
+                    self.ptr.add(from) as *mut libc::c_void,
+                    until - from,
+                    libc::MADV_POPULATE_READ,
+                )
+            };
+        }
+        self.populated_to = until.max(self.populated_to);
     }
 
     #[inline]
@@ -323,6 +357,7 @@ impl Mapped {
     fn rewind(&mut self) {
         self.dropped_to = 0;
         self.prefetched_to = 0;
+        self.populated_to = 0;
     }
 }
 
