@@ -266,7 +266,7 @@ impl Mapped {
     #[inline]
     fn bytes(&self) -> &[u8] {
         // SAFETY: `len` mapped bytes, alive as long as `self`. A page the
-        // file lost since reads as zeros (see `sigbus`), never faults.
+        // file lost since faults once, into `sigbus`'s page of zeros.
         unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
     }
 
@@ -279,6 +279,7 @@ impl Mapped {
         // its last byte: a page the file lost faults now, before the record
         // is handed out (truncation cuts a suffix, so the pages between are
         // there if the last one is). `end > start`: a record has a header.
+        // 4 KB, the smallest page: larger ones only touch more often.
         if (start ^ (end - 1)) >= 4096 {
             // SAFETY: `end <= len`, checked by the caller.
             unsafe { std::ptr::read_volatile(self.ptr.add(end - 1)) };
