@@ -449,8 +449,8 @@ impl ClassicPcap {
     /// When mapped: the error for a file now shorter than the map.
     #[cold]
     fn shrunk(&self, at: u64) -> Option<String> {
-        let now = self.file.metadata().ok()?.len();
         let mapped = self.map.as_ref()?.len as u64;
+        let now = self.file.metadata().ok()?.len();
         (now < mapped).then(|| {
             format!(
                 "the file was truncated during the replay (to {now} bytes); the record at offset {at} is gone"

@@ -42,7 +42,7 @@ static INSTALLED: OnceLock<bool> = OnceLock::new();
 
 /// A registered mapping; unregisters on drop (before the caller unmaps).
 pub struct Guard {
-    slot: usize,
+    slot: &'static Slot,
 }
 
 impl Guard {
@@ -52,28 +52,27 @@ impl Guard {
         if !*INSTALLED.get_or_init(install) {
             return None;
         }
-        let slot = GUARDED.iter().position(|s| {
+        let slot = GUARDED.iter().find(|s| {
             s.taken
                 .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
         })?;
-        let s = &GUARDED[slot];
-        s.hit.store(false, Ordering::Relaxed);
-        s.start.store(start as usize, Ordering::Release);
-        s.end.store(start as usize + len, Ordering::Release);
+        slot.hit.store(false, Ordering::Relaxed);
+        slot.start.store(start as usize, Ordering::Release);
+        slot.end.store(start as usize + len, Ordering::Release);
         Some(Guard { slot })
     }
 
     /// True once a page of the mapping was missing (the file truncated).
     #[inline]
     pub fn hit(&self) -> bool {
-        GUARDED[self.slot].hit.load(Ordering::Acquire)
+        self.slot.hit.load(Ordering::Acquire)
     }
 }
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        let s = &GUARDED[self.slot];
+        let s = self.slot;
         s.end.store(0, Ordering::Release);
         s.start.store(0, Ordering::Release);
         s.taken.store(false, Ordering::Release);
