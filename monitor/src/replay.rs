@@ -295,7 +295,9 @@ impl Mapped {
         if end - start >= PREFETCH_FROM {
             self.prefetch(end);
         }
-        if start - self.dropped_to >= DROP_STEP + sigbus::page_size() {
+        // At least DROP_STEP past: `drop_behind` then has whole pages to
+        // hand back, whatever the page size (no page-size load per record).
+        if start - self.dropped_to >= DROP_STEP {
             self.drop_behind(start);
         }
         Ok(())
