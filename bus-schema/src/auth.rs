@@ -12,13 +12,19 @@
 //! that answer requests may publish to the reply subject of a request they
 //! received (`allow_responses`), and nowhere else outside their lists.
 //!
+//! Monitor commands carry their requester as the last subject token
+//! (`tm.v1.mon.<monitor>.<command>.<requester>`): a manager or operator may
+//! publish them only with its own id there, which proves to the monitor who
+//! asked.
+//!
 //! JetStream is granted per stream: a role that reads a stream or bucket may
-//! look it up, create it with the contract's settings, make consumers on it,
-//! fetch, acknowledge and get messages; a role that writes a bucket may put
-//! into it (`$KV.<bucket>.<key>`, scoped to its own id for `tm_monitors`,
-//! `tm_managers` and `tm_snapshots`). Nobody may update, delete or purge a
-//! stream, except that writers of `tm_blobs` purge an object's old chunks
-//! when it is replaced.
+//! look it up, make consumers on it, fetch, acknowledge and get messages; a
+//! role that writes a bucket may put into it (`$KV.<bucket>.<key>`, scoped
+//! to its own id for `tm_monitors`, `tm_managers` and `tm_snapshots`). Only
+//! the admin identity creates streams and buckets (`tmctl setup`); every
+//! other process checks their settings at start. Nobody may update, delete
+//! or purge a stream, except that writers of `tm_blobs` purge an object's
+//! old chunks when it is replaced.
 
 use crate::store::{self, BucketKind};
 use crate::subject::{self, SubjectKind};
@@ -71,7 +77,7 @@ pub fn service_name(role: Role) -> Option<&'static str> {
     match role {
         Role::Monitor => Some("tm-monitor"),
         Role::Manager => Some("tm-manager"),
-        Role::Operator | Role::Subscriber => None,
+        Role::Operator | Role::Subscriber | Role::Admin => None,
     }
 }
 
@@ -101,14 +107,16 @@ pub fn validate(identity: &Identity) -> Result<(), crate::TokenError> {
 }
 
 /// A subject pattern with the role's own id put in for its own variable
-/// (`{monitor}` for monitors, `{manager}` for managers) and `*` for every
-/// other variable.
+/// (`{monitor}` for monitors, `{manager}` for managers, `{requester}` for
+/// the managers and operators that send commands) and `*` for every other
+/// variable.
 fn instantiate(pattern: &str, role: Role, id: &str) -> String {
     pattern
         .split('.')
         .map(|token| match token {
             "{monitor}" if role == Role::Monitor => id,
             "{manager}" if role == Role::Manager => id,
+            "{requester}" if matches!(role, Role::Manager | Role::Operator) => id,
             t if t.starts_with('{') => "*",
             t => t,
         })
@@ -174,12 +182,14 @@ fn streams_with_roles() -> Vec<StreamRoles> {
 
 /// Whether `role` reads or writes the JetStream stream `stream` (a stream
 /// of the contract, or the `KV_`/`OBJ_` stream of one of its buckets), and
-/// so may look it up and create it.
+/// so may look it up (and, without enforced identities, create it). The
+/// admin touches them all.
 #[must_use]
 pub fn touches(role: Role, stream: &str) -> bool {
-    streams_with_roles()
-        .iter()
-        .any(|s| s.name == stream && (s.readers.contains(&role) || s.writers.contains(&role)))
+    streams_with_roles().iter().any(|s| {
+        s.name == stream
+            && (role == Role::Admin || s.readers.contains(&role) || s.writers.contains(&role))
+    })
 }
 
 /// The subjects a writer of a bucket may put to, scoped to its own id where
@@ -249,13 +259,17 @@ pub fn permissions(role: Role, id: &str, public_key: &str) -> Permissions {
         bucket,
     } in streams_with_roles()
     {
+        if role == Role::Admin {
+            publish(format!("$JS.API.STREAM.INFO.{stream}"), &mut p);
+            publish(format!("$JS.API.STREAM.CREATE.{stream}"), &mut p);
+            continue;
+        }
         let reads = readers.contains(&role);
         let writes = writers.contains(&role);
         if !(reads || writes) {
             continue;
         }
         publish(format!("$JS.API.STREAM.INFO.{stream}"), &mut p);
-        publish(format!("$JS.API.STREAM.CREATE.{stream}"), &mut p);
         if reads {
             for api in [
                 format!("$JS.API.CONSUMER.CREATE.{stream}"),
@@ -338,6 +352,7 @@ pub fn role_from_str(name: &str) -> Option<Role> {
         Role::Manager,
         Role::Operator,
         Role::Subscriber,
+        Role::Admin,
     ]
     .into_iter()
     .find(|r| r.as_str() == name)
@@ -352,7 +367,7 @@ mod tests {
     #[test]
     fn monitors_are_scoped_to_their_own_id() {
         let p = permissions(Role::Monitor, "m1", PK);
-        assert!(p.subscribe.contains(&"tm.v1.mon.m1.load".to_owned()));
+        assert!(p.subscribe.contains(&"tm.v1.mon.m1.load.*".to_owned()));
         assert!(!p.subscribe.iter().any(|s| s.contains("mon.*")));
         assert!(p.publish.contains(&"tm.v1.results.m1.*".to_owned()));
         assert!(p.publish.contains(&"$KV.tm_monitors.m1".to_owned()));
@@ -381,12 +396,59 @@ mod tests {
     }
 
     #[test]
+    fn only_the_admin_creates_streams() {
+        for role in [
+            Role::Monitor,
+            Role::Manager,
+            Role::Operator,
+            Role::Subscriber,
+        ] {
+            let p = permissions(role, "x", PK);
+            assert!(
+                !p.publish
+                    .iter()
+                    .any(|s| s.starts_with("$JS.API.STREAM.CREATE")),
+                "{role:?}: {p:?}"
+            );
+        }
+        let admin = permissions(Role::Admin, "admin", PK);
+        assert!(
+            admin
+                .publish
+                .contains(&"$JS.API.STREAM.CREATE.TM_RESULTS".to_owned())
+        );
+        assert!(
+            admin
+                .publish
+                .contains(&"$JS.API.STREAM.CREATE.OBJ_tm_blobs".to_owned())
+        );
+        assert!(!admin.publish.iter().any(|s| s.starts_with("tm.v1.")));
+        assert!(!admin.allow_responses);
+    }
+
+    #[test]
+    fn commanders_send_only_as_themselves() {
+        let g = permissions(Role::Manager, "g1", PK);
+        assert!(g.publish.contains(&"tm.v1.mon.*.load.g1".to_owned()));
+        assert!(
+            !g.publish
+                .iter()
+                .any(|s| s.ends_with(".*") && s.starts_with("tm.v1.mon."))
+        );
+        let o = permissions(Role::Operator, "ops", PK);
+        assert!(o.publish.contains(&"tm.v1.mon.*.unload.ops".to_owned()));
+        let m = permissions(Role::Monitor, "m1", PK);
+        assert!(m.subscribe.contains(&"tm.v1.mon.m1.load.*".to_owned()));
+    }
+
+    #[test]
     fn nobody_may_delete_or_update_streams() {
         for role in [
             Role::Monitor,
             Role::Manager,
             Role::Operator,
             Role::Subscriber,
+            Role::Admin,
         ] {
             let p = permissions(role, "x", PK);
             for s in &p.publish {

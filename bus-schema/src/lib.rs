@@ -36,6 +36,10 @@ pub enum Role {
     Operator,
     /// Anything outside that reads results, events and reports.
     Subscriber,
+    /// The setup step (`tmctl setup`): creates the streams and buckets with
+    /// the contract's settings. Nobody else may create them where
+    /// identities are enforced.
+    Admin,
 }
 
 impl Role {
@@ -47,6 +51,7 @@ impl Role {
             Role::Manager => "manager",
             Role::Operator => "operator",
             Role::Subscriber => "subscriber",
+            Role::Admin => "admin",
         }
     }
 }
@@ -173,9 +178,39 @@ pub fn id_from_address(address: &str) -> String {
         .collect()
 }
 
+/// Whether `id` is the id a monitor at `address` has when identities bind
+/// monitors to addresses: the address is an IP address and `id` is
+/// [`id_from_address`] of it.
+#[must_use]
+pub fn holds_address(id: &str, address: &str) -> bool {
+    address.parse::<std::net::IpAddr>().is_ok() && id_from_address(address) == id
+}
+
+/// The IP address a monitor id stands for (`10-9-0-1` → `10.9.0.1`,
+/// `fd00--1` → `fd00::1`), if it is [`id_from_address`] of one.
+#[must_use]
+pub fn address_of_id(id: &str) -> Option<std::net::IpAddr> {
+    [id.replace('-', "."), id.replace('-', ":")]
+        .into_iter()
+        .filter_map(|a| a.parse::<std::net::IpAddr>().ok())
+        .find(|a| id_from_address(&a.to_string()) == id)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_stand_for_addresses() {
+        assert!(holds_address("10-9-0-6", "10.9.0.6"));
+        assert!(!holds_address("10-9-0-5", "10.9.0.6"));
+        assert!(!holds_address("133-256-10-1", "133.256.10.1"));
+        assert!(holds_address("fd00--1", "fd00::1"));
+        assert_eq!(address_of_id("10-9-0-1"), Some("10.9.0.1".parse().unwrap()));
+        assert_eq!(address_of_id("fd00--1"), Some("fd00::1".parse().unwrap()));
+        assert_eq!(address_of_id("m1"), None);
+        assert_eq!(address_of_id("133-256-10-1"), None);
+    }
 
     #[test]
     fn tokens_are_checked_with_field_and_value_named() {

@@ -7,6 +7,11 @@
 //! Tokens (monitor, manager, deployment and app ids) must be valid subject
 //! tokens: check them with [`crate::validate_token`] where they enter the
 //! system (config files, command-line flags, requests).
+//!
+//! A monitor command's last token is its requester: the manager id or
+//! operator name the command is sent as. The generated permissions let an
+//! identity publish commands only with its own id there, so a monitor
+//! reads who asked from the subject ([`requester_of`]), not from the body.
 
 use crate::Role;
 
@@ -78,19 +83,19 @@ macro_rules! subjects {
 
 subjects! {
     /// Load and start an analyzer on a monitor (lifecycle steps S2–S3).
-    monitor_load(monitor) = "mon.{monitor}.load",
+    monitor_load(monitor, requester) = "mon.{monitor}.load.{requester}",
         Command, "LoadRequest", Some("LoadReply"), [Manager, Operator] -> [Monitor];
     /// Stop and unload an analyzer; the reply carries its final results (S6–S7).
-    monitor_unload(monitor) = "mon.{monitor}.unload",
+    monitor_unload(monitor, requester) = "mon.{monitor}.unload.{requester}",
         Command, "UnloadRequest", Some("UnloadReply"), [Manager, Operator] -> [Monitor];
     /// Current results of a running analyzer, without resetting them (S4–S5).
-    monitor_collect(monitor) = "mon.{monitor}.collect",
+    monitor_collect(monitor, requester) = "mon.{monitor}.collect.{requester}",
         Command, "CollectRequest", Some("ResultWindow"), [Manager, Operator] -> [Monitor];
     /// New parameters for a running analyzer, applied between two batches.
-    monitor_configure(monitor) = "mon.{monitor}.configure",
+    monitor_configure(monitor, requester) = "mon.{monitor}.configure.{requester}",
         Command, "ConfigureRequest", Some("ConfigureReply"), [Manager, Operator] -> [Monitor];
     /// Links with counters and deployments with their figures.
-    monitor_status(monitor) = "mon.{monitor}.status",
+    monitor_status(monitor, requester) = "mon.{monitor}.status.{requester}",
         Command, "StatusRequest", Some("MonitorStatus"), [Manager, Operator] -> [Monitor];
     /// Load a management app into a manager and start it (S1).
     manager_apps_load(manager) = "mgr.{manager}.apps.load",
@@ -123,6 +128,18 @@ subjects! {
     /// All management-app reports.
     reports_all() = "reports.>",
         Wildcard, "", None, [] -> [Subscriber, Operator];
+}
+
+/// The requester token of a monitor command's subject (its last token).
+#[must_use]
+pub fn requester_of(subject: &str) -> Option<&str> {
+    subject.rsplit('.').next().filter(|t| !t.is_empty())
+}
+
+/// The command of a monitor command's subject (`load`, `collect`, …).
+#[must_use]
+pub fn command_of(subject: &str) -> Option<&str> {
+    subject.rsplit('.').nth(1)
 }
 
 /// Prefix of the service group under which a monitor's commands are
@@ -172,7 +189,9 @@ mod tests {
                 spec.pattern
             );
         }
-        assert_eq!(monitor_load("m1"), "tm.v1.mon.m1.load");
+        assert_eq!(monitor_load("m1", "g1"), "tm.v1.mon.m1.load.g1");
+        assert_eq!(requester_of(&monitor_unload("m1", "ops")), Some("ops"));
+        assert_eq!(command_of(&monitor_unload("m1", "ops")), Some("unload"));
         assert_eq!(results("m1", "d7"), "tm.v1.results.m1.d7");
     }
 }

@@ -208,7 +208,7 @@ async fn main() {
         let t = Instant::now();
         let _: bus_schema::MonitorStatus = control
             .request(
-                subject::monitor_status("m000"),
+                subject::monitor_status("m000", "t"),
                 &StatusRequest::default(),
                 Duration::from_secs(5),
             )

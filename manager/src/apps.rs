@@ -42,6 +42,36 @@ pub struct AppLimits {
     pub call_timeout: Duration,
     /// Largest request or reply passed through `call`, bytes.
     pub max_message: usize,
+    /// Directories whose files `apps.load` may name (`source.file`); a
+    /// path elsewhere is refused. Empty: no file is read for a request
+    /// over the bus (the manager's own `--app` flags still are).
+    pub apps_dirs: Vec<std::path::PathBuf>,
+}
+
+/// Largest app module a manager reads, from a file or the object store.
+pub const MAX_APP_BYTES: usize = 64 << 20;
+
+impl AppLimits {
+    /// Checks the limits as `tm-manager`'s flags give them, naming the flag.
+    ///
+    /// # Errors
+    /// The first limit out of its range, or an apps directory that is not one.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let mb = self.memory_bytes >> 20;
+        if !(1..=4096).contains(&mb) || !self.memory_bytes.is_multiple_of(1 << 20) {
+            anyhow::bail!("--app-memory-mb = {mb}: must be 1 to 4096");
+        }
+        let ms = self.call_timeout.as_millis();
+        if !(1..=600_000).contains(&ms) {
+            anyhow::bail!("--app-call-timeout-ms = {ms}: must be 1 to 600000");
+        }
+        for dir in &self.apps_dirs {
+            if !dir.is_dir() {
+                anyhow::bail!("--apps-dir {}: not a directory", dir.display());
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Default for AppLimits {
@@ -50,6 +80,7 @@ impl Default for AppLimits {
             memory_bytes: 64 << 20,
             call_timeout: Duration::from_secs(1),
             max_message: 16 << 20,
+            apps_dirs: Vec::new(),
         }
     }
 }
@@ -127,6 +158,83 @@ pub struct Apps {
 
 fn refuse<T>(code: ErrorCode, message: impl Into<String>) -> Result<T, ErrorBody> {
     Err(ErrorBody::new(code, message))
+}
+
+/// The file a request over the bus names, if it lies under one of
+/// `dirs`: the path must be absolute without `..`, and stay under the
+/// directory once symbolic links are resolved. Nothing outside is
+/// touched, so a refusal says nothing about what exists there.
+fn served_file(path: &str, dirs: &[std::path::PathBuf]) -> Result<std::path::PathBuf, ErrorBody> {
+    use std::path::{Component, Path};
+    let refused = |why: String| {
+        Err(ErrorBody::new(
+            ErrorCode::Unauthorized,
+            format!("source.path = {path:?}: {why}"),
+        ))
+    };
+    if dirs.is_empty() {
+        return refused(
+            "this manager serves no app files over the bus (start it with --apps-dir DIR, or put the app in the object store)".into(),
+        );
+    }
+    let p = Path::new(path);
+    if !p.is_absolute() || p.components().any(|c| matches!(c, Component::ParentDir)) {
+        return refused("must be an absolute path without `..`".into());
+    }
+    let canonical_dirs: Vec<std::path::PathBuf> = dirs
+        .iter()
+        .filter_map(|d| std::fs::canonicalize(d).ok())
+        .collect();
+    let under = |f: &Path| canonical_dirs.iter().any(|d| f.starts_with(d));
+    if !under(p) && !dirs.iter().any(|d| p.starts_with(d)) {
+        return refused(format!("not under this manager's --apps-dir {dirs:?}"));
+    }
+    match std::fs::canonicalize(p) {
+        Ok(real) if under(&real) => Ok(real),
+        Ok(_) => refused(format!(
+            "leads outside this manager's --apps-dir {dirs:?} (a symbolic link)"
+        )),
+        Err(e) => Err(ErrorBody::new(
+            ErrorCode::BlobNotFound,
+            format!("source.path = {path:?}: {e}"),
+        )),
+    }
+}
+
+/// A regular file's bytes, at most `max` of them. The error says why it
+/// cannot be had (`blob_not_found`, or `bad_module` when too large), never
+/// what it holds.
+async fn read_capped(path: &std::path::Path, max: usize) -> Result<Vec<u8>, (ErrorCode, String)> {
+    use tokio::io::AsyncReadExt;
+    let missing = |why: String| (ErrorCode::BlobNotFound, why);
+    let file = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| missing(format!("cannot open: {e}")))?;
+    let meta = file
+        .metadata()
+        .await
+        .map_err(|e| missing(format!("cannot stat: {e}")))?;
+    if !meta.is_file() {
+        return Err(missing("not a regular file".into()));
+    }
+    let too_large = |size: String| {
+        (
+            ErrorCode::BadModule,
+            format!("{size} bytes, more than the {max} allowed"),
+        )
+    };
+    if meta.len() > max as u64 {
+        return Err(too_large(meta.len().to_string()));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(max as u64 + 1)
+        .read_to_end(&mut bytes)
+        .await
+        .map_err(|e| missing(format!("cannot read: {e}")))?;
+    if bytes.len() > max {
+        return Err(too_large(format!("over {max}")));
+    }
+    Ok(bytes)
 }
 
 impl Apps {
@@ -216,33 +324,45 @@ impl Apps {
                         ),
                     );
                 }
-                let bytes = tokio::fs::read(path).await.map_err(|e| {
-                    ErrorBody::new(
-                        ErrorCode::BlobNotFound,
-                        format!("source.path = {path:?}: cannot read: {e}"),
-                    )
-                })?;
+                let file = if local {
+                    std::path::PathBuf::from(path)
+                } else {
+                    served_file(path, &self.shared.limits.apps_dirs)?
+                };
+                let bytes = read_capped(&file, MAX_APP_BYTES)
+                    .await
+                    .map_err(|(code, why)| {
+                        ErrorBody::new(code, format!("source.path = {path:?}: {why}"))
+                    })?;
                 let sha256 = wasm_host::sha256_hex(&bytes);
                 Ok((bytes, sha256))
             }
             AppSource::Object(blob) => {
-                let objects = bus_schema::nats::open_blobs(&self.shared.js, 1)
-                    .await
-                    .map_err(|e| ErrorBody::new(ErrorCode::Unavailable, e.to_string()))?;
-                let not_found = || {
-                    ErrorBody::new(
-                        ErrorCode::BlobNotFound,
-                        format!(
-                            "source.name = {:?}: no such blob in {}",
-                            blob.name,
-                            store::BLOBS_BUCKET
-                        ),
-                    )
-                };
-                let info = objects.info(&blob.name).await.map_err(|_| not_found())?;
-                if info.deleted {
-                    return Err(not_found());
-                }
+                use bus_schema::nats::BlobReadError;
+                let (info, bytes) =
+                    match bus_schema::nats::read_blob(&self.shared.js, &blob.name, MAX_APP_BYTES)
+                        .await
+                    {
+                        Ok(read) => read,
+                        Err(e @ BlobReadError::NotFound { .. }) => {
+                            return refuse(
+                                ErrorCode::BlobNotFound,
+                                format!("source.name = {:?}: {e}", blob.name),
+                            );
+                        }
+                        Err(e @ BlobReadError::TooLarge { .. }) => {
+                            return refuse(
+                                ErrorCode::BadModule,
+                                format!("source.name = {:?}: {e}", blob.name),
+                            );
+                        }
+                        Err(e) => {
+                            return refuse(
+                                ErrorCode::Unavailable,
+                                format!("reading {}: {e}", blob.name),
+                            );
+                        }
+                    };
                 if let Ok(meta) = BlobMeta::from_map(&info.metadata)
                     && meta.kind != BlobKind::MgmtApp
                 {
@@ -255,16 +375,6 @@ impl Apps {
                         ),
                     );
                 }
-                let mut object = objects.get(&blob.name).await.map_err(|_| not_found())?;
-                let mut bytes = Vec::new();
-                tokio::io::AsyncReadExt::read_to_end(&mut object, &mut bytes)
-                    .await
-                    .map_err(|e| {
-                        ErrorBody::new(
-                            ErrorCode::Unavailable,
-                            format!("reading {}: {e}", blob.name),
-                        )
-                    })?;
                 // Digest and signature, before anything is compiled.
                 let sha256 = self.shared.trusted.verify(
                     BlobKind::MgmtApp,

@@ -130,6 +130,9 @@ pub const LOAD_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Clone)]
 pub struct Control {
     id: String,
+    /// Identities are enforced (connected with credentials): monitors are
+    /// bound to their addresses and the stores are the admin's to create.
+    enforced: bool,
     client: async_nats::Client,
     deployments: kv::Store,
     monitors: kv::Store,
@@ -149,10 +152,32 @@ impl Control {
         id: &str,
         replicas: usize,
     ) -> Result<Control, ErrorBody> {
+        Self::connect_with(client, id, replicas, false).await
+    }
+
+    /// [`Control::connect`] where identities are `enforced` (the client
+    /// has credentials): the streams and buckets must exist already (the
+    /// admin's `tmctl setup` makes them), and only monitors whose id is
+    /// their address's count as holding it.
+    ///
+    /// # Errors
+    /// If `id` is not a valid token, JetStream cannot be reached, or a
+    /// stream or bucket is missing or differs from the contract.
+    pub async fn connect_with(
+        client: async_nats::Client,
+        id: &str,
+        replicas: usize,
+        enforced: bool,
+    ) -> Result<Control, ErrorBody> {
         bus_schema::validate_token("manager", id)
             .map_err(|e| ErrorBody::new(ErrorCode::BadRequest, e.to_string()))?;
         let js = jetstream::new(client.clone());
-        bus_schema::nats::ensure_stores(&js, replicas, bus_schema::Role::Manager)
+        if !enforced {
+            bus_schema::nats::ensure_stores(&js, replicas, bus_schema::Role::Manager)
+                .await
+                .map_err(|e| bus("JetStream", e))?;
+        }
+        bus_schema::nats::check_stores(&js, bus_schema::Role::Manager, enforced)
             .await
             .map_err(|e| bus("JetStream", e))?;
         let open = |name| {
@@ -165,6 +190,7 @@ impl Control {
         };
         Ok(Control {
             id: id.to_owned(),
+            enforced,
             deployments: open(store::DEPLOYMENTS_BUCKET).await?,
             monitors: open(store::MONITORS_BUCKET).await?,
             managers: open(store::MANAGERS_BUCKET).await?,
@@ -216,7 +242,7 @@ impl Control {
             self.client.send_request(subject.clone(), request),
         )
         .await;
-        let command = subject.rsplit('.').next().unwrap_or_default();
+        let command = subject::command_of(&subject).unwrap_or_default();
         self.times.observe(command, started.elapsed());
         let reply = match sent {
             Err(_) => {
@@ -250,8 +276,20 @@ impl Control {
     ///
     /// # Errors
     /// If the bucket cannot be read.
+    ///
+    /// A record counts only under its own id, and where identities are
+    /// enforced only if that id is its address's (`bus_schema::holds_address`):
+    /// a monitor may write only its own record, so no monitor can pose as
+    /// the one at another address. Without enforced identities a record
+    /// that claims the address of one holding it is dropped too. Dropped
+    /// records are logged with the address they claimed.
     pub async fn monitors(&self) -> Result<BTreeMap<String, MonitorRecord>, ErrorBody> {
-        read_all(&self.monitors, "tm_monitors").await
+        let all: BTreeMap<String, MonitorRecord> = read_all(&self.monitors, "tm_monitors").await?;
+        let (kept, ignored) = holding_monitors(all, self.enforced);
+        for (key, r, why) in ignored {
+            tracing::warn!(monitor = %key, address = %r.address, why, "monitor record ignored");
+        }
+        Ok(kept)
     }
 
     /// Managers that are up, by id.
@@ -404,6 +442,19 @@ impl Control {
             Targets::Links(links) => {
                 let mut by_monitor: BTreeMap<String, Vec<u32>> = BTreeMap::new();
                 for (address, link) in links {
+                    let claiming: Vec<&String> = monitors
+                        .iter()
+                        .filter(|(_, m)| &m.address == address)
+                        .map(|(id, _)| id)
+                        .collect();
+                    if claiming.len() > 1 {
+                        return refuse(
+                            ErrorCode::BadRequest,
+                            format!(
+                                "monitor address = {address:?}: monitors {claiming:?} all claim it; give each monitor its own address (its id then follows from it)"
+                            ),
+                        );
+                    }
                     let Some(m) = monitors.values().find(|m| &m.address == address) else {
                         return refuse(
                             ErrorCode::BadRequest,
@@ -533,7 +584,11 @@ impl Control {
             };
             async move {
                 let reply: Result<LoadReply, ErrorBody> = self
-                    .request(subject::monitor_load(&t.monitor), &request, LOAD_TIMEOUT)
+                    .request(
+                        subject::monitor_load(&t.monitor, &self.id),
+                        &request,
+                        LOAD_TIMEOUT,
+                    )
                     .await;
                 (t.monitor.clone(), reply)
             }
@@ -599,7 +654,7 @@ impl Control {
             join_all(record.targets.iter().map(|t| async move {
                 let reply: Result<ResultWindow, ErrorBody> = self
                     .request(
-                        subject::monitor_collect(&t.monitor),
+                        subject::monitor_collect(&t.monitor, &self.id),
                         &CollectRequest {
                             deployment: id.to_owned(),
                         },
@@ -639,7 +694,7 @@ impl Control {
             async move {
                 let reply: Result<ConfigureReply, ErrorBody> = self
                     .request(
-                        subject::monitor_configure(&t.monitor),
+                        subject::monitor_configure(&t.monitor, &self.id),
                         request,
                         COMMAND_TIMEOUT,
                     )
@@ -686,7 +741,7 @@ impl Control {
                 async move {
                     let reply: Result<UnloadReply, ErrorBody> = self
                         .request(
-                            subject::monitor_unload(&t.monitor),
+                            subject::monitor_unload(&t.monitor, &self.id),
                             request,
                             COMMAND_TIMEOUT,
                         )
@@ -761,7 +816,7 @@ impl Control {
         Ok(join_all(ids.into_iter().map(|id| async move {
             let reply = self
                 .request(
-                    subject::monitor_status(&id),
+                    subject::monitor_status(&id, &self.id),
                     &StatusRequest::default(),
                     timeout,
                 )
@@ -770,6 +825,50 @@ impl Control {
         }))
         .await)
     }
+}
+
+/// Monitor records that hold their addresses (by id), and those ignored
+/// (key, record, why).
+pub type Holding = (
+    BTreeMap<String, MonitorRecord>,
+    Vec<(String, MonitorRecord, &'static str)>,
+);
+
+/// Splits monitor records (by KV key) into those that hold the address
+/// they claim and those that do not, with why. A record counts only under
+/// its own id; where identities are `enforced` only if that id is its
+/// address's ([`bus_schema::holds_address`]): a monitor may write only its
+/// own record, so none can pose as the one at another address. Without
+/// enforced identities any id may claim an address, unless a monitor
+/// whose id is that address's is up.
+#[must_use]
+pub fn holding_monitors(records: BTreeMap<String, MonitorRecord>, enforced: bool) -> Holding {
+    let held: HashMap<String, String> = records
+        .iter()
+        .filter(|(key, r)| **key == r.monitor && bus_schema::holds_address(key, &r.address))
+        .map(|(key, r)| (r.address.clone(), key.clone()))
+        .collect();
+    let mut kept = BTreeMap::new();
+    let mut ignored = Vec::new();
+    for (key, r) in records {
+        let why = if key != r.monitor {
+            Some("stored under another monitor's key")
+        } else {
+            match held.get(&r.address) {
+                Some(holder) if *holder == key => None,
+                Some(_) => Some("claims the address of the monitor whose id is that address's"),
+                None if enforced => Some("its id is not its address's, as identities require"),
+                None => None,
+            }
+        };
+        match why {
+            None => {
+                kept.insert(key, r);
+            }
+            Some(why) => ignored.push((key, r, why)),
+        }
+    }
+    (kept, ignored)
 }
 
 fn gather(

@@ -39,11 +39,17 @@ struct Args {
     /// `s3://bucket/prefix` URL. None: apps cannot archive.
     #[arg(long, env = "TM_ARCHIVE")]
     archive: Option<String>,
-    /// Linear-memory cap per app, MiB.
-    #[arg(long, default_value_t = 64)]
-    app_memory_mb: usize,
-    /// Deadline of one app call's computation (waiting on the bus excluded), ms.
-    #[arg(long, default_value_t = 1000)]
+    /// Linear-memory cap per app, MiB (1 to 4096).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    app_memory_mb: u64,
+    /// A directory whose `.wasm` files `apps.load` requests may name
+    /// (repeatable). Without one, the manager reads no file a request over
+    /// the bus names: apps come from the object store (or `--app`).
+    #[arg(long = "apps-dir", env = "TM_APPS_DIR", value_name = "DIR")]
+    apps_dirs: Vec<PathBuf>,
+    /// Deadline of one app call's computation (waiting on the bus
+    /// excluded), ms (1 to 600000).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
     app_call_timeout_ms: u64,
     /// Load an app at start: `NAME=PATH.wasm` or `NAME=blob:BLOBNAME`
     /// (repeatable). Params with `--app-params NAME=JSON`.
@@ -120,6 +126,13 @@ async fn main() -> anyhow::Result<()> {
         };
         startup.push((name.to_owned(), source, params));
     }
+    let limits = AppLimits {
+        memory_bytes: usize::try_from(args.app_memory_mb)? << 20,
+        call_timeout: Duration::from_millis(args.app_call_timeout_ms),
+        apps_dirs: args.apps_dirs.clone(),
+        ..AppLimits::default()
+    };
+    limits.validate()?;
     let archive = args.archive.as_deref().map(Archive::open).transpose()?;
     for (name, source, _) in &startup {
         bus_schema::validate_token("--app NAME", name)?;
@@ -159,9 +172,14 @@ async fn main() -> anyhow::Result<()> {
         .connect(addrs)
         .await
         .context("cannot connect to NATS")?;
-    let control = Control::connect(client.clone(), &args.id, args.replicas)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let control = Control::connect_with(
+        client.clone(),
+        &args.id,
+        args.replicas,
+        args.nats_creds.is_some(),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     if let Some(m) = control
         .managers()
         .await
@@ -176,18 +194,7 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     let sandbox = wasm_host::Sandbox::new(&wasm_host::SandboxConfig::default())?;
-    let apps = Apps::new(
-        control.clone(),
-        sandbox,
-        archive,
-        AppLimits {
-            memory_bytes: args.app_memory_mb << 20,
-            call_timeout: Duration::from_millis(args.app_call_timeout_ms),
-            ..AppLimits::default()
-        },
-        trusted.clone(),
-    )
-    .await?;
+    let apps = Apps::new(control.clone(), sandbox, archive, limits, trusted.clone()).await?;
     let _metrics = match args.metrics_listen {
         Some(addr) => {
             let stats = client.statistics();

@@ -26,7 +26,7 @@ async fn status_within(client: &async_nats::Client, id: &str, within: Duration) 
         let q = bus_schema::encode(&StatusRequest::default()).unwrap();
         if let Ok(Ok(msg)) = tokio::time::timeout(
             Duration::from_secs(1),
-            client.request(subject::monitor_status(id), q.into()),
+            client.request(subject::monitor_status(id, "t"), q.into()),
         )
         .await
             && bus_schema::decode::<Reply<MonitorStatus>>(&msg.payload)
@@ -78,7 +78,7 @@ async fn node_restarts_lose_no_window_and_commands_keep_working() {
         let sha = wasm_host::sha256_hex(&std::fs::read(common::wasm_path("packet-count")).unwrap());
         let _: LoadReply = common::request(
             &client,
-            subject::monitor_load(&id),
+            subject::monitor_load(&id, "t"),
             &LoadRequest {
                 deployment: "pc".into(),
                 analyzer: BlobRef {
@@ -169,7 +169,7 @@ async fn node_restarts_lose_no_window_and_commands_keep_working() {
         .await;
         let reply: UnloadReply = common::request(
             &client,
-            subject::monitor_unload(&m.id),
+            subject::monitor_unload(&m.id, "t"),
             &UnloadRequest {
                 deployment: "pc".into(),
                 requester: "t".into(),

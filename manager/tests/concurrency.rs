@@ -373,17 +373,29 @@ async fn misbehaving_apps_are_unloaded_and_others_carry_on() {
     let topology = common::figure5();
     let system = System::start(&small_traffic(&topology)).await;
     system.put("flow-stats", BlobKind::Analyzer).await;
+    let dir = tempfile::tempdir().unwrap();
     let manager = ManagerProc::start(
         &system.nats,
         &system.client,
         "mgr-a",
-        &["--app-call-timeout-ms", "500"],
+        &[
+            "--app-call-timeout-ms",
+            "500",
+            "--apps-dir",
+            dir.path().to_str().unwrap(),
+        ],
     )
     .await;
-    let dir = tempfile::tempdir().unwrap();
+    // Modules in the text format are assembled: managers compile binary
+    // modules only.
     let file = |name: &str, text: &str| {
         let p = dir.path().join(name);
-        std::fs::write(&p, text).unwrap();
+        let bytes = if name.ends_with(".wat") {
+            wat::parse_str(text).unwrap()
+        } else {
+            text.as_bytes().to_vec()
+        };
+        std::fs::write(&p, bytes).unwrap();
         AppSource::File {
             path: p.to_string_lossy().into_owned(),
         }
@@ -508,7 +520,7 @@ async fn misbehaving_apps_are_unloaded_and_others_carry_on() {
     let e = load(
         "missing",
         AppSource::File {
-            path: "/nonexistent/app.wasm".into(),
+            path: dir.path().join("app.wasm").to_string_lossy().into_owned(),
         },
         serde_json::Value::Null,
     )
@@ -516,7 +528,20 @@ async fn misbehaving_apps_are_unloaded_and_others_carry_on() {
     .into_result()
     .unwrap_err();
     assert_eq!(e.code, ErrorCode::BlobNotFound);
-    assert!(e.message.contains("/nonexistent/app.wasm"), "{e}");
+    assert!(e.message.contains("app.wasm"), "{e}");
+    // Outside the manager's --apps-dir nothing is read.
+    let e = load(
+        "elsewhere",
+        AppSource::File {
+            path: "/nonexistent/app.wasm".into(),
+        },
+        serde_json::Value::Null,
+    )
+    .await
+    .into_result()
+    .unwrap_err();
+    assert_eq!(e.code, ErrorCode::Unauthorized, "{e}");
+    assert!(e.message.contains("--apps-dir"), "{e}");
     // The app's own parameter check reaches the operator.
     let e = load(
         "bad-params",

@@ -33,7 +33,10 @@ use common::{ManagerProc, Reports, System};
 use futures::StreamExt;
 use harness::NatsServer;
 
-const MONITORS: [&str; 2] = ["m1", "m2"];
+const MONITORS: [&str; 2] = ["10-9-0-1", "10-9-0-2"];
+/// Who monitor commands may be sent as: the managers, the operator, and
+/// an id no identity has.
+const REQUESTERS: [&str; 4] = ["g1", "g2", "ops", "nobody"];
 const MANAGERS: [&str; 2] = ["g1", "g2"];
 
 /// `tmctl --json auth init --out dir args…`: the identities it lists.
@@ -133,6 +136,8 @@ struct Target {
     subscribers: &'static [Role],
     monitor: Option<&'static str>,
     manager: Option<&'static str>,
+    /// The requester token of a monitor command.
+    requester: Option<&'static str>,
     /// Bucket and key of a KV subject.
     bucket: Option<store::BucketSpec>,
     key: String,
@@ -151,6 +156,7 @@ impl Target {
             subscribers: &[],
             monitor: None,
             manager: None,
+            requester: None,
             bucket: None,
             key: String::new(),
             stream: String::new(),
@@ -159,10 +165,12 @@ impl Target {
 }
 
 /// Own ids only: a monitor for its own monitor token, a manager for its own
-/// manager token.
+/// manager token, a manager or operator for its own requester token.
 fn own(actor: &Actor, t: &Target) -> bool {
     !(actor.role == Role::Monitor && t.monitor.is_some_and(|m| m != actor.id)
-        || actor.role == Role::Manager && t.manager.is_some_and(|g| g != actor.id))
+        || actor.role == Role::Manager && t.manager.is_some_and(|g| g != actor.id)
+        || matches!(actor.role, Role::Manager | Role::Operator)
+            && t.requester.is_some_and(|r| r != actor.id))
 }
 
 /// Roles that read and write a stream of the contract (its subjects'
@@ -214,31 +222,40 @@ fn targets(actors: &[Actor]) -> Vec<Target> {
         } else {
             vec![None]
         };
+        let requesters: Vec<Option<&'static str>> = if spec.pattern.contains("{requester}") {
+            REQUESTERS.iter().copied().map(Some).collect()
+        } else {
+            vec![None]
+        };
         for m in &monitors {
             for g in &managers {
-                let subject = spec
-                    .pattern
-                    .replace("{monitor}", m.unwrap_or(""))
-                    .replace("{manager}", g.unwrap_or(""))
-                    .replace("{deployment}", "d1")
-                    .replace("{app}", "a1");
-                let mut t = Target::new(subject, spec.function);
-                t.publishers = spec.publishers;
-                t.subscribers = spec.subscribers;
-                t.monitor = *m;
-                t.manager = *g;
-                t.publish = |a, t| {
-                    !t.subject.contains('*')
-                        && !t.subject.contains('>')
-                        && t.publishers.contains(&a.role)
-                        && own(a, t)
-                };
-                t.subscribe = |a, t| t.subscribers.contains(&a.role) && own(a, t);
-                // Wildcard entries are only ever subscribed to.
-                if spec.kind == SubjectKind::Wildcard {
-                    t.publish = |_, _| false;
+                for r in &requesters {
+                    let subject = spec
+                        .pattern
+                        .replace("{monitor}", m.unwrap_or(""))
+                        .replace("{manager}", g.unwrap_or(""))
+                        .replace("{requester}", r.unwrap_or(""))
+                        .replace("{deployment}", "d1")
+                        .replace("{app}", "a1");
+                    let mut t = Target::new(subject, spec.function);
+                    t.publishers = spec.publishers;
+                    t.subscribers = spec.subscribers;
+                    t.monitor = *m;
+                    t.manager = *g;
+                    t.requester = *r;
+                    t.publish = |a, t| {
+                        !t.subject.contains('*')
+                            && !t.subject.contains('>')
+                            && t.publishers.contains(&a.role)
+                            && own(a, t)
+                    };
+                    t.subscribe = |a, t| t.subscribers.contains(&a.role) && own(a, t);
+                    // Wildcard entries are only ever subscribed to.
+                    if spec.kind == SubjectKind::Wildcard {
+                        t.publish = |_, _| false;
+                    }
+                    out.push(t);
                 }
-                out.push(t);
             }
         }
     }
@@ -311,9 +328,14 @@ fn targets(actors: &[Actor]) -> Vec<Target> {
         info.stream = stream.clone();
         info.publish = |a, t| {
             let (r, w) = stream_roles(&t.stream);
-            r.contains(&a.role) || w.contains(&a.role)
+            a.role == Role::Admin || r.contains(&a.role) || w.contains(&a.role)
         };
         out.push(info);
+        // Only the admin creates streams and buckets: anyone else could
+        // make one capture the commands (or republish them) first.
+        let mut create = Target::new(format!("$JS.API.STREAM.CREATE.{stream}"), "stream creation");
+        create.publish = |a, _| a.role == Role::Admin;
+        out.push(create);
         let mut consumer = Target::new(
             format!("$JS.API.CONSUMER.CREATE.{stream}.c1.x"),
             "consumer create",
@@ -374,10 +396,16 @@ async fn each_role_may_use_its_subjects_and_nothing_else() {
     }
     args.extend(["--operator", "ops", "--subscriber", "s1"]);
     let identities = auth_init(ids.path(), &args);
-    assert_eq!(identities.len(), 6);
+    // Those named, and the admin that is always made.
+    assert_eq!(identities.len(), 7);
+    assert!(
+        identities
+            .iter()
+            .any(|(r, id, _)| *r == Role::Admin && id == "admin")
+    );
     // Running it again keeps every seed and adds the new identity.
     let again = auth_init(ids.path(), &["--subscriber", "s2"]);
-    assert_eq!(again.len(), 7);
+    assert_eq!(again.len(), 8);
     for i in &identities {
         assert!(again.contains(i), "{i:?} changed");
     }
@@ -387,12 +415,8 @@ async fn each_role_may_use_its_subjects_and_nothing_else() {
         NatsServer::start_with_auth(&ids.path().join("auth.conf"), &seed(Role::Operator, "ops"))
             .await
             .unwrap();
-    // Every stream and bucket exists (the operator may create them all).
-    let js = nats.jetstream().await;
-    bus_schema::nats::ensure_stores(&js, 1, Role::Operator)
-        .await
-        .unwrap();
-    bus_schema::nats::open_blobs(&js, 1).await.unwrap();
+    // Every stream and bucket exists: the admin made them.
+    nats.setup_as(&seed(Role::Admin, "admin")).await;
 
     let mut actors = Vec::new();
     for (role, id, pk) in &identities {
@@ -554,7 +578,7 @@ async fn each_role_may_use_its_subjects_and_nothing_else() {
     );
     // The matrix is not degenerate: every role has allowed and denied
     // subscriptions and publications.
-    for role in ["monitor", "manager", "operator", "subscriber"] {
+    for role in ["monitor", "manager", "operator", "subscriber", "admin"] {
         for op in [Op::Pub, Op::Sub] {
             for allowed in [true, false] {
                 let n = counts.get(&(role, op, allowed)).copied().unwrap_or(0);
@@ -571,19 +595,19 @@ async fn each_role_may_use_its_subjects_and_nothing_else() {
     // request on its private inbox (allow_responses); the matrix showed it
     // may not publish there unasked.
     let find = |id: &str| identities.iter().find(|i| i.1 == id).unwrap();
-    let (role, id, pk) = find("m1");
+    let (role, id, pk) = find("10-9-0-1");
     let monitor = connect(&nats.url(), &seed(*role, id), *role, id, pk).await;
     let (role, id, pk) = find("g1");
     let manager = connect(&nats.url(), &seed(*role, id), *role, id, pk).await;
     let mut requests = monitor
         .client
-        .subscribe(subject::monitor_status("m1"))
+        .subscribe(subject::monitor_status("10-9-0-1", "*"))
         .await
         .unwrap();
     barrier(&monitor.client).await;
     let ask = manager
         .client
-        .request(subject::monitor_status("m1"), "status?".into());
+        .request(subject::monitor_status("10-9-0-1", "g1"), "status?".into());
     let answer = async {
         let msg = requests.next().await.unwrap();
         let reply = msg.reply.unwrap();
@@ -620,7 +644,10 @@ async fn each_role_may_use_its_subjects_and_nothing_else() {
     // subscriber reads TM_RESULTS through a consumer.
     let mjs = async_nats::jetstream::new(monitor.client.clone());
     let ack = mjs
-        .publish(format!("$KV.{}.m1", store::MONITORS_BUCKET), "up".into())
+        .publish(
+            format!("$KV.{}.10-9-0-1", store::MONITORS_BUCKET),
+            "up".into(),
+        )
         .await
         .unwrap()
         .await
@@ -678,10 +705,19 @@ async fn the_system_runs_under_role_identities() {
     for m in &monitor_ids {
         args.extend(["--monitor", m.as_str()]);
     }
-    args.extend(["--manager", "g1", "--operator", "ops", "--subscriber", "s1"]);
+    args.extend([
+        "--manager",
+        "g1",
+        "--operator",
+        "ops",
+        "--operator",
+        "rogue",
+        "--subscriber",
+        "s1",
+    ]);
     auth_init(ids.path(), &args);
     let ops = ids.path().join("operator-ops.nk");
-    let system = System::start_authenticated(&traffic, ids.path(), &["g1", "tmctl"]).await;
+    let system = System::start_authenticated(&traffic, ids.path(), &["g1", "ops"]).await;
 
     // The operator stores modules with tmctl under its own identity.
     for (verb, file) in [
@@ -705,11 +741,22 @@ async fn the_system_runs_under_role_identities() {
         "{anonymous:?}"
     );
 
-    // A deployment owned by someone the monitors do not list is refused.
-    let rogue = tmctl(
+    // An operator may act only as itself.
+    let posing = tmctl(
         &system,
         &ops,
-        &["--as", "rogue", "deploy", "packet-count", "--id", "d-rogue"],
+        &["--as", "g1", "deploy", "packet-count", "--id", "d-posing"],
+    );
+    assert_eq!(posing.status.code(), Some(2), "{posing:?}");
+    assert!(
+        String::from_utf8_lossy(&posing.stderr).contains("--as g1"),
+        "{posing:?}"
+    );
+    // A deployment owned by an identity the monitors do not list is refused.
+    let rogue = tmctl(
+        &system,
+        &ids.path().join("operator-rogue.nk"),
+        &["deploy", "packet-count", "--id", "d-rogue"],
     );
     assert_eq!(rogue.status.code(), Some(1), "{rogue:?}");
     let stderr = String::from_utf8_lossy(&rogue.stderr);
@@ -804,7 +851,11 @@ async fn the_system_runs_under_role_identities() {
     }
 
     // Nor may an unlisted requester unload it, even with --force.
-    let rogue = tmctl(&system, &ops, &["--as", "rogue", "unload", "d1", "--force"]);
+    let rogue = tmctl(
+        &system,
+        &ids.path().join("operator-rogue.nk"),
+        &["unload", "d1", "--force"],
+    );
     assert_eq!(rogue.status.code(), Some(1), "{rogue:?}");
     assert!(
         String::from_utf8_lossy(&rogue.stderr).contains("requester = \"rogue\""),
@@ -844,6 +895,13 @@ fn auth_init_names_bad_input() {
     assert!(
         stderr.contains("--monitor") && stderr.contains("\"a.b\""),
         "{stderr}"
+    );
+    // A monitor's identity is its address.
+    let named = run(&["--monitor", "m1"]);
+    assert_eq!(named.status.code(), Some(2), "{named:?}");
+    assert!(
+        String::from_utf8_lossy(&named.stderr).contains("not an IP address"),
+        "{named:?}"
     );
     let none = run(&[]);
     assert_eq!(none.status.code(), Some(2), "{none:?}");

@@ -140,7 +140,7 @@ async fn only_validly_signed_blobs_load_on_monitors_and_managers() {
     for (name, want) in &cases {
         let reply: Reply<LoadReply> = common::request(
             &system.client,
-            subject::monitor_load(&monitor.id),
+            subject::monitor_load(&monitor.id, "t"),
             &LoadRequest {
                 deployment: format!("d-{name}"),
                 analyzer: BlobRef {

@@ -17,6 +17,8 @@
 //! batch_packets = 256     # packets per guest call
 //! tick_ms = 1000          # how often analyzers' tick runs
 //! snapshot_ms = 5000      # how often deployments are saved for restart recovery
+//! max_deployments = 256   # deployments loaded at once; more are refused
+//! total_memory_mb = 8192  # sum of the deployments' memory caps (memory_mb each)
 //!
 //! [trust]                 # signed analyzers (tmctl analyzer put --sign-key)
 //! keys = ["3b6a27bc…"]    # ed25519 public keys, 64 hex digits; any set: only
@@ -73,6 +75,13 @@ pub struct Limits {
     pub tick_ms: u64,
     /// Period of deployment snapshots (for restart recovery), ms.
     pub snapshot_ms: u64,
+    /// Deployments loaded at once; a load past it is refused
+    /// (`resource_limit`).
+    pub max_deployments: usize,
+    /// Memory all deployments may take together, MiB: each reserves its
+    /// `memory_mb` cap, and a load that would pass this is refused
+    /// (`resource_limit`).
+    pub total_memory_mb: u64,
 }
 
 impl Default for Limits {
@@ -84,6 +93,8 @@ impl Default for Limits {
             batch_packets: 256,
             tick_ms: 1000,
             snapshot_ms: 5000,
+            max_deployments: 256,
+            total_memory_mb: 8192,
         }
     }
 }
@@ -276,6 +287,36 @@ impl Config {
         Ok(config)
     }
 
+    /// Where identities are enforced (a credentials file is given), a
+    /// monitor's id is bound to its address: the address must be an IP
+    /// address and the id the one derived from it, so that the liveness
+    /// record only it may write names only its own address.
+    ///
+    /// # Errors
+    /// Naming the address or id that breaks the binding.
+    pub fn check_identity_binding(&self) -> Result<()> {
+        if self.nats_credentials.is_none() {
+            return Ok(());
+        }
+        if self.address.parse::<std::net::IpAddr>().is_err() {
+            bail!(
+                "address = {:?}: not an IP address; with nats_credentials a monitor's identity is its address",
+                self.address
+            );
+        }
+        let id = self.monitor_id();
+        if !bus_schema::holds_address(&id, &self.address) {
+            bail!(
+                "id = {id:?}: with nats_credentials a monitor's id is its address's ({:?} for address {:?}); \
+                 identities are made per address with `tmctl auth init --monitor {}`",
+                bus_schema::id_from_address(&self.address),
+                self.address,
+                self.address
+            );
+        }
+        Ok(())
+    }
+
     /// The monitor id: `id`, or the address made into a valid token.
     #[must_use]
     pub fn monitor_id(&self) -> String {
@@ -321,6 +362,7 @@ impl Config {
                 c.display().to_string()
             );
         }
+        self.check_identity_binding()?;
         self.trusted_keys()?;
         for (i, owner) in self.trust.owners.iter().enumerate() {
             bus_schema::validate_token(&format!("trust.owners[{i}]"), owner)?;
@@ -357,6 +399,19 @@ impl Config {
             bail!(
                 "limits.snapshot_ms = {}: must be 100 to 3600000",
                 l.snapshot_ms
+            );
+        }
+        if !(1..=10_000).contains(&l.max_deployments) {
+            bail!(
+                "limits.max_deployments = {}: must be 1 to 10000",
+                l.max_deployments
+            );
+        }
+        if l.total_memory_mb < u64::from(l.memory_mb) || l.total_memory_mb > 1 << 20 {
+            bail!(
+                "limits.total_memory_mb = {}: must be at least limits.memory_mb ({}) and at most 1048576",
+                l.total_memory_mb,
+                l.memory_mb
             );
         }
         if self.links.is_empty() {

@@ -16,7 +16,6 @@ use bus_schema::{
 use futures::StreamExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, oneshot};
 use wasm_host::Sandbox;
 
@@ -89,6 +88,21 @@ fn token(field: &str, value: &str) -> Result<(), ErrorBody> {
         .map_err(|e| ErrorBody::new(ErrorCode::BadRequest, e.to_string()))
 }
 
+/// The owner or requester a command's body names must be the requester its
+/// subject carries, which the permissions prove where identities are
+/// enforced (without them, nothing is proven: lab mode).
+fn proven(field: &str, claimed: &str, requester: &str) -> Result<(), ErrorBody> {
+    if claimed == requester {
+        return Ok(());
+    }
+    err(
+        ErrorCode::Unauthorized,
+        format!(
+            "{field} = {claimed:?}, but the command was sent as {requester:?} (its subject's last token): a requester acts only for itself"
+        ),
+    )
+}
+
 impl Monitor {
     /// Starts links, connects the stores and returns the monitor with the
     /// receiving end of its outbox.
@@ -116,7 +130,17 @@ impl Monitor {
         js: jetstream::Context,
         sandbox: Sandbox,
     ) -> anyhow::Result<(Arc<Monitor>, mpsc::UnboundedReceiver<Outgoing>)> {
-        bus_schema::nats::ensure_stores(&js, config.replicas, bus_schema::Role::Monitor).await?;
+        // Where identities are enforced only the admin creates streams and
+        // buckets; everyone checks they have the contract's settings.
+        let enforced = config.nats_credentials.is_some();
+        if !enforced {
+            bus_schema::nats::ensure_stores(&js, config.replicas, bus_schema::Role::Monitor)
+                .await?;
+            tracing::warn!(
+                "no nats_credentials: requesters and monitor addresses are not authenticated (lab mode)"
+            );
+        }
+        bus_schema::nats::check_stores(&js, bus_schema::Role::Monitor, enforced).await?;
         let trusted = config.trusted_keys()?;
         if trusted.enforced() {
             tracing::info!(
@@ -165,12 +189,13 @@ impl Monitor {
             .await
             .map_err(|e| anyhow::anyhow!("cannot register the service: {e}"))?;
         let id = self.id.clone();
+        // The last token is the requester, which the permissions prove.
         let endpoints = [
-            ("load", subject::monitor_load(&id)),
-            ("unload", subject::monitor_unload(&id)),
-            ("collect", subject::monitor_collect(&id)),
-            ("configure", subject::monitor_configure(&id)),
-            ("status", subject::monitor_status(&id)),
+            ("load", subject::monitor_load(&id, "*")),
+            ("unload", subject::monitor_unload(&id, "*")),
+            ("collect", subject::monitor_collect(&id, "*")),
+            ("configure", subject::monitor_configure(&id, "*")),
+            ("status", subject::monitor_status(&id, "*")),
         ];
         let mut tasks = Vec::new();
         for (name, subj) in endpoints {
@@ -186,7 +211,9 @@ impl Monitor {
                     let monitor = monitor.clone();
                     tokio::spawn(async move {
                         let payload = request.message.payload.clone();
-                        let reply = monitor.handle(name, &payload).await;
+                        let requester =
+                            subject::requester_of(&request.message.subject).unwrap_or_default();
+                        let reply = monitor.handle(name, requester, &payload).await;
                         if let Err(e) = request.respond(Ok(reply)).await {
                             tracing::warn!(command = name, error = %e, "cannot send reply");
                         }
@@ -207,14 +234,20 @@ impl Monitor {
         &self.commands
     }
 
-    /// Decodes and runs one command, returning the encoded reply envelope.
-    pub async fn handle(self: &Arc<Self>, command: &str, payload: &[u8]) -> bytes::Bytes {
+    /// Decodes and runs one command sent by `requester` (the subject's last
+    /// token), returning the encoded reply envelope.
+    pub async fn handle(
+        self: &Arc<Self>,
+        command: &str,
+        requester: &str,
+        payload: &[u8],
+    ) -> bytes::Bytes {
         let started = Instant::now();
         let reply = match command {
-            "load" => encode_reply(&Reply::from(self.load(payload).await)),
-            "unload" => encode_reply(&Reply::from(self.unload(payload).await)),
+            "load" => encode_reply(&Reply::from(self.load(requester, payload).await)),
+            "unload" => encode_reply(&Reply::from(self.unload(requester, payload).await)),
             "collect" => encode_reply(&Reply::from(self.collect(payload).await)),
-            "configure" => encode_reply(&Reply::from(self.configure(payload).await)),
+            "configure" => encode_reply(&Reply::from(self.configure(requester, payload).await)),
             "status" => encode_reply(&Reply::from(self.status(payload))),
             other => encode_reply(&Reply::<()>::error(
                 ErrorCode::BadRequest,
@@ -230,49 +263,37 @@ impl Monitor {
         reply
     }
 
-    /// The blob's bytes and its metadata map.
+    /// The blob's bytes and its metadata map, read without leaving a
+    /// consumer behind and at most [`MAX_BLOB_BYTES`] of it.
     async fn fetch_blob(
         &self,
         name: &str,
     ) -> Result<(Vec<u8>, std::collections::HashMap<String, String>), ErrorBody> {
-        let bucket = store::BLOBS_BUCKET;
-        let objects = self.js.get_object_store(bucket).await.map_err(|e| {
-            ErrorBody::new(
+        use bus_schema::nats::BlobReadError;
+        match bus_schema::nats::read_blob(&self.js, name, MAX_BLOB_BYTES).await {
+            Ok((info, bytes)) => Ok((bytes, info.metadata)),
+            Err(e @ BlobReadError::NotFound { .. }) => err(
                 ErrorCode::BlobNotFound,
-                format!("object store {bucket} is not available: {e}"),
-            )
-        })?;
-        let mut object = objects.get(name).await.map_err(|e| match e.kind() {
-            async_nats::jetstream::object_store::GetErrorKind::NotFound => ErrorBody::new(
-                ErrorCode::BlobNotFound,
-                format!("analyzer.name = {name:?}: no such blob in {bucket}"),
+                format!("analyzer.name = {name:?}: {e}"),
             ),
-            _ => ErrorBody::new(
+            Err(e @ BlobReadError::TooLarge { .. }) => {
+                err(ErrorCode::BadModule, format!("blob {name:?}: {e}"))
+            }
+            Err(e @ BlobReadError::Unavailable(_)) => err(
                 ErrorCode::Unavailable,
                 format!("cannot fetch blob {name:?}: {e}"),
             ),
-        })?;
-        if object.info.size > MAX_BLOB_BYTES {
-            return err(
-                ErrorCode::BadModule,
-                format!(
-                    "blob {name:?} is {} bytes, more than the {MAX_BLOB_BYTES} allowed",
-                    object.info.size
-                ),
-            );
         }
-        let mut bytes = Vec::with_capacity(object.info.size);
-        object.read_to_end(&mut bytes).await.map_err(|e| {
-            ErrorBody::new(
-                ErrorCode::Unavailable,
-                format!("cannot read blob {name:?}: {e}"),
-            )
-        })?;
-        Ok((bytes, object.info.metadata.clone()))
     }
 
-    async fn load(self: &Arc<Self>, payload: &[u8]) -> Result<LoadReply, ErrorBody> {
+    async fn load(
+        self: &Arc<Self>,
+        requester: &str,
+        payload: &[u8],
+    ) -> Result<LoadReply, ErrorBody> {
         let req: LoadRequest = decode_required(payload)?;
+        token("owner", &req.owner)?;
+        proven("owner", &req.owner, requester)?;
         self.load_request(req, None).await
     }
 
@@ -342,6 +363,7 @@ impl Monitor {
                 ),
             );
         }
+        self.within_limits(&req.deployment)?;
         let links: Vec<u32> = if req.links.is_empty() {
             self.links.keys().copied().collect()
         } else {
@@ -614,6 +636,33 @@ impl Monitor {
         )
     }
 
+    /// Refuses a load past `limits.max_deployments` or one whose memory
+    /// cap would take the deployments' caps past `limits.total_memory_mb`.
+    fn within_limits(&self, deployment: &str) -> Result<(), ErrorBody> {
+        let l = &self.config.limits;
+        let n = self.deployments.lock().expect("deployments").len();
+        if n >= l.max_deployments {
+            return err(
+                ErrorCode::ResourceLimit,
+                format!(
+                    "deployment = {deployment:?}: monitor {} already runs {n} deployments, its limits.max_deployments",
+                    self.id
+                ),
+            );
+        }
+        let reserved = (n as u64 + 1) * u64::from(l.memory_mb);
+        if reserved > l.total_memory_mb {
+            return err(
+                ErrorCode::ResourceLimit,
+                format!(
+                    "deployment = {deployment:?}: one more deployment of {} MiB would reserve {reserved} MiB on monitor {}, past its limits.total_memory_mb = {} ({n} running)",
+                    l.memory_mb, self.id, l.total_memory_mb
+                ),
+            );
+        }
+        Ok(())
+    }
+
     /// With `[trust] owners` set, only those may own deployments here:
     /// a load naming another owner, and a configure or unload by another
     /// requester (even with `force`), is refused.
@@ -694,8 +743,13 @@ impl Monitor {
         Ok(shared.last_window(false))
     }
 
-    async fn configure(self: &Arc<Self>, payload: &[u8]) -> Result<ConfigureReply, ErrorBody> {
+    async fn configure(
+        self: &Arc<Self>,
+        requester: &str,
+        payload: &[u8],
+    ) -> Result<ConfigureReply, ErrorBody> {
         let req: ConfigureRequest = decode_required(payload)?;
+        proven("requester", &req.requester, requester)?;
         let (shared, tx) = self.find(&req.deployment)?;
         self.check_owner(&shared, &req.requester, req.force).await?;
         if let (DeploymentState::Failed, why) = shared.state() {
@@ -727,8 +781,13 @@ impl Monitor {
         }
     }
 
-    async fn unload(self: &Arc<Self>, payload: &[u8]) -> Result<UnloadReply, ErrorBody> {
+    async fn unload(
+        self: &Arc<Self>,
+        requester: &str,
+        payload: &[u8],
+    ) -> Result<UnloadReply, ErrorBody> {
         let req: UnloadRequest = decode_required(payload)?;
+        proven("requester", &req.requester, requester)?;
         let (shared, _) = self.find(&req.deployment)?;
         self.check_owner(&shared, &req.requester, req.force).await?;
         let final_results = self.unload_deployment(&req.deployment).await?;

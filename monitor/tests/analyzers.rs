@@ -50,7 +50,7 @@ async fn flow_stats_gives_exact_flows_and_configure_changes_top_n() {
 
     let _: ConfigureReply = request(
         &r.client,
-        subject::monitor_configure("a"),
+        subject::monitor_configure("a", "t"),
         &ConfigureRequest {
             deployment: "flow-stats".into(),
             requester: "t".into(),
@@ -346,7 +346,7 @@ async fn the_c_analyzer_counts_tcp_flags_exactly() {
 
     let err = request::<_, ConfigureReply>(
         &r.client,
-        subject::monitor_configure("a"),
+        subject::monitor_configure("a", "t"),
         &ConfigureRequest {
             deployment: "tcp-flags".into(),
             requester: "t".into(),

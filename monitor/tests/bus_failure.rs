@@ -50,7 +50,7 @@ async fn reporting_monitor(
     let sha = put_blob(&js, "packet-count", &wasm("packet-count")).await;
     let _: LoadReply = request(
         client,
-        subject::monitor_load("m"),
+        subject::monitor_load("m", "t"),
         &LoadRequest {
             deployment: "pc".into(),
             analyzer: BlobRef {
@@ -90,7 +90,7 @@ async fn every_window_once(
         .await;
     let reply: UnloadReply = request(
         client,
-        subject::monitor_unload("m"),
+        subject::monitor_unload("m", "t"),
         &UnloadRequest {
             deployment: "pc".into(),
             requester: "t".into(),
@@ -175,7 +175,7 @@ async fn nats_killed_during_reporting_and_collects_loses_no_window() {
                 .unwrap();
                 let answer = tokio::time::timeout(
                     Duration::from_millis(500),
-                    client.request(subject::monitor_collect("m"), q.into()),
+                    client.request(subject::monitor_collect("m", "t"), q.into()),
                 )
                 .await;
                 match answer {

@@ -78,7 +78,7 @@ async fn setup(extra: &str, replay0: &str) -> Setup {
 
 impl Setup {
     async fn load(&self, req: &LoadRequest) -> Reply<LoadReply> {
-        request(&self.client, subject::monitor_load("m1"), req).await
+        request(&self.client, subject::monitor_load("m1", &req.owner), req).await
     }
 
     async fn configure(
@@ -93,7 +93,12 @@ impl Setup {
             params,
             force: false,
         };
-        request(&self.client, subject::monitor_configure("m1"), &req).await
+        request(
+            &self.client,
+            subject::monitor_configure("m1", requester),
+            &req,
+        )
+        .await
     }
 
     /// Puts a module in the object store and returns a request loading it
@@ -116,7 +121,7 @@ impl Setup {
             requester: requester.into(),
             force: false,
         };
-        request(&self.client, subject::monitor_unload("m1"), &req).await
+        request(&self.client, subject::monitor_unload("m1", requester), &req).await
     }
 }
 
@@ -138,7 +143,7 @@ fn load_req(deployment: &str, sha: &str, links: Vec<u32>, filter: Filter) -> Loa
 async fn collect(s: &Setup, deployment: &str) -> ResultWindow {
     request::<_, ResultWindow>(
         &s.client,
-        subject::monitor_collect("m1"),
+        subject::monitor_collect("m1", "mgr-a"),
         &CollectRequest {
             deployment: deployment.into(),
         },
@@ -288,16 +293,16 @@ async fn bad_requests_get_typed_errors() {
         .map(|e| e["subject"].as_str().unwrap())
         .collect();
     assert!(
-        subjects.contains(&subject::monitor_load("m1").as_str()),
+        subjects.contains(&subject::monitor_load("m1", "*").as_str()),
         "{subjects:?}"
     );
     assert_eq!(subjects.len(), 5);
     let sub = |c: &str| match c {
-        "load" => subject::monitor_load("m1"),
-        "collect" => subject::monitor_collect("m1"),
-        "unload" => subject::monitor_unload("m1"),
-        "configure" => subject::monitor_configure("m1"),
-        _ => subject::monitor_status("m1"),
+        "load" => subject::monitor_load("m1", "mgr-a"),
+        "collect" => subject::monitor_collect("m1", "mgr-a"),
+        "unload" => subject::monitor_unload("m1", "mgr-a"),
+        "configure" => subject::monitor_configure("m1", "mgr-a"),
+        _ => subject::monitor_status("m1", "mgr-a"),
     };
     for command in ["load", "collect", "unload", "configure", "status"] {
         let e =
@@ -871,7 +876,7 @@ async fn a_replay_waits_for_its_deployments() {
     let load = |d: &'static str| {
         let client = client.clone();
         let req = load_req(d, &sha, vec![0], Filter::default());
-        async move { request::<_, LoadReply>(&client, subject::monitor_load("m1"), &req).await }
+        async move { request::<_, LoadReply>(&client, subject::monitor_load("m1", "mgr-a"), &req).await }
     };
     load("first").await.into_result().unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -144,7 +144,7 @@ async fn dns_stats_gives_the_exact_figures_of_the_exchanges() {
 async fn configure(r: &Run, params: Value) -> bus_schema::Reply<ConfigureReply> {
     request(
         &r.client,
-        subject::monitor_configure("a"),
+        subject::monitor_configure("a", "t"),
         &ConfigureRequest {
             deployment: "dns-stats".into(),
             requester: "t".into(),
@@ -209,7 +209,7 @@ async fn corrupted_dns_is_analyzed_without_a_trap_and_bad_params_are_named() {
     ] {
         let e = request::<_, LoadReply>(
             &r.client,
-            subject::monitor_load("a"),
+            subject::monitor_load("a", "t"),
             &LoadRequest {
                 deployment: "dns-bad".into(),
                 analyzer: BlobRef {

@@ -141,7 +141,7 @@ fn pcap_of(res: &Value) -> Vec<u8> {
 async fn configure(r: &Run, params: Value) -> Reply<ConfigureReply> {
     request(
         &r.client,
-        subject::monitor_configure("a"),
+        subject::monitor_configure("a", "t"),
         &ConfigureRequest {
             deployment: "header-sampler".into(),
             requester: "t".into(),
@@ -253,7 +253,7 @@ async fn header_sampler_pcap_opens_in_tcpdump_with_the_kept_packets() {
     ] {
         let e = request::<_, LoadReply>(
             &r.client,
-            subject::monitor_load("a"),
+            subject::monitor_load("a", "t"),
             &LoadRequest {
                 deployment: "sampler-bad".into(),
                 analyzer: BlobRef {

@@ -43,7 +43,7 @@ async fn live_loopback_capture_counts_exactly_and_filters_in_the_kernel() {
     let port = sink.local_addr().unwrap().port();
     let reply: LoadReply = request(
         &client,
-        subject::monitor_load("live"),
+        subject::monitor_load("live", "t"),
         &LoadRequest {
             deployment: "udp".into(),
             analyzer: BlobRef {
@@ -98,7 +98,7 @@ async fn live_loopback_capture_counts_exactly_and_filters_in_the_kernel() {
 
     let w: ResultWindow = request(
         &client,
-        subject::monitor_collect("live"),
+        subject::monitor_collect("live", "t"),
         &CollectRequest {
             deployment: "udp".into(),
         },

@@ -30,7 +30,7 @@ async fn metrics_parse_and_match_status() {
         let sha = put_blob(&js, name, &wasm(name)).await;
         let _: LoadReply = request(
             &client,
-            subject::monitor_load("m"),
+            subject::monitor_load("m", "t"),
             &LoadRequest {
                 deployment: format!("{name}-x"),
                 analyzer: BlobRef {
@@ -59,7 +59,7 @@ async fn metrics_parse_and_match_status() {
     // A collected window carries its link's capture figures.
     let window: bus_schema::ResultWindow = request(
         &client,
-        subject::monitor_collect("m"),
+        subject::monitor_collect("m", "t"),
         &bus_schema::CollectRequest {
             deployment: "packet-count-x".into(),
         },

@@ -167,7 +167,7 @@ async fn live_capture_on_a_mirrored_veth_matches_its_counters() {
     let monitor = MonitorProc::start(&nats, &client, "ns", &config).await;
     request::<_, LoadReply>(
         &client,
-        subject::monitor_load("ns"),
+        subject::monitor_load("ns", "t"),
         &LoadRequest {
             deployment: "all".into(),
             analyzer: BlobRef {
@@ -334,7 +334,7 @@ async fn rising_rates_through_a_slow_analyzer_account_for_every_packet() {
     let sha = put_blob(&js, "slow", &slow).await;
     request::<_, LoadReply>(
         &client,
-        subject::monitor_load("rr"),
+        subject::monitor_load("rr", "t"),
         &LoadRequest {
             deployment: "slow".into(),
             analyzer: BlobRef {
@@ -417,7 +417,7 @@ print(sent)
     // The result window and the metrics endpoint say the same.
     let window: bus_schema::ResultWindow = request(
         &client,
-        subject::monitor_collect("rr"),
+        subject::monitor_collect("rr", "t"),
         &bus_schema::CollectRequest {
             deployment: "slow".into(),
         },

@@ -356,7 +356,7 @@ async fn corrupted_mix_is_analyzed_without_a_trap() {
 async fn configure(r: &Run, params: Value) -> Reply<ConfigureReply> {
     request(
         &r.client,
-        subject::monitor_configure("a"),
+        subject::monitor_configure("a", "t"),
         &ConfigureRequest {
             deployment: "proto-id".into(),
             requester: "t".into(),

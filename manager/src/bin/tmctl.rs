@@ -47,9 +47,12 @@ struct Cli {
     #[arg(long, global = true)]
     json: bool,
     /// Identity commands are sent as: owner of what `deploy` creates; only
-    /// the owner may configure or unload (or `--force`).
-    #[arg(long = "as", global = true, env = "TMCTL_AS", default_value = "tmctl")]
-    identity: String,
+    /// the owner may configure or unload (or `--force`). Default `tmctl`,
+    /// or with `--nats-creds operator-NAME.nk` (as `tmctl auth init`
+    /// names them) NAME: with enforced identities an operator may send
+    /// commands only as its own name.
+    #[arg(long = "as", global = true, env = "TMCTL_AS")]
+    identity: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -69,6 +72,17 @@ enum Command {
     Auth {
         #[command(subcommand)]
         command: AuthCommand,
+    },
+    /// Creates every stream and bucket of the contract that is missing and
+    /// checks that each has the contract's settings (exit 1 naming any
+    /// difference). Where identities are enforced, only the admin identity
+    /// (`tmctl auth init` writes `admin-admin.nk`) may create them: run this
+    /// once, with `--nats-creds` of the admin, before the first monitor
+    /// or manager starts.
+    Setup {
+        /// Replicas of what it creates (1 on a single server, 3 on a cluster).
+        #[arg(long, default_value_t = 1)]
+        replicas: usize,
     },
     /// Analyzer modules in the object store (`tm_blobs`).
     Analyzer {
@@ -365,16 +379,37 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             .await
             .map_err(|e| fail(BAD_INPUT, e))?;
     }
+    let from_seed = cli
+        .nats_creds
+        .as_deref()
+        .and_then(auth::identity_of_seed_file)
+        .filter(|(role, _)| *role == bus_schema::Role::Operator)
+        .map(|(_, id)| id);
+    let identity = match (&cli.identity, &from_seed) {
+        (Some(given), Some(seed)) if given != seed => {
+            return Err(fail(
+                BAD_INPUT,
+                anyhow!(
+                    "--as {given}: the identity in --nats-creds is operator {seed:?}, which may send commands only as {seed:?}"
+                ),
+            ));
+        }
+        (Some(given), _) => given.clone(),
+        (None, Some(seed)) => seed.clone(),
+        (None, None) => "tmctl".to_owned(),
+    };
     let client = options
         .connect(cli.nats.as_str())
         .await
         .with_context(|| format!("cannot reach NATS at {}", cli.nats))?;
     let js = jetstream::new(client.clone());
     let json = cli.json;
+    let enforced = cli.nats_creds.is_some();
     match cli.command {
+        Command::Setup { replicas } => setup(&js, replicas, json).await,
         Command::Analyzer { command } => analyzer(&js, command, json).await,
         Command::Topology { command } => topology_cmd(&js, command, json).await,
-        Command::Monitors => monitors(&js, json).await,
+        Command::Monitors => monitors(&js, enforced, json).await,
         Command::Watch {
             what,
             only,
@@ -384,7 +419,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         } => ops::watch(&js, what, only, count, from_start, idle_s, json).await,
         Command::Apps { command } => ops::apps(&client, &js, command, json).await,
         command => {
-            let control = Control::connect(client, &cli.identity, 1)
+            let control = Control::connect_with(client, &identity, 1, enforced)
                 .await
                 .map_err(ops::refused)?;
             ops::run(&control, command, json).await
@@ -682,21 +717,63 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-async fn monitors(js: &jetstream::Context, json: bool) -> Result<(), Failure> {
-    let mut records: Vec<MonitorRecord> = Vec::new();
+/// `tmctl setup`: the admin's step that creates the streams and buckets.
+async fn setup(js: &jetstream::Context, replicas: usize, json: bool) -> Result<(), Failure> {
+    if !(1..=5).contains(&replicas) {
+        return Err(fail(
+            BAD_INPUT,
+            anyhow!("--replicas {replicas}: must be 1 to 5"),
+        ));
+    }
+    bus_schema::nats::ensure_stores(js, replicas, bus_schema::Role::Admin)
+        .await
+        .context("cannot create the streams and buckets")?;
+    bus_schema::nats::check_stores(js, bus_schema::Role::Admin, true)
+        .await
+        .context("a stream or bucket differs from the contract")?;
+    let mut names: Vec<String> = store::streams().iter().map(|s| s.name.to_owned()).collect();
+    names.extend(
+        store::buckets()
+            .iter()
+            .map(|b| bus_schema::auth::stream_of_bucket(b.name, b.kind)),
+    );
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"streams": names, "replicas": replicas})
+        );
+    } else {
+        for n in &names {
+            println!("{n:<20} ok: the contract's settings");
+        }
+    }
+    Ok(())
+}
+
+async fn monitors(js: &jetstream::Context, enforced: bool, json: bool) -> Result<(), Failure> {
+    let mut all = std::collections::BTreeMap::new();
     if let Ok(kv) = js.get_key_value(store::MONITORS_BUCKET).await {
         let mut keys = kv.keys().await.context("cannot list monitors")?;
         while let Some(key) = keys.next().await {
             let key = key.context("cannot list monitors")?;
             if let Some(bytes) = kv.get(&key).await.context("cannot read a monitor record")? {
                 match bus_schema::decode::<MonitorRecord>(&bytes) {
-                    Ok(r) => records.push(r),
+                    Ok(r) => {
+                        all.insert(key, r);
+                    }
                     Err(e) => eprintln!("tmctl: monitor record {key:?} is unreadable: {e}"),
                 }
             }
         }
     }
-    records.sort_by(|a, b| a.monitor.cmp(&b.monitor));
+    let (kept, ignored) = manager::control::holding_monitors(all, enforced);
+    for (key, r, why) in &ignored {
+        eprintln!(
+            "tmctl: monitor {key:?} claiming address {:?} ignored: {why}",
+            r.address
+        );
+    }
+    let records: Vec<MonitorRecord> = kept.into_values().collect();
     let now = now_ms();
     if json {
         let v: Vec<_> = records

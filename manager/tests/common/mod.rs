@@ -130,6 +130,7 @@ impl System {
             NatsServer::start_with_auth(&ids.join("auth.conf"), &ids.join("operator-ops.nk"))
                 .await
                 .unwrap();
+        nats.setup_as(&ids.join("admin-admin.nk")).await;
         Self::start_with(nats, |address, topology, dir| {
             let seed = ids.join(format!("monitor-{}.nk", monitor_id(&address.to_string())));
             format!(
@@ -295,6 +296,9 @@ impl ManagerProc {
             .args(["--id", id, "--nats", urls, "--log", "info,manager=debug"])
             .arg("--archive")
             .arg(dir.path().join("archive"))
+            // The built apps may be named by path in `apps.load`.
+            .arg("--apps-dir")
+            .arg(wasm_path("link-load").parent().unwrap())
             .args(extra)
             .stdin(Stdio::null())
             .stderr(log)

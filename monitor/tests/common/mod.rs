@@ -133,7 +133,7 @@ pub async fn run(frames: &[Frame], analyzers: &[(&str, Value)]) -> Run {
         let sha = put_blob(&js, name, &wasm(name)).await;
         let _: LoadReply = request(
             &client,
-            subject::monitor_load("a"),
+            subject::monitor_load("a", "t"),
             &LoadRequest {
                 deployment: (*name).into(),
                 analyzer: BlobRef {
@@ -169,7 +169,7 @@ pub async fn run(frames: &[Frame], analyzers: &[(&str, Value)]) -> Run {
 pub async fn collect(r: &Run, deployment: &str) -> Value {
     let w: ResultWindow = request(
         &r.client,
-        subject::monitor_collect("a"),
+        subject::monitor_collect("a", "t"),
         &CollectRequest {
             deployment: deployment.into(),
         },

@@ -46,6 +46,10 @@ pub enum HarnessError {
     Io(#[from] std::io::Error),
 }
 
+/// The requester id test commands carry where identities are not
+/// enforced.
+pub const LAB_REQUESTER: &str = "t";
+
 /// Finds the `nats-server` binary: `$NATS_SERVER_BIN`, then `PATH`.
 pub fn nats_server_bin() -> Result<PathBuf, HarnessError> {
     if let Some(path) = std::env::var_os("NATS_SERVER_BIN").filter(|p| !p.is_empty()) {
@@ -297,6 +301,45 @@ impl NatsServer {
 
     /// A new client connection.
     ///
+    /// The id the harness's clients send monitor commands as: the
+    /// operator named by the credentials' file (`operator-NAME.nk`, as
+    /// `tmctl auth init` names them), else [`LAB_REQUESTER`].
+    #[must_use]
+    pub fn requester(&self) -> String {
+        self.spec
+            .auth
+            .as_ref()
+            .and_then(|(_, creds)| {
+                creds
+                    .file_name()?
+                    .to_str()?
+                    .strip_suffix(".nk")?
+                    .strip_prefix("operator-")
+                    .map(str::to_owned)
+            })
+            .unwrap_or_else(|| LAB_REQUESTER.to_owned())
+    }
+
+    /// Creates every stream and bucket as the admin identity whose seed
+    /// is `admin_seed` (what `tmctl setup` does), on a server that
+    /// enforces identities.
+    ///
+    /// # Panics
+    /// If the admin cannot connect or create them.
+    pub async fn setup_as(&self, admin_seed: &Path) {
+        let client =
+            bus_schema::nats::with_credentials(async_nats::ConnectOptions::new(), admin_seed)
+                .await
+                .unwrap()
+                .connect(self.url())
+                .await
+                .unwrap();
+        let js = jetstream::new(client);
+        bus_schema::nats::ensure_stores(&js, 1, bus_schema::Role::Admin)
+            .await
+            .unwrap();
+    }
+
     /// # Panics
     /// If the server does not accept the connection: tests want to stop there.
     pub async fn client(&self) -> async_nats::Client {

@@ -38,6 +38,9 @@ pub struct MonitorProc {
     pub id: String,
     pub child: Child,
     pub dir: tempfile::TempDir,
+    /// The requester the harness's status requests are sent as (the
+    /// last token of the subject): the client's own identity.
+    pub requester: String,
 }
 
 impl MonitorProc {
@@ -60,13 +63,26 @@ impl MonitorProc {
         config: &str,
         dir: tempfile::TempDir,
     ) -> MonitorProc {
-        Self::start_at(&nats.url(), client, id, config, dir).await
+        Self::start_as(&nats.url(), &nats.requester(), client, id, config, dir).await
     }
 
     /// [`MonitorProc::start_in`] against NATS at `urls` (comma-separated:
     /// a cluster's nodes).
     pub async fn start_at(
         urls: &str,
+        client: &async_nats::Client,
+        id: &str,
+        config: &str,
+        dir: tempfile::TempDir,
+    ) -> MonitorProc {
+        Self::start_as(urls, crate::LAB_REQUESTER, client, id, config, dir).await
+    }
+
+    /// [`MonitorProc::start_at`] with the harness's status requests sent
+    /// as `requester`.
+    pub async fn start_as(
+        urls: &str,
+        requester: &str,
         client: &async_nats::Client,
         id: &str,
         config: &str,
@@ -83,6 +99,7 @@ impl MonitorProc {
             id: id.into(),
             child,
             dir,
+            requester: requester.into(),
         };
         m.wait_ready(client).await;
         m
@@ -123,7 +140,7 @@ impl MonitorProc {
             let q = bus_schema::encode(&StatusRequest::default()).unwrap();
             if let Ok(Ok(msg)) = tokio::time::timeout(
                 Duration::from_millis(500),
-                client.request(subject::monitor_status(&self.id), q.into()),
+                client.request(subject::monitor_status(&self.id, &self.requester), q.into()),
             )
             .await
                 && bus_schema::decode::<Reply<MonitorStatus>>(&msg.payload).is_ok()
@@ -147,7 +164,7 @@ impl MonitorProc {
         let q = bus_schema::encode(&StatusRequest::default()).unwrap();
         let msg = tokio::time::timeout(
             Duration::from_secs(30),
-            client.request(subject::monitor_status(&self.id), q.into()),
+            client.request(subject::monitor_status(&self.id, &self.requester), q.into()),
         )
         .await
         .unwrap_or_else(|_| panic!("monitor {} did not answer status in 30 s", self.id))

@@ -23,9 +23,12 @@ pub(crate) struct InitArgs {
     /// Directory of the seed files and `auth.conf` (created, mode 0700).
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
-    /// A monitor id (repeatable): answers `tm.v1.mon.<id>.*`, publishes
-    /// only its own results and events.
-    #[arg(long = "monitor", value_name = "ID")]
+    /// A monitor, by its address (repeatable): its identity is bound to
+    /// that address, its id is the address with `.` and `:` as `-`
+    /// (`10.9.0.1` → `10-9-0-1`; giving that id works too). It answers
+    /// `tm.v1.mon.<id>.*` and publishes only its own results, events and
+    /// liveness record.
+    #[arg(long = "monitor", value_name = "ADDRESS")]
     monitors: Vec<String>,
     /// A manager id (repeatable): sends monitor commands, answers
     /// `tm.v1.mgr.<id>.*`, publishes only its own reports.
@@ -37,6 +40,36 @@ pub(crate) struct InitArgs {
     /// A subscriber name (repeatable): reads results, events and reports.
     #[arg(long = "subscriber", value_name = "NAME")]
     subscribers: Vec<String>,
+    /// The admin name (default `admin`; an admin identity is always
+    /// made): the only identity that creates streams and buckets
+    /// (`tmctl setup`).
+    #[arg(long = "admin", value_name = "NAME", default_value = "admin")]
+    admin: String,
+}
+
+/// A monitor's id from `--monitor`: an IP address becomes its id; an id
+/// must be one an address gives.
+fn monitor_id(value: &str) -> Result<String, Failure> {
+    if value.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(bus_schema::id_from_address(value));
+    }
+    if bus_schema::address_of_id(value).is_some() {
+        return Ok(value.to_owned());
+    }
+    Err(fail(
+        BAD_INPUT,
+        anyhow::anyhow!(
+            "--monitor {value:?}: not an IP address; a monitor's identity is bound to its address (e.g. --monitor 10.9.0.1)"
+        ),
+    ))
+}
+
+/// The identity a seed file written by `auth init` belongs to, from its
+/// name (`<role>-<id>.nk`).
+pub(crate) fn identity_of_seed_file(path: &Path) -> Option<(Role, String)> {
+    let stem = path.file_name()?.to_str()?.strip_suffix(".nk")?;
+    let (role, id) = stem.split_once('-')?;
+    Some((auth::role_from_str(role)?, id.to_owned()))
 }
 
 /// The seed file of an identity.
@@ -79,17 +112,7 @@ fn identities_in(dir: &Path) -> anyhow::Result<Vec<(Identity, PathBuf)>> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
         let path = entry?.path();
-        let Some(stem) = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_suffix(".nk"))
-        else {
-            continue;
-        };
-        let Some((role, id)) = stem
-            .split_once('-')
-            .and_then(|(r, id)| Some((auth::role_from_str(r)?, id.to_owned())))
-        else {
+        let Some((role, id)) = identity_of_seed_file(&path) else {
             continue;
         };
         let public_key = public_key_of(&path)?;
@@ -108,11 +131,18 @@ fn identities_in(dir: &Path) -> anyhow::Result<Vec<(Identity, PathBuf)>> {
 
 /// `tmctl auth init`.
 pub(crate) fn init(args: &InitArgs, json: bool) -> Result<(), Failure> {
+    let monitors = args
+        .monitors
+        .iter()
+        .map(|m| monitor_id(m))
+        .collect::<Result<Vec<_>, _>>()?;
+    let admins = vec![args.admin.clone()];
     let wanted: Vec<(Role, &String)> = [
-        (Role::Monitor, &args.monitors),
+        (Role::Monitor, &monitors),
         (Role::Manager, &args.managers),
         (Role::Operator, &args.operators),
         (Role::Subscriber, &args.subscribers),
+        (Role::Admin, &admins),
     ]
     .into_iter()
     .flat_map(|(role, ids)| ids.iter().map(move |id| (role, id)))
@@ -122,6 +152,26 @@ pub(crate) fn init(args: &InitArgs, json: bool) -> Result<(), Failure> {
             .map_err(|e| fail(BAD_INPUT, e))?;
     }
     let dir = &args.out;
+    let named = [
+        &args.monitors,
+        &args.managers,
+        &args.operators,
+        &args.subscribers,
+    ]
+    .iter()
+    .any(|l| !l.is_empty());
+    let known = dir.exists()
+        && identities_in(dir)?
+            .iter()
+            .any(|(i, _)| i.role != Role::Admin);
+    if !named && !known {
+        return Err(fail(
+            BAD_INPUT,
+            anyhow::anyhow!(
+                "no identities: name some with --monitor, --manager, --operator or --subscriber"
+            ),
+        ));
+    }
     if !dir.exists() {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("--out {}: cannot create it", dir.display()))?;
@@ -181,10 +231,12 @@ pub(crate) fn init(args: &InitArgs, json: bool) -> Result<(), Failure> {
             );
         }
         eprintln!(
-            "{} written: add `include \"{}\"` to the nats-server config; give each \
-             process its seed file (monitor `nats_credentials`, manager and tmctl `--nats-creds`)",
+            "{} written: add `include \"{}\"` to the nats-server config; run `tmctl setup --nats-creds {}` \
+             once to create the streams and buckets; give each process its seed file (monitor \
+             `nats_credentials`, manager and tmctl `--nats-creds`)",
             conf.display(),
-            conf.display()
+            conf.display(),
+            seed_path(dir, Role::Admin, &args.admin).display()
         );
     }
     Ok(())
