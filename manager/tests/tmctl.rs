@@ -211,11 +211,7 @@ async fn monitors_lists_liveness_records_and_bad_nats_is_named() {
 
     // A monitor's liveness record, as tm-monitor writes it.
     let js = nats.jetstream().await;
-    let kv = js
-        .create_key_value(async_nats::jetstream::kv::Config {
-            bucket: MONITORS_BUCKET.into(),
-            ..Default::default()
-        })
+    let kv = bus_schema::nats::open_kv(&js, MONITORS_BUCKET, 1)
         .await
         .unwrap();
     let now = std::time::SystemTime::now()

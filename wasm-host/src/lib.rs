@@ -563,7 +563,7 @@ mod tests {
     #[test]
     fn modules_are_compiled_once_per_digest_and_garbage_is_refused() {
         let sandbox = Sandbox::new(&SandboxConfig::default()).unwrap();
-        let bytes = b"(module)".to_vec();
+        let bytes = wat::parse_str("(module)").unwrap();
         let digest = sha256_hex(&bytes);
         sandbox.module(&digest, &bytes).unwrap();
         sandbox.module(&digest, &bytes).unwrap();

@@ -405,8 +405,16 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     let js = jetstream::new(client.clone());
     let json = cli.json;
     let enforced = cli.nats_creds.is_some();
+    if let Command::Setup { replicas } = cli.command {
+        return setup(&js, replicas, json).await;
+    }
+    // Whatever it does next, tmctl uses no stream or bucket whose
+    // settings differ from the contract's.
+    bus_schema::nats::check_stores(&js, bus_schema::Role::Operator, false)
+        .await
+        .context("a stream or bucket differs from the contract")?;
     match cli.command {
-        Command::Setup { replicas } => setup(&js, replicas, json).await,
+        Command::Setup { .. } => unreachable!("handled above"),
         Command::Analyzer { command } => analyzer(&js, command, json).await,
         Command::Topology { command } => topology_cmd(&js, command, json).await,
         Command::Monitors => monitors(&js, enforced, json).await,
