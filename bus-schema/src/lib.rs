@@ -161,8 +161,8 @@ pub fn validate_token(field: &str, value: &str) -> Result<(), TokenError> {
     Ok(())
 }
 
-/// Turns an address such as `133.256.10.1` or `fe80::1` into a valid id
-/// (`133-256-10-1`, `fe80--1`): the default monitor id.
+/// Turns an address such as `133.255.10.1` or `fe80::1` into a valid id
+/// (`133-255-10-1`, `fe80--1`): the default monitor id.
 #[must_use]
 pub fn id_from_address(address: &str) -> String {
     address
@@ -228,7 +228,7 @@ mod tests {
 
     #[test]
     fn addresses_become_ids() {
-        assert_eq!(id_from_address("133.256.10.1"), "133-256-10-1");
+        assert_eq!(id_from_address("133.255.10.1"), "133-255-10-1");
         assert_eq!(id_from_address("fe80::1"), "fe80--1");
         assert!(validate_token("monitor", &id_from_address("10.0.0.1")).is_ok());
     }

@@ -283,6 +283,13 @@ pub struct DeploymentStats {
     pub guest_calls: u64,
     /// Time spent inside the guest, in microseconds.
     pub guest_time_us: u64,
+    /// Periodic windows of this deployment shed, unpublished, because the
+    /// monitor's outbox was full (the bus unreachable or refusing).
+    #[serde(default)]
+    pub shed_windows: u64,
+    /// Alerts shed the same way.
+    #[serde(default)]
+    pub shed_events: u64,
 }
 
 /// A link as a monitor reports it: one direction of a physical line.
@@ -338,6 +345,26 @@ pub struct LoadReply {
     pub links: Vec<u32>,
     /// The ABI version the module exports.
     pub abi_version: u32,
+    /// This load's run: every window and event of it carries the same run,
+    /// and a later load of the same deployment id gets another.
+    #[serde(default)]
+    pub run: String,
+    /// Links of the deployment that are not capturing when it starts
+    /// (finished or failed), with why.
+    #[serde(default)]
+    pub not_capturing: Vec<IdleLink>,
+}
+
+/// A link that is not capturing, as a load's reply names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdleLink {
+    /// Link id.
+    pub link: u32,
+    /// `finished` (a replay that ended) or `failed`.
+    pub state: LinkState,
+    /// The error, for a failed link.
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 /// `unload`: stop and unload a deployment.
@@ -484,6 +511,36 @@ pub struct MonitorStatus {
     pub links: Vec<LinkStatus>,
     /// Deployments with figures.
     pub deployments: Vec<DeploymentStatus>,
+    /// Results and events waiting for the bus.
+    #[serde(default)]
+    pub outbox: OutboxStatus,
+}
+
+/// The monitor's outbox as `status` reports it: results, events and
+/// snapshots waiting for JetStream.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxStatus {
+    /// Messages waiting.
+    pub queued: u64,
+    /// Their bytes.
+    pub queued_bytes: u64,
+    /// The bound on those bytes (`limits.outbox_mb`).
+    pub limit_bytes: u64,
+    /// Messages published since the monitor started.
+    pub published: u64,
+    /// Periodic windows shed because the outbox was full.
+    pub shed_windows: u64,
+    /// Alerts shed because the outbox was full.
+    pub shed_events: u64,
+    /// Messages refused as larger than the bus's max payload.
+    pub too_large: u64,
+    /// The bus's last refusal, while messages wait (none once one is
+    /// accepted again).
+    #[serde(default)]
+    pub last_error: Option<String>,
+    /// When it happened, Unix ms (0: no refusal).
+    #[serde(default)]
+    pub last_error_unix_ms: u64,
 }
 
 // ---------------------------------------------------------------------------
@@ -500,8 +557,15 @@ pub struct ResultWindow {
     pub deployment: String,
     /// Name of the analyzer blob.
     pub analyzer: String,
-    /// Window number within the deployment, from 1, without gaps; with
-    /// `deployment` it is the stream message id, so duplicates are dropped.
+    /// The load this window belongs to (as in the load's reply): a later
+    /// load of the same deployment id has another run and starts again at
+    /// seq 1.
+    #[serde(default)]
+    pub run: String,
+    /// Window number within the run, from 1, without gaps (windows shed
+    /// while the bus was away excepted: `stats.shed_windows` counts them);
+    /// with `deployment`, `monitor` and `run` it is the stream message id,
+    /// so a window sent twice is stored once.
     pub seq: u64,
     /// Start of the window (deployment start for cumulative analyzers), Unix ms.
     pub start_unix_ms: u64,
@@ -551,6 +615,21 @@ pub enum EventKind {
     Unloaded,
     /// The guest trapped or hit a limit and was unloaded.
     Failed,
+    /// Periodic windows or alerts of the deployment were shed, unpublished,
+    /// because the monitor's outbox was full; `data` holds the totals
+    /// (`shed_windows`, `shed_events`).
+    Shed,
+    /// A window or event of the deployment was larger than the bus's max
+    /// payload and could not be published; `data` holds `size` and `max`.
+    TooLarge,
+    /// A link of the deployment stopped capturing on an error (refused,
+    /// corrupt or truncated file, interface gone); `data` holds `link` and
+    /// `error`. The deployment stays loaded with what it saw.
+    LinkFailed,
+    /// A replayed link of the deployment reached the end of its file;
+    /// `data` holds `link` and `packets`. Windows keep coming (with the
+    /// same figures) until the deployment is unloaded.
+    LinkFinished,
 }
 
 /// An event of a deployment, published to `TM_EVENTS` at once.
@@ -560,7 +639,10 @@ pub struct Event {
     pub monitor: String,
     /// Deployment concerned.
     pub deployment: String,
-    /// Event number within the deployment, from 1.
+    /// The load it belongs to (see [`ResultWindow::run`]).
+    #[serde(default)]
+    pub run: String,
+    /// Event number within the run, from 1.
     pub seq: u64,
     /// When it happened, Unix ms.
     pub at_unix_ms: u64,
@@ -807,6 +889,9 @@ pub struct DeploymentSnapshot {
     pub monitor: String,
     /// The load request, with `params` as last configured and `links` resolved.
     pub request: LoadRequest,
+    /// The load's run, which a recovered deployment keeps.
+    #[serde(default)]
+    pub run: String,
     /// Times configured.
     pub config_revision: u64,
     /// Last published result window.

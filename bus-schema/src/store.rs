@@ -164,14 +164,14 @@ pub fn streams() -> Vec<StreamSpec> {
         StreamSpec {
             name: RESULTS_STREAM,
             subjects: vec![subject::results_all()],
-            description: "ResultWindow messages; message id `{deployment}:{monitor}:{seq}`",
+            description: "ResultWindow messages; message id `{deployment}:{monitor}:{run}:{seq}`",
             max_age: WEEK,
             duplicate_window: TWO_MINUTES,
         },
         StreamSpec {
             name: EVENTS_STREAM,
             subjects: vec![subject::events_all()],
-            description: "Event messages; message id `{deployment}:{monitor}:e{seq}`",
+            description: "Event messages; message id `{deployment}:{monitor}:{run}:e{seq}`",
             max_age: WEEK,
             duplicate_window: TWO_MINUTES,
         },

@@ -24,7 +24,7 @@ use bus_schema::{Filter, StatusRequest, Value, subject};
 use futures::StreamExt;
 use manager::control::{Control, DeploySpec, Targets};
 use monitor::config::Config;
-use monitor::service::{Monitor, publisher};
+use monitor::service::Monitor;
 use pcapgen::{linktype, write_pcap};
 
 struct Args {
@@ -129,7 +129,7 @@ async fn main() {
             .await
             .unwrap();
         let (_stop_tx, stop) = tokio::sync::watch::channel(false);
-        tasks.push(tokio::spawn(publisher(js, outbox, stop)));
+        tasks.push(tokio::spawn(monitor::outbox::publisher(js, outbox, stop)));
         tasks.push(tokio::spawn(m.clone().heartbeat()));
         tasks.push(tokio::spawn(async move {
             if let Err(e) = m.serve(client).await {

@@ -1173,10 +1173,10 @@ async fn dispatch(ctx: &mut Ctx, op: &str, request: &[u8]) -> Vec<u8> {
                     placed: d
                         .placed
                         .into_iter()
-                        .map(|(monitor, address, links)| api::Placement {
-                            monitor,
-                            address,
-                            links,
+                        .map(|p| api::Placement {
+                            monitor: p.monitor,
+                            address: p.address,
+                            links: p.links,
                         })
                         .collect(),
                     failed: d.failed.into_iter().map(missing).collect(),

@@ -86,10 +86,23 @@ pub struct Deployed {
     pub record: DeploymentRecord,
     /// KV revision of the record.
     pub revision: u64,
-    /// Monitors that loaded it: (monitor id, its address, links).
-    pub placed: Vec<(String, String, Vec<u32>)>,
+    /// Monitors that loaded it.
+    pub placed: Vec<Placed>,
     /// Monitors that refused or did not answer.
     pub failed: Vec<Missing>,
+}
+
+/// A monitor that loaded a deployment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placed {
+    /// Monitor id.
+    pub monitor: String,
+    /// Its address.
+    pub address: String,
+    /// The links the deployment analyses there.
+    pub links: Vec<u32>,
+    /// Those of them not capturing (finished replays, failed links).
+    pub not_capturing: Vec<bus_schema::IdleLink>,
 }
 
 /// One monitor's results.
@@ -602,7 +615,12 @@ impl Control {
                         .get(&monitor)
                         .map(|m| m.address.clone())
                         .unwrap_or_default();
-                    placed.push((monitor, address, r.links));
+                    placed.push(Placed {
+                        monitor,
+                        address,
+                        links: r.links,
+                        not_capturing: r.not_capturing,
+                    });
                 }
                 Err(error) => failed.push(Missing { monitor, error }),
             }

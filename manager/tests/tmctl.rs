@@ -558,7 +558,8 @@ async fn apps_and_watch_from_the_command_line() {
             .iter()
             .all(|l| l["type"] == "report" && l["kind"] == "link-load" && l["manager"] == "mgr-a")
     );
-    // The monitors' lifecycle events for the app's deployment.
+    // The monitors' lifecycle events for the app's deployment (with the
+    // replays' `link_finished` among them): everything stored so far.
     let d = "link-load-flow-stats-mgr-a-1";
     let out = tmctl(
         nats,
@@ -568,10 +569,8 @@ async fn apps_and_watch_from_the_command_line() {
             "--only",
             d,
             "--from-start",
-            "--count",
-            "3",
             "--idle-s",
-            "20",
+            "3",
         ],
     );
     let text = ok(&out);

@@ -1,7 +1,7 @@
 //! The monitor's configuration: a TOML file, overridden by flags.
 //!
 //! ```toml
-//! address = "133.256.10.1"          # the topology's monitor address
+//! address = "133.255.10.1"          # the topology's monitor address
 //! id = "mon-a"                      # default: the address, '.' and ':' as '-'
 //! nats_url = "nats://127.0.0.1:4222" # several: comma-separated
 //! nats_credentials = "m1.nk"  # nkey seed (`tmctl auth init`) or a JWT .creds file
@@ -82,6 +82,10 @@ pub struct Limits {
     /// `memory_mb` cap, and a load that would pass this is refused
     /// (`resource_limit`).
     pub total_memory_mb: u64,
+    /// Bytes results and events may take while they wait for the bus, MiB;
+    /// past it the oldest periodic windows (then alerts) are shed and
+    /// counted. Final windows and lifecycle events are kept.
+    pub outbox_mb: u32,
 }
 
 impl Default for Limits {
@@ -95,6 +99,7 @@ impl Default for Limits {
             snapshot_ms: 5000,
             max_deployments: 256,
             total_memory_mb: 8192,
+            outbox_mb: 64,
         }
     }
 }
@@ -231,6 +236,15 @@ pub struct Config {
     /// relative: to the config file. None: not kept.
     #[serde(default)]
     pub compiled_dir: Option<PathBuf>,
+    /// Where a stop writes the results and events it could not deliver
+    /// before `stop_timeout_ms`, for the next start to publish; relative: to
+    /// the config file. None: they are named in the log as lost.
+    #[serde(default)]
+    pub spool_dir: Option<PathBuf>,
+    /// How long a stop (SIGTERM) may take to unload deployments and deliver
+    /// their final windows, ms.
+    #[serde(default = "default_stop_timeout_ms")]
+    pub stop_timeout_ms: u64,
     /// Analyzer limits.
     #[serde(default)]
     pub limits: Limits,
@@ -240,6 +254,10 @@ pub struct Config {
     /// The links.
     #[serde(default, rename = "link")]
     pub links: Vec<LinkConfig>,
+}
+
+fn default_stop_timeout_ms() -> u64 {
+    10_000
 }
 
 fn default_replicas() -> usize {
@@ -276,6 +294,11 @@ impl Config {
             && p.is_relative()
         {
             config.compiled_dir = Some(base.join(p));
+        }
+        if let Some(p) = &config.spool_dir
+            && p.is_relative()
+        {
+            config.spool_dir = Some(base.join(p));
         }
         for link in &mut config.links {
             if let Some(p) = &link.pcap
@@ -345,8 +368,11 @@ impl Config {
     /// # Errors
     /// A message naming the field (`link[2].pcap`, `limits.memory_mb` …).
     pub fn validate(&self) -> Result<()> {
-        if self.address.trim().is_empty() {
-            bail!("address = \"\": the monitor needs its address");
+        if self.address.parse::<std::net::IpAddr>().is_err() {
+            bail!(
+                "address = {:?}: not an IP address (a monitor's address is the IPv4 or IPv6 address the topology names it by)",
+                self.address
+            );
         }
         bus_schema::validate_token("id", &self.monitor_id())?;
         for (i, url) in self.nats_url.split(',').enumerate() {
@@ -414,6 +440,23 @@ impl Config {
                 l.memory_mb
             );
         }
+        if !(1..=65_536).contains(&l.outbox_mb) {
+            bail!("limits.outbox_mb = {}: must be 1 to 65536", l.outbox_mb);
+        }
+        if !(100..=600_000).contains(&self.stop_timeout_ms) {
+            bail!(
+                "stop_timeout_ms = {}: must be 100 to 600000",
+                self.stop_timeout_ms
+            );
+        }
+        if let Some(d) = &self.spool_dir
+            && !d.is_dir()
+        {
+            bail!(
+                "spool_dir = {:?}: no such directory",
+                d.display().to_string()
+            );
+        }
         if self.links.is_empty() {
             bail!("link: at least one [[link]] is needed");
         }
@@ -477,7 +520,7 @@ mod tests {
     }
 
     const GOOD: &str = r#"
-        address = "133.256.10.1"
+        address = "133.255.10.1"
         [[link]]
         id = 0
         interface = "lo"
@@ -488,7 +531,7 @@ mod tests {
     #[test]
     fn a_minimal_config_gets_defaults() {
         let c = parse(GOOD).unwrap();
-        assert_eq!(c.monitor_id(), "133-256-10-1");
+        assert_eq!(c.monitor_id(), "133-255-10-1");
         assert_eq!(c.nats_url, "nats://127.0.0.1:4222");
         assert_eq!(c.limits.memory_mb, 64);
         assert_eq!(c.links[0].snaplen, 65535);
@@ -500,8 +543,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("monitor.toml");
         let text = GOOD.replace(
-            "address = \"133.256.10.1\"",
-            "address = \"133.256.10.1\"\ncompiled_dir = \"compiled\"",
+            "address = \"133.255.10.1\"",
+            "address = \"133.255.10.1\"\ncompiled_dir = \"compiled\"",
         );
         std::fs::write(&path, &text).unwrap();
         let c = Config::load(&path).unwrap();
@@ -541,6 +584,22 @@ mod tests {
                     "{GOOD}\n[[link]]\nid = 0\ninterface = \"lo\"\nfrom_router = \"a\"\nto_router = \"b\""
                 ),
                 "link[1].id = 0",
+            ),
+            (
+                GOOD.replace("133.255.10.1", "133.256.10.1"),
+                "address = \"133.256.10.1\": not an IP address",
+            ),
+            (
+                format!("{GOOD}\n[limits]\noutbox_mb = 0"),
+                "limits.outbox_mb = 0",
+            ),
+            (
+                format!("stop_timeout_ms = 5\n{GOOD}"),
+                "stop_timeout_ms = 5",
+            ),
+            (
+                format!("spool_dir = \"/nonexistent-spool\"\n{GOOD}"),
+                "spool_dir = \"/nonexistent-spool\": no such directory",
             ),
         ];
         for (text, expected) in cases {

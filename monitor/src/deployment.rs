@@ -12,9 +12,10 @@ use bus_schema::{
     ErrorCode, Event, EventKind, LoadRequest, ResultWindow, Value,
 };
 use crossbeam_channel::{Receiver, RecvTimeoutError};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::guest::{Analyzer, ConfigureError};
+use crate::outbox::{Outbox, Outgoing, Refused};
 
 /// Packet records for one guest call.
 #[derive(Debug, Default)]
@@ -57,6 +58,10 @@ pub struct DepCounters {
     pub guest_time_us: AtomicU64,
     /// Guest linear memory, bytes.
     pub memory_bytes: AtomicU64,
+    /// Periodic windows the outbox shed.
+    pub shed_windows: AtomicU64,
+    /// Alerts the outbox shed.
+    pub shed_events: AtomicU64,
 }
 
 impl DepCounters {
@@ -69,6 +74,8 @@ impl DepCounters {
             dropped: self.dropped.load(Ordering::Relaxed),
             guest_calls: self.guest_calls.load(Ordering::Relaxed),
             guest_time_us: self.guest_time_us.load(Ordering::Relaxed),
+            shed_windows: self.shed_windows.load(Ordering::Relaxed),
+            shed_events: self.shed_events.load(Ordering::Relaxed),
         }
     }
 }
@@ -83,24 +90,6 @@ pub enum DepMsg {
     Configure(Value, Vec<u8>, oneshot::Sender<Result<u64, ErrorBody>>),
     /// Final results, then stop.
     Unload(oneshot::Sender<ResultWindow>),
-}
-
-/// What goes out on the streams.
-#[derive(Debug)]
-pub enum Outgoing {
-    /// A result window for `TM_RESULTS`.
-    Result(ResultWindow),
-    /// An event for `TM_EVENTS`.
-    Event(Event),
-    /// A snapshot to put in `tm_snapshots`.
-    Snapshot(Box<DeploymentSnapshot>),
-    /// Remove a deployment's snapshot (unloaded or failed).
-    Forget {
-        /// Monitor id.
-        monitor: String,
-        /// Deployment id.
-        deployment: String,
-    },
 }
 
 /// Fixed facts about a deployment.
@@ -118,6 +107,8 @@ pub struct DeploymentInfo {
     pub link_stats: Vec<Arc<crate::capture::LinkShared>>,
     /// Start, Unix ms.
     pub started_unix_ms: u64,
+    /// The load's run (a fresh one per load; a recovery keeps it).
+    pub run: String,
 }
 
 #[derive(Debug)]
@@ -139,7 +130,7 @@ pub struct Shared {
     /// Counters.
     pub counters: Arc<DepCounters>,
     status: Mutex<Status>,
-    outbox: mpsc::UnboundedSender<Outgoing>,
+    outbox: Arc<Outbox>,
 }
 
 /// Unix time in ms.
@@ -154,11 +145,7 @@ impl Shared {
     /// New shared state for a deployment that is starting from `request`
     /// (links resolved).
     #[must_use]
-    pub fn new(
-        info: DeploymentInfo,
-        request: LoadRequest,
-        outbox: mpsc::UnboundedSender<Outgoing>,
-    ) -> Arc<Self> {
+    pub fn new(info: DeploymentInfo, request: LoadRequest, outbox: Arc<Outbox>) -> Arc<Self> {
         Arc::new(Shared {
             info,
             counters: Arc::default(),
@@ -212,17 +199,41 @@ impl Shared {
                 stats: self.counters.stats(),
                 state,
                 taken_unix_ms: unix_ms(),
+                run: self.info.run.clone(),
             }
         };
-        let _ = self.outbox.send(Outgoing::Snapshot(Box::new(snap)));
+        self.send(Outgoing::Snapshot(Box::new(snap)));
     }
 
     /// Removes the deployment's snapshot.
     pub fn forget(&self) {
-        let _ = self.outbox.send(Outgoing::Forget {
+        self.send(Outgoing::Forget {
             monitor: self.info.monitor.clone(),
             deployment: self.info.deployment.clone(),
         });
+    }
+
+    /// Queues `out` in the outbox; what can never be published is said in
+    /// the log and, for a window or an alert, in a `too_large` event.
+    pub fn send(&self, out: Outgoing) {
+        let tell = matches!(&out, Outgoing::Result(_))
+            || matches!(&out, Outgoing::Event(e) if e.kind != EventKind::TooLarge);
+        match self.outbox.push(out, Some(&self.counters)) {
+            Ok(()) => {}
+            Err(refused) => {
+                tracing::error!(deployment = %self.info.deployment, error = %refused, "not published");
+                if tell {
+                    let data = match &refused {
+                        Refused::TooLarge { size, max, .. } => Value::Map(vec![
+                            ("size".into(), (*size as u64).into()),
+                            ("max".into(), (*max as u64).into()),
+                        ]),
+                        Refused::Encode { .. } => Value::Nil,
+                    };
+                    self.event(EventKind::TooLarge, refused.to_string(), data);
+                }
+            }
+        }
     }
 
     fn status(&self) -> std::sync::MutexGuard<'_, Status> {
@@ -264,6 +275,7 @@ impl Shared {
             monitor: self.info.monitor.clone(),
             deployment: self.info.deployment.clone(),
             analyzer: self.info.analyzer.name.clone(),
+            run: self.info.run.clone(),
             seq: s.published_seq,
             start_unix_ms: self.info.started_unix_ms,
             end_unix_ms: unix_ms(),
@@ -280,7 +292,7 @@ impl Shared {
         let results = self.status().last_results.clone();
         let window = self.window(results, last, last);
         if last {
-            let _ = self.outbox.send(Outgoing::Result(window.clone()));
+            self.send(Outgoing::Result(window.clone()));
         }
         window
     }
@@ -292,9 +304,10 @@ impl Shared {
             s.event_seq += 1;
             s.event_seq
         };
-        let _ = self.outbox.send(Outgoing::Event(Event {
+        self.send(Outgoing::Event(Event {
             monitor: self.info.monitor.clone(),
             deployment: self.info.deployment.clone(),
+            run: self.info.run.clone(),
             seq,
             at_unix_ms: unix_ms(),
             kind,
@@ -336,21 +349,16 @@ fn sync_counters(a: &Analyzer, c: &DepCounters) {
 /// The deployment thread: runs until unloaded, failed, or its queue closes.
 pub fn run(mut analyzer: Analyzer, rx: Receiver<DepMsg>, shared: Arc<Shared>, timers: Timers) {
     let counters = shared.counters.clone();
-    let mut next_tick = Instant::now() + timers.tick;
-    let mut next_report = timers.report.map(|r| Instant::now() + r);
-    let mut next_snapshot = Instant::now() + timers.snapshot;
+    let mut clock = Clock::new(timers);
     sync_counters(&analyzer, &counters);
     // The first snapshot records the deployment itself, so that a crash
     // right after the load still brings it back.
     match analyzer.snapshot() {
         Ok(state) => shared.save(state),
-        Err(f) => return shared.fail(f.to_string()),
+        Err(f) => return fail(&shared, &rx, f.to_string()),
     }
     loop {
-        let due = next_report
-            .map_or(next_tick, |r| r.min(next_tick))
-            .min(next_snapshot);
-        let msg = rx.recv_timeout(due.saturating_duration_since(Instant::now()));
+        let msg = rx.recv_timeout(clock.due().saturating_duration_since(Instant::now()));
         let outcome: Result<bool, String> = match msg {
             Ok(DepMsg::Batch(b)) => {
                 let outcome = analyzer
@@ -421,7 +429,7 @@ pub fn run(mut analyzer: Analyzer, rx: Receiver<DepMsg>, shared: Arc<Shared>, ti
                     Ok(results) => {
                         sync_counters(&analyzer, &counters);
                         let w = shared.window(results, true, true);
-                        let _ = shared.outbox.send(Outgoing::Result(w.clone()));
+                        shared.send(Outgoing::Result(w.clone()));
                         w
                     }
                     Err(f) => {
@@ -433,51 +441,128 @@ pub fn run(mut analyzer: Analyzer, rx: Receiver<DepMsg>, shared: Arc<Shared>, ti
                 shared.forget();
                 return;
             }
-            Err(RecvTimeoutError::Timeout) => {
-                let now = Instant::now();
-                let mut result = Ok(true);
-                if now >= next_tick {
-                    next_tick = now + timers.tick;
-                    result = analyzer
-                        .tick(unix_ms() * 1_000_000)
-                        .map(|()| true)
-                        .map_err(|f| f.to_string());
-                }
-                if result.is_ok() && now >= next_snapshot {
-                    next_snapshot = now + timers.snapshot;
-                    result = analyzer
-                        .snapshot()
-                        .map(|state| shared.save(state))
-                        .map(|()| true)
-                        .map_err(|f| f.to_string());
-                }
-                if result.is_ok()
-                    && let (Some(at), Some(every)) = (next_report, timers.report)
-                    && now >= at
-                {
-                    next_report = Some(now + every);
-                    result = analyzer
-                        .collect()
-                        .map(|results| {
-                            sync_counters(&analyzer, &counters);
-                            let w = shared.window(results, true, false);
-                            let _ = shared.outbox.send(Outgoing::Result(w));
-                            true
-                        })
-                        .map_err(|f| f.to_string());
-                }
-                result
-            }
+            Err(RecvTimeoutError::Timeout) => Ok(true),
             Err(RecvTimeoutError::Disconnected) => Ok(false),
         };
+        // Timers are checked after every message, so a busy queue does not
+        // hold them back.
+        let outcome = outcome.and_then(|go_on| {
+            clock
+                .fire(&mut analyzer, &shared)
+                .map(|()| go_on)
+                .map_err(|f| f.to_string())
+        });
         sync_counters(&analyzer, &counters);
         match outcome {
             Ok(true) => {}
             Ok(false) => return,
-            Err(why) => {
-                shared.fail(why);
-                return;
+            Err(why) => return fail(&shared, &rx, why),
+        }
+    }
+}
+
+/// Fails the deployment and answers at once every command already queued
+/// behind the failure (collect and unload with the last good results).
+fn fail(shared: &Shared, rx: &Receiver<DepMsg>, why: String) {
+    shared.fail(why.clone());
+    while let Ok(msg) = rx.try_recv() {
+        match msg {
+            DepMsg::Batch(b) => b.recycle(),
+            DepMsg::Collect(reply) => {
+                let _ = reply.send(Ok(shared.last_window(false)));
             }
+            DepMsg::Configure(_, _, reply) => {
+                let _ = reply.send(Err(ErrorBody::new(
+                    ErrorCode::GuestTrap,
+                    format!("the deployment failed before the configure: {why}"),
+                )));
+            }
+            DepMsg::Unload(reply) => {
+                let _ = reply.send(shared.last_window(true));
+            }
+        }
+    }
+}
+
+/// When a deployment's timers are due.
+struct Clock {
+    timers: Timers,
+    next_tick: Instant,
+    next_report: Option<Instant>,
+    next_snapshot: Instant,
+    /// Shed figures last told in a `shed` event.
+    shed_told: (u64, u64),
+}
+
+impl Clock {
+    fn new(timers: Timers) -> Self {
+        let now = Instant::now();
+        Clock {
+            timers,
+            next_tick: now + timers.tick,
+            next_report: timers.report.map(|r| now + r),
+            next_snapshot: now + timers.snapshot,
+            shed_told: (0, 0),
+        }
+    }
+
+    /// The earliest due timer.
+    fn due(&self) -> Instant {
+        self.next_report
+            .map_or(self.next_tick, |r| r.min(self.next_tick))
+            .min(self.next_snapshot)
+    }
+
+    /// Runs what is due: tick, snapshot, periodic window. A timer that fell
+    /// behind fires once and is rescheduled from now.
+    fn fire(&mut self, analyzer: &mut Analyzer, shared: &Shared) -> Result<(), wasm_host::Failure> {
+        let now = Instant::now();
+        if now < self.due() {
+            return Ok(());
+        }
+        if now >= self.next_tick {
+            self.next_tick = now + self.timers.tick;
+            analyzer.tick(unix_ms() * 1_000_000)?;
+        }
+        if now >= self.next_snapshot {
+            self.next_snapshot = now + self.timers.snapshot;
+            let state = analyzer.snapshot()?;
+            shared.save(state);
+        }
+        if let (Some(at), Some(every)) = (self.next_report, self.timers.report)
+            && now >= at
+        {
+            self.next_report = Some(now + every);
+            let results = analyzer.collect()?;
+            sync_counters(analyzer, &shared.counters);
+            let w = shared.window(results, true, false);
+            shared.send(Outgoing::Result(w));
+        }
+        self.tell_shed(shared);
+        Ok(())
+    }
+
+    /// A `shed` event when the outbox shed more of this deployment since
+    /// the last one.
+    fn tell_shed(&mut self, shared: &Shared) {
+        let c = &shared.counters;
+        let now = (
+            c.shed_windows.load(Ordering::Relaxed),
+            c.shed_events.load(Ordering::Relaxed),
+        );
+        if now != self.shed_told {
+            self.shed_told = now;
+            shared.event(
+                EventKind::Shed,
+                format!(
+                    "the outbox was full: {} periodic window(s) and {} alert(s) of this deployment shed so far",
+                    now.0, now.1
+                ),
+                Value::Map(vec![
+                    ("shed_windows".into(), now.0.into()),
+                    ("shed_events".into(), now.1.into()),
+                ]),
+            );
         }
     }
 }

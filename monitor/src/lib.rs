@@ -9,7 +9,9 @@
 //! * [`deployment`]: the deployment thread and its shared state.
 //! * [`replay`]: capture files, mapped (or read in chunks) for replay.
 //! * [`sigbus`]: a truncated mapped file as an error, not a crash.
-//! * [`service`]: NATS commands, publishing, liveness.
+//! * [`outbox`]: results, events and snapshots waiting for the bus:
+//!   bounded, per deployment, spooled at a stop.
+//! * [`service`]: NATS commands, loading, status, liveness.
 
 pub mod capture;
 pub mod config;
@@ -17,6 +19,7 @@ pub mod deployment;
 pub mod filter;
 pub mod guest;
 pub mod metrics;
+pub mod outbox;
 pub mod parse;
 pub mod replay;
 pub mod service;

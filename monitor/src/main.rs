@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Parser;
 use monitor::config::Config;
-use monitor::service::{Monitor, publisher};
+use monitor::service::Monitor;
 
 /// Taps links (live capture or pcap replay) and runs WebAssembly analyzers
 /// that managers load, configure, collect from and unload over NATS.
@@ -106,6 +106,7 @@ async fn main() -> Result<()> {
         .context("cannot connect to NATS")?;
     let js = async_nats::jetstream::new(client.clone());
     let metrics_listen = config.metrics_listen;
+    let stop_timeout = std::time::Duration::from_millis(config.stop_timeout_ms);
     let (monitor, outbox) = Monitor::start(config, js.clone()).await?;
     let _metrics = match metrics_listen {
         Some(addr) => {
@@ -123,8 +124,9 @@ async fn main() -> Result<()> {
         None => None,
     };
     let (stop_publisher, stop) = tokio::sync::watch::channel(false);
-    let publisher = tokio::spawn(publisher(js, outbox, stop));
+    let mut publisher = tokio::spawn(monitor::outbox::publisher(js, outbox.clone(), stop));
     let heartbeat = tokio::spawn(monitor.clone().heartbeat());
+    let watcher = tokio::spawn(monitor.clone().watch_links());
     match monitor.recover().await {
         Ok(0) => {}
         Ok(n) => tracing::info!(deployments = n, "recovered deployments from snapshots"),
@@ -138,12 +140,32 @@ async fn main() -> Result<()> {
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: unloading deployments"),
         r = server => { r??; }
     }
+    // A stop has a deadline, whether or not the bus is there: what is not
+    // delivered by then goes to the spool (or is named in the log as lost).
+    let deadline = tokio::time::Instant::now() + stop_timeout;
     heartbeat.abort();
-    monitor.shutdown().await;
-    // Give the publisher a bounded time to deliver the final windows.
+    watcher.abort();
+    if tokio::time::timeout_at(deadline, monitor.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("unloading at the stop ran out of time");
+    }
     let _ = stop_publisher.send(true);
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), publisher).await;
-    client.flush().await.ok();
-    tracing::info!("stopped");
+    if tokio::time::timeout_at(deadline, &mut publisher)
+        .await
+        .is_err()
+    {
+        // Stopped, so that nothing it still sends is also spooled.
+        publisher.abort();
+        tracing::warn!(
+            timeout_ms = stop_timeout.as_millis() as u64,
+            "the bus did not take everything before stop_timeout_ms"
+        );
+    }
+    let left = outbox.spool_rest();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), monitor.leave()).await;
+    let _ = tokio::time::timeout(std::time::Duration::from_millis(500), client.flush()).await;
+    tracing::info!(undelivered = left, "stopped");
     Ok(())
 }

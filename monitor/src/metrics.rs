@@ -9,12 +9,22 @@
 //! | `tm_monitor_link_kernel_drops_total` | `link` | dropped by the kernel (pcap_stats) |
 //! | `tm_monitor_link_interface_drops_total` | `link` | dropped by the interface (pcap_stats) |
 //! | `tm_monitor_link_up` | `link` | 1 while its capture runs |
+//! | `tm_monitor_link_state` | `link`, `state` | 1 for the link's state (`running`, `finished`, `failed`), 0 for the others |
 //! | `tm_monitor_deployments` | | deployments loaded |
 //! | `tm_monitor_deployment_packets_total` | `deployment`, `analyzer` | packets the guest received |
 //! | `tm_monitor_deployment_bytes_total` | `deployment`, `analyzer` | their wire bytes |
 //! | `tm_monitor_deployment_queue_drops_total` | `deployment`, `analyzer` | packets its full queue dropped |
 //! | `tm_monitor_deployment_guest_calls_total` | `deployment`, `analyzer` | calls into the guest |
 //! | `tm_monitor_deployment_guest_seconds_total` | `deployment`, `analyzer` | time inside the guest |
+//! | `tm_monitor_deployment_shed_windows_total` | `deployment`, `analyzer` | periodic windows the full outbox shed |
+//! | `tm_monitor_outbox_queued` | | messages waiting for the bus |
+//! | `tm_monitor_outbox_queued_bytes` | | their bytes |
+//! | `tm_monitor_outbox_limit_bytes` | | the bound on those bytes |
+//! | `tm_monitor_outbox_published_total` | | messages the bus took |
+//! | `tm_monitor_outbox_shed_windows_total` | | periodic windows shed (outbox full) |
+//! | `tm_monitor_outbox_shed_events_total` | | alerts shed (outbox full) |
+//! | `tm_monitor_outbox_too_large_total` | | messages over the bus's max payload |
+//! | `tm_monitor_outbox_refused` | | 1 while the bus refuses messages (status says why) |
 //! | `tm_monitor_command_duration_seconds` | `command` | histogram of command handling |
 //! | `tm_nats_reconnects_total` | | NATS reconnections |
 
@@ -98,6 +108,27 @@ impl Collector for Figures {
                 )
             }),
         )?;
+        let states = [
+            (LinkState::Running, "running"),
+            (LinkState::Finished, "finished"),
+            (LinkState::Failed, "failed"),
+        ];
+        encode_family(
+            &mut encoder,
+            "tm_monitor_link_state",
+            "1 for the link's capture state, 0 for the others",
+            st.links.iter().flat_map(|l| {
+                states.iter().map(move |(state, name)| {
+                    (
+                        vec![
+                            ("link", l.link.id.to_string()),
+                            ("state", (*name).to_owned()),
+                        ],
+                        ConstGauge::new(i64::from(l.state == *state)),
+                    )
+                })
+            }),
+        )?;
         encode_family(
             &mut encoder,
             "tm_monitor_deployments",
@@ -115,7 +146,7 @@ impl Collector for Figures {
             &'static str,
             fn(&bus_schema::DeploymentStats) -> u64,
         );
-        let dep_counters: [DeploymentFigure; 4] = [
+        let dep_counters: [DeploymentFigure; 5] = [
             (
                 "tm_monitor_deployment_packets",
                 "Packets that passed the deployment's filter and reached its guest",
@@ -135,6 +166,11 @@ impl Collector for Figures {
                 "tm_monitor_deployment_guest_calls",
                 "Calls into the guest",
                 |s| s.guest_calls,
+            ),
+            (
+                "tm_monitor_deployment_shed_windows",
+                "Periodic windows of the deployment the full outbox shed",
+                |s| s.shed_windows,
             ),
         ];
         for (name, help, get) in dep_counters {
@@ -158,6 +194,62 @@ impl Collector for Figures {
                 )
             }),
         )?;
+        let o = &st.outbox;
+        let gauges: [(&str, &str, u64); 4] = [
+            (
+                "tm_monitor_outbox_queued",
+                "Messages waiting for the bus",
+                o.queued,
+            ),
+            (
+                "tm_monitor_outbox_queued_bytes",
+                "Bytes of the messages waiting for the bus",
+                o.queued_bytes,
+            ),
+            (
+                "tm_monitor_outbox_limit_bytes",
+                "The bound on the outbox's bytes (limits.outbox_mb)",
+                o.limit_bytes,
+            ),
+            (
+                "tm_monitor_outbox_refused",
+                "1 while the bus refuses messages (status says why)",
+                u64::from(o.last_error.is_some()),
+            ),
+        ];
+        for (name, help, v) in gauges {
+            encode_family(
+                &mut encoder,
+                name,
+                help,
+                [(vec![], ConstGauge::new(v as i64))],
+            )?;
+        }
+        let counters: [(&str, &str, u64); 4] = [
+            (
+                "tm_monitor_outbox_published",
+                "Messages the bus took",
+                o.published,
+            ),
+            (
+                "tm_monitor_outbox_shed_windows",
+                "Periodic windows shed because the outbox was full",
+                o.shed_windows,
+            ),
+            (
+                "tm_monitor_outbox_shed_events",
+                "Alerts shed because the outbox was full",
+                o.shed_events,
+            ),
+            (
+                "tm_monitor_outbox_too_large",
+                "Messages larger than the bus's max payload, not published",
+                o.too_large,
+            ),
+        ];
+        for (name, help, v) in counters {
+            encode_family(&mut encoder, name, help, [(vec![], ConstCounter::new(v))])?;
+        }
         Ok(())
     }
 }

@@ -16,14 +16,15 @@ use bus_schema::{
 use futures::StreamExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use wasm_host::Sandbox;
 
 use crate::capture::{LinkCtl, LinkHandle, Tap, guest_batch_bytes};
 use crate::config::Config;
-use crate::deployment::{self, DepMsg, DeploymentInfo, Outgoing, Shared, Timers, unix_ms};
+use crate::deployment::{self, DepMsg, DeploymentInfo, Shared, Timers, unix_ms};
 use crate::filter::{CompiledFilter, compile_bpf};
 use crate::guest::{Analyzer, InstanceConfig};
+use crate::outbox::Outbox;
 
 /// Largest analyzer blob a monitor accepts.
 pub const MAX_BLOB_BYTES: usize = 64 << 20;
@@ -55,7 +56,7 @@ pub struct Monitor {
     links: BTreeMap<u32, LinkHandle>,
     deployments: Mutex<HashMap<String, Deployment>>,
     js: jetstream::Context,
-    outbox: mpsc::UnboundedSender<Outgoing>,
+    outbox: Arc<Outbox>,
     started: Instant,
 }
 
@@ -112,7 +113,7 @@ impl Monitor {
     pub async fn start(
         config: Config,
         js: jetstream::Context,
-    ) -> anyhow::Result<(Arc<Monitor>, mpsc::UnboundedReceiver<Outgoing>)> {
+    ) -> anyhow::Result<(Arc<Monitor>, Arc<Outbox>)> {
         let sandbox = Sandbox::new(&wasm_host::SandboxConfig {
             compiled_dir: config.compiled_dir.clone(),
             ..wasm_host::SandboxConfig::default()
@@ -129,7 +130,7 @@ impl Monitor {
         config: Config,
         js: jetstream::Context,
         sandbox: Sandbox,
-    ) -> anyhow::Result<(Arc<Monitor>, mpsc::UnboundedReceiver<Outgoing>)> {
+    ) -> anyhow::Result<(Arc<Monitor>, Arc<Outbox>)> {
         // Where identities are enforced only the admin creates streams and
         // buckets; everyone checks they have the contract's settings.
         let enforced = config.nats_credentials.is_some();
@@ -156,7 +157,17 @@ impl Monitor {
         for link in &config.links {
             links.insert(link.id, LinkHandle::start(link.clone())?);
         }
-        let (outbox, rx) = mpsc::unbounded_channel();
+        let max_payload = js.client().server_info().max_payload;
+        let outbox = Outbox::new(
+            (config.limits.outbox_mb as usize) << 20,
+            max_payload,
+            config.spool_dir.as_deref(),
+        );
+        match outbox.load_spool() {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(messages = n, "publishing what the last stop spooled"),
+            Err(e) => tracing::error!(error = %e, "cannot read the spool; it is left as it is"),
+        }
         let monitor = Arc::new(Monitor {
             id: config.monitor_id(),
             config,
@@ -166,10 +177,10 @@ impl Monitor {
             links,
             deployments: Mutex::default(),
             js,
-            outbox,
+            outbox: outbox.clone(),
             started: Instant::now(),
         });
-        Ok((monitor, rx))
+        Ok((monitor, outbox))
     }
 
     /// Registers the command endpoints with the NATS service API and serves
@@ -254,6 +265,25 @@ impl Monitor {
                 format!("unknown command {other}"),
             )),
         };
+        // A reply the bus cannot carry would leave the requester waiting.
+        let max = self.outbox.max_message();
+        let reply = if reply.len() > max {
+            tracing::warn!(
+                command,
+                size = reply.len(),
+                max,
+                "reply too large for the bus"
+            );
+            encode_reply(&Reply::<()>::error(
+                ErrorCode::ResourceLimit,
+                format!(
+                    "the {command} reply takes {} bytes, more than the bus's max payload ({max} bytes): ask for less (params such as top_n) or raise max_payload",
+                    reply.len()
+                ),
+            ))
+        } else {
+            reply
+        };
         self.commands.observe(command, started.elapsed());
         tracing::debug!(
             command,
@@ -313,6 +343,9 @@ impl Monitor {
                 mine.push(key);
             }
         }
+        // A removal spooled at the last stop wins over the snapshot.
+        crate::outbox::settle_snapshots(&self.outbox, &self.js).await;
+        let purged = self.outbox.pending_purges();
         let mut restored = 0;
         for key in mine {
             let Some(bytes) = kv.get(&key).await? else {
@@ -327,6 +360,9 @@ impl Monitor {
                 }
             };
             let id = snap.request.deployment.clone();
+            if purged.contains(&id) {
+                continue;
+            }
             match self.load_request(snap.request.clone(), Some(snap)).await {
                 Ok(_) => {
                     tracing::info!(deployment = %id, "deployment recovered from its snapshot");
@@ -370,6 +406,12 @@ impl Monitor {
             req.links.clone()
         };
         for (i, l) in links.iter().enumerate() {
+            if let Some(j) = links[..i].iter().position(|x| x == l) {
+                return err(
+                    ErrorCode::BadRequest,
+                    format!("links[{i}] = {l}: already given as links[{j}] (each link once)"),
+                );
+            }
             if !self.links.contains_key(l) {
                 return err(
                     ErrorCode::UnknownLink,
@@ -405,6 +447,7 @@ impl Monitor {
         }
         let params = bus_schema::encode(&req.params)
             .map_err(|e| ErrorBody::new(ErrorCode::BadParams, e.to_string()))?;
+        self.params_fit(&params)?;
         let (bytes, metadata) = self.fetch_blob(&req.analyzer.name).await?;
         // Digest and signature, before anything is compiled.
         let got = self.trusted.verify(
@@ -430,6 +473,21 @@ impl Monitor {
         })
         .await
         .map_err(|e| ErrorBody::new(ErrorCode::Internal, format!("load task: {e}")))?
+    }
+
+    /// Snapshots carry the params: they must leave room for the state.
+    fn params_fit(&self, params: &[u8]) -> Result<(), ErrorBody> {
+        let max = self.outbox.max_message() / 2;
+        if params.len() > max {
+            return err(
+                ErrorCode::BadParams,
+                format!(
+                    "params take {} bytes encoded; at most {max} (half the bus's max payload: snapshots carry them)",
+                    params.len()
+                ),
+            );
+        }
+        Ok(())
     }
 
     fn start_deployment(
@@ -479,6 +537,10 @@ impl Monitor {
                 links: links.clone(),
                 link_stats: links.iter().map(|l| self.links[l].shared.clone()).collect(),
                 started_unix_ms: unix_ms(),
+                run: restore
+                    .as_ref()
+                    .map(|snap| snap.run.clone())
+                    .unwrap_or_else(|| nuid::next().to_string()),
             },
             LoadRequest {
                 links: links.clone(),
@@ -577,11 +639,14 @@ impl Monitor {
             format!("{} {how} on links {links:?}", req.analyzer.name),
             Value::Nil,
         );
+        let not_capturing = self.idle_links(&links);
         Ok(LoadReply {
             deployment: req.deployment,
             monitor: self.id.clone(),
             links,
             abi_version,
+            run: shared.info.run.clone(),
+            not_capturing,
         })
     }
 
@@ -764,6 +829,7 @@ impl Monitor {
         }
         let params = bus_schema::encode(&req.params)
             .map_err(|e| ErrorBody::new(ErrorCode::BadParams, e.to_string()))?;
+        self.params_fit(&params)?;
         self.flush_links(&shared.info.links).await;
         match Self::ask(&tx, |r| DepMsg::Configure(req.params.clone(), params, r)).await {
             Some(answer) => answer.map(|config_revision| ConfigureReply {
@@ -790,7 +856,17 @@ impl Monitor {
         proven("requester", &req.requester, requester)?;
         let (shared, _) = self.find(&req.deployment)?;
         self.check_owner(&shared, &req.requester, req.force).await?;
-        let final_results = self.unload_deployment(&req.deployment).await?;
+        let mut final_results = self.unload_deployment(&req.deployment).await?;
+        // The deployment is gone either way: a reply the bus cannot carry
+        // says so without its results (a `too_large` event tells why).
+        let size = bus_schema::encode(&final_results).map_or(0, |b| b.len());
+        if size > self.outbox.max_message() {
+            final_results.results = Value::Map(vec![(
+                "error".into(),
+                format!("the final results took {size} bytes, more than the bus's max payload")
+                    .into(),
+            )]);
+        }
         Ok(UnloadReply {
             deployment: req.deployment,
             final_results,
@@ -871,7 +947,14 @@ impl Monitor {
             uptime_s: self.started.elapsed().as_secs(),
             links: self.links.values().map(|l| l.shared.status()).collect(),
             deployments: list,
+            outbox: self.outbox_status(),
         })
+    }
+
+    /// The outbox's figures.
+    #[must_use]
+    pub fn outbox_status(&self) -> bus_schema::OutboxStatus {
+        self.outbox.figures()
     }
 
     /// The liveness record.
@@ -885,6 +968,73 @@ impl Monitor {
             links: self.links.values().map(|l| l.shared.info()).collect(),
             started_unix_ms,
             heartbeat_unix_ms: unix_ms(),
+        }
+    }
+
+    /// Those of `links` that are not capturing, with why.
+    fn idle_links(&self, links: &[u32]) -> Vec<bus_schema::IdleLink> {
+        links
+            .iter()
+            .filter_map(|l| {
+                let st = self.links.get(l)?.shared.status();
+                (st.state != bus_schema::LinkState::Running).then_some(bus_schema::IdleLink {
+                    link: *l,
+                    state: st.state,
+                    error: st.last_error,
+                })
+            })
+            .collect()
+    }
+
+    /// Tells the deployments of a link, in an event each, when the link
+    /// fails or its replay finishes (polled, until cancelled).
+    pub async fn watch_links(self: Arc<Self>) {
+        let mut known: BTreeMap<u32, bus_schema::LinkState> = self
+            .links
+            .iter()
+            .map(|(id, l)| (*id, l.shared.status().state))
+            .collect();
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            for (id, link) in &self.links {
+                let st = link.shared.status();
+                if known.insert(*id, st.state) == Some(st.state) {
+                    continue;
+                }
+                let (kind, message, data) = match st.state {
+                    bus_schema::LinkState::Running => continue,
+                    bus_schema::LinkState::Failed => {
+                        let error = st.last_error.clone().unwrap_or_default();
+                        (
+                            EventKind::LinkFailed,
+                            format!("link {id} stopped capturing: {error}"),
+                            Value::Map(vec![
+                                ("link".into(), (*id).into()),
+                                ("error".into(), error.into()),
+                            ]),
+                        )
+                    }
+                    bus_schema::LinkState::Finished => (
+                        EventKind::LinkFinished,
+                        format!("link {id}'s replay finished after {} packets", st.packets),
+                        Value::Map(vec![
+                            ("link".into(), (*id).into()),
+                            ("packets".into(), st.packets.into()),
+                        ]),
+                    ),
+                };
+                let attached: Vec<Arc<Shared>> = self
+                    .deployments
+                    .lock()
+                    .expect("deployments")
+                    .values()
+                    .filter(|d| d.shared.info.links.contains(id))
+                    .map(|d| d.shared.clone())
+                    .collect();
+                for shared in attached {
+                    shared.event(kind, message.clone(), data.clone());
+                }
+            }
         }
     }
 
@@ -910,8 +1060,7 @@ impl Monitor {
         }
     }
 
-    /// Unloads every deployment (publishing final results), removes the
-    /// liveness record and stops the links.
+    /// Unloads every deployment; their final windows go to the outbox.
     pub async fn shutdown(self: &Arc<Self>) {
         let ids: Vec<String> = self
             .deployments
@@ -925,100 +1074,12 @@ impl Monitor {
                 tracing::warn!(deployment = %id, error = %e, "unload at shutdown failed");
             }
         }
+    }
+
+    /// Removes the liveness record (at a stop, after the final windows).
+    pub async fn leave(&self) {
         if let Ok(kv) = self.js.get_key_value(store::MONITORS_BUCKET).await {
             let _ = kv.delete(&self.id).await;
         }
-    }
-}
-
-/// Publishes results and events to their streams in order, each with a
-/// stable message id, retrying until JetStream acknowledges it. When `stop`
-/// turns true it publishes what is queued and returns.
-pub async fn publisher(
-    js: jetstream::Context,
-    mut rx: mpsc::UnboundedReceiver<Outgoing>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
-    loop {
-        let out = tokio::select! {
-            out = rx.recv() => match out {
-                Some(out) => out,
-                None => return,
-            },
-            _ = stop.changed() => {
-                while let Ok(out) = rx.try_recv() {
-                    publish_one(&js, out).await;
-                }
-                return;
-            }
-        };
-        publish_one(&js, out).await;
-    }
-}
-
-async fn publish_one(js: &jetstream::Context, out: Outgoing) {
-    let (subject, id, encoded) = match &out {
-        Outgoing::Result(w) => (
-            subject::results(&w.monitor, &w.deployment),
-            format!("{}:{}:{}", w.deployment, w.monitor, w.seq),
-            bus_schema::encode(w),
-        ),
-        Outgoing::Event(e) => (
-            subject::events(&e.monitor, &e.deployment),
-            format!("{}:{}:e{}", e.deployment, e.monitor, e.seq),
-            bus_schema::encode(e),
-        ),
-        Outgoing::Snapshot(snap) => {
-            let key = store::snapshot_key(&snap.monitor, &snap.request.deployment);
-            return snapshots(js, &key, Some(bus_schema::encode(&**snap))).await;
-        }
-        Outgoing::Forget {
-            monitor,
-            deployment,
-        } => {
-            return snapshots(js, &store::snapshot_key(monitor, deployment), None).await;
-        }
-    };
-    let bytes: bytes::Bytes = match encoded {
-        Ok(b) => b.into(),
-        Err(e) => return tracing::error!(error = %e, "cannot encode outgoing message"),
-    };
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        let publish = jetstream::message::PublishMessage::build()
-            .payload(bytes.clone())
-            .message_id(&id);
-        let acked = match js.send_publish(subject.clone(), publish).await {
-            Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        let Err(e) = acked else { return };
-        tracing::warn!(subject = %subject, id = %id, error = %e, "publish not acknowledged; retrying");
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
-    }
-}
-
-/// Puts (`Some`) or purges (`None`) a snapshot; a failure is logged, and the
-/// next snapshot of a running deployment tries again.
-async fn snapshots(
-    js: &jetstream::Context,
-    key: &str,
-    value: Option<Result<Vec<u8>, bus_schema::EncodeError>>,
-) {
-    let outcome = match js.get_key_value(store::SNAPSHOTS_BUCKET).await {
-        Err(e) => Err(e.to_string()),
-        Ok(kv) => match value {
-            None => kv.purge(key).await.map_err(|e| e.to_string()),
-            Some(Err(e)) => Err(e.to_string()),
-            Some(Ok(bytes)) => kv
-                .put(key, bytes.into())
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
-        },
-    };
-    if let Err(e) = outcome {
-        tracing::warn!(key, error = %e, "cannot update the snapshot");
     }
 }

@@ -23,25 +23,37 @@ fn check_config_validates_and_names_the_bad_field() {
     let good = dir.path().join("good.toml");
     std::fs::write(
         &good,
-        "address = \"133.256.10.1\"\n[[link]]\nid = 0\npcap = \"l.pcap\"\nfrom_router = \"a\"\nto_router = \"b\"\n",
+        "address = \"133.255.10.1\"\n[[link]]\nid = 0\npcap = \"l.pcap\"\nfrom_router = \"a\"\nto_router = \"b\"\n",
     )
     .unwrap();
     let (ok, stdout, stderr) = run(&["--config", good.to_str().unwrap(), "--check-config"]);
     assert!(ok, "{stderr}");
     assert!(
-        stdout.contains("monitor 133-256-10-1 with 1 link(s)"),
+        stdout.contains("monitor 133-255-10-1 with 1 link(s)"),
         "{stdout}"
     );
 
     let bad = dir.path().join("bad.toml");
     std::fs::write(
         &bad,
-        "address = \"a\"\n[[link]]\nid = 0\npcap = \"l.pcap\"\nsnaplen = 1\nfrom_router = \"a\"\nto_router = \"b\"\n",
+        "address = \"10.0.0.1\"\n[[link]]\nid = 0\npcap = \"l.pcap\"\nsnaplen = 1\nfrom_router = \"a\"\nto_router = \"b\"\n",
     )
     .unwrap();
     let (ok, _, stderr) = run(&["--config", bad.to_str().unwrap(), "--check-config"]);
     assert!(!ok);
     assert!(stderr.contains("link[0].snaplen = 1"), "{stderr}");
+    // A monitor's address is an IP address.
+    std::fs::write(
+        &bad,
+        "address = \"133.256.10.1\"\n[[link]]\nid = 0\npcap = \"l.pcap\"\nfrom_router = \"a\"\nto_router = \"b\"\n",
+    )
+    .unwrap();
+    let (ok, _, stderr) = run(&["--config", bad.to_str().unwrap(), "--check-config"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("address = \"133.256.10.1\": not an IP address"),
+        "{stderr}"
+    );
 
     // A flag overrides the file, and is validated too.
     let (ok, _, stderr) = run(&[

@@ -860,6 +860,16 @@ async fn a_crashed_monitor_recovers_its_deployments_from_snapshots() {
 /// file.
 #[tokio::test]
 async fn a_replay_waits_for_its_deployments() {
+    replay_waits_for_two("instant").await;
+}
+
+/// The same with a lossless replay, which waits for full queues.
+#[tokio::test]
+async fn a_lossless_replay_waits_for_its_deployments() {
+    replay_waits_for_two("lossless").await;
+}
+
+async fn replay_waits_for_two(replay: &str) {
     let nats = NatsServer::start().await.unwrap();
     let client = nats.client().await;
     let js = jetstream::new(client.clone());
@@ -870,9 +880,20 @@ async fn a_replay_waits_for_its_deployments() {
     write_pcap(&pcap, linktype::ETHERNET, &frames).unwrap();
     let config = format!(
         "address = \"10.9.9.9\"\n{}replay_waits_for = 2\n",
-        link_config(0, &pcap, "instant")
+        link_config(0, &pcap, replay)
     );
     let monitor = MonitorProc::start_in(&nats, &client, "m1", &config, dir).await;
+    // The same link twice is refused: it would count every packet twice
+    // (and could pass for two of the deployments the replay waits for).
+    let twice = request::<_, LoadReply>(
+        &client,
+        subject::monitor_load("m1", "mgr-a"),
+        &load_req("twice", &sha, vec![0, 0], Filter::default()),
+    )
+    .await;
+    let e = error_of(twice);
+    assert_eq!(e.code, ErrorCode::BadRequest);
+    assert!(e.message.contains("links[1] = 0"), "{e}");
     let load = |d: &'static str| {
         let client = client.clone();
         let req = load_req(d, &sha, vec![0], Filter::default());

@@ -120,7 +120,7 @@ pub fn monitor_run(
         "b",
     ))
     .unwrap();
-    let (outbox, _events) = tokio::sync::mpsc::unbounded_channel();
+    let outbox = monitor::outbox::Outbox::new(64 << 20, 1 << 20, None);
     let request = LoadRequest {
         deployment: "bench".into(),
         analyzer: BlobRef {
@@ -141,6 +141,7 @@ pub fn monitor_run(
             links: vec![0],
             link_stats: vec![],
             started_unix_ms: 0,
+            run: String::new(),
         },
         request,
         outbox,

@@ -131,6 +131,14 @@ impl MonitorProc {
         self.wait_ready(client).await;
     }
 
+    /// Starts the monitor again with the same configuration after it
+    /// stopped by itself (SIGTERM), and waits until it answers.
+    pub async fn start_again(&mut self, client: &async_nats::Client) {
+        let _ = self.child.wait();
+        self.child = Self::spawn(self.dir.path());
+        self.wait_ready(client).await;
+    }
+
     async fn wait_ready(&mut self, client: &async_nats::Client) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {

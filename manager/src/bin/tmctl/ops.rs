@@ -171,7 +171,10 @@ pub(crate) async fn run(control: &Control, command: Command, json: bool) -> Resu
                     json!({
                         "deployment": d.record.deployment, "analyzer": d.record.analyzer.name,
                         "sha256": d.record.analyzer.sha256, "owner": d.record.owner, "revision": d.revision,
-                        "placed": d.placed.iter().map(|(m, a, l)| json!({"monitor": m, "address": a, "links": l})).collect::<Vec<_>>(),
+                        "placed": d.placed.iter().map(|p| json!({
+                            "monitor": p.monitor, "address": p.address, "links": p.links,
+                            "not_capturing": p.not_capturing.iter().map(|i| json!({"link": i.link, "state": i.state, "error": i.error})).collect::<Vec<_>>(),
+                        })).collect::<Vec<_>>(),
                         "failed": d.failed.iter().map(missing_json).collect::<Vec<_>>(),
                     })
                 );
@@ -184,9 +187,21 @@ pub(crate) async fn run(control: &Control, command: Command, json: bool) -> Resu
                     d.record.owner
                 );
                 println!("{:<24} {:<16} LINKS", "MONITOR", "ADDRESS");
-                for (m, a, links) in &d.placed {
-                    let links: Vec<String> = links.iter().map(ToString::to_string).collect();
-                    println!("{m:<24} {a:<16} {}", links.join(","));
+                for p in &d.placed {
+                    let links: Vec<String> = p.links.iter().map(ToString::to_string).collect();
+                    println!("{:<24} {:<16} {}", p.monitor, p.address, links.join(","));
+                    for idle in &p.not_capturing {
+                        let why = idle.error.as_deref().unwrap_or("its replay ended");
+                        let state = if idle.state == bus_schema::LinkState::Failed {
+                            "failed"
+                        } else {
+                            "finished"
+                        };
+                        println!(
+                            "{:<24} link {} is not capturing ({state}): {why}",
+                            "", idle.link
+                        );
+                    }
                 }
                 for f in &d.failed {
                     println!("{:<24} FAILED: {}", f.monitor, f.error);
