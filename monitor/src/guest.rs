@@ -15,6 +15,18 @@ use wasmtime::{Caller, Extern, ExternType, Linker, Module, Store, TypedFunc, Val
 pub const MAX_GUEST_OUTPUT: usize = 16 << 20;
 /// Alerts a deployment may emit per second; more are counted and dropped.
 pub const EMITS_PER_SECOND: u32 = 100;
+/// Exactly one MessagePack value, nothing after it: the one rule for
+/// everything a guest hands over (results, state, alerts).
+fn one_value(bytes: &[u8]) -> Result<bus_schema::Value, String> {
+    let mut slice = bytes;
+    let value = bus_schema::rmpv::decode::read_value(&mut slice)
+        .map_err(|e| format!("not MessagePack: {e}"))?;
+    if !slice.is_empty() {
+        return Err(format!("{} bytes follow the value", slice.len()));
+    }
+    Ok(value)
+}
+
 /// Log lines a deployment may write per second.
 pub const LOGS_PER_SECOND: u32 = 20;
 
@@ -253,7 +265,7 @@ fn linker(sandbox: &Sandbox) -> Result<Linker<GuestState>, LoadError> {
                 };
                 let value =
                     match GuestMemory::slice(mem.data(&caller), ptr as u32, len as u32, 1 << 20) {
-                        Ok(bytes) => bus_schema::rmpv::decode::read_value(&mut &bytes[..]).ok(),
+                        Ok(bytes) => one_value(bytes).ok(),
                         Err(_) => None,
                     };
                 let Some(value) = value else { return 2 };
@@ -524,16 +536,7 @@ impl Analyzer {
             .memory
             .read(&self.store, ptr, len, MAX_GUEST_OUTPUT)
             .map_err(|e| Self::abi(export::COLLECT, e))?;
-        let mut slice = &bytes[..];
-        let value = bus_schema::rmpv::decode::read_value(&mut slice)
-            .map_err(|e| Self::abi(export::COLLECT, format!("results are not MessagePack: {e}")))?;
-        if !slice.is_empty() {
-            return Err(Self::abi(
-                export::COLLECT,
-                format!("{} bytes follow the results", slice.len()),
-            ));
-        }
-        Ok(value)
+        one_value(&bytes).map_err(|e| Self::abi(export::COLLECT, format!("results: {e}")))
     }
 
     /// The analyzer's state for a restart (nil if it keeps none).
@@ -553,8 +556,7 @@ impl Analyzer {
             .memory
             .read(&self.store, ptr, len, MAX_GUEST_OUTPUT)
             .map_err(|e| Self::abi(export::SNAPSHOT, e))?;
-        bus_schema::rmpv::decode::read_value(&mut &bytes[..])
-            .map_err(|e| Self::abi(export::SNAPSHOT, format!("state is not MessagePack: {e}")))
+        one_value(&bytes).map_err(|e| Self::abi(export::SNAPSHOT, format!("state: {e}")))
     }
 
     /// Gives back saved state.

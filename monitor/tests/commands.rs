@@ -419,15 +419,18 @@ async fn bad_requests_get_typed_errors() {
 #[tokio::test]
 async fn hostile_import_calls_get_error_codes_and_missing_exports_are_refused() {
     let s = setup("", "instant").await;
-    // Stores emit's return codes for a pointer past memory and a huge length
-    // at 32 and 33, behind the array marker at 31; collect returns [c1, c2].
+    // Stores emit's return codes for a pointer past memory, a huge length
+    // and a value with a byte after it (nil, then 0) at 32, 33 and 34,
+    // behind an array marker at 31; collect returns [c1, c2, c3].
     let prober = wat_module(
         1,
-        "(i32.store8 (i32.const 32) (call $emit (i32.const -16) (i32.const 100))) \
+        "(i32.store8 (i32.const 31) (i32.const 0x93)) \
+         (i32.store8 (i32.const 32) (call $emit (i32.const -16) (i32.const 100))) \
          (i32.store8 (i32.const 33) (call $emit (i32.const 16) (i32.const 0x7fffffff))) \
+         (i32.store8 (i32.const 34) (call $emit (i32.const 16) (i32.const 2))) \
          (call $log (i32.const 0) (i32.const -16) (i32.const 100)) \
          (call $log (i32.const 0) (i32.const 16) (i32.const 0x7fffffff))",
-        "(i64.const 0x0000001f00000003)",
+        "(i64.const 0x0000001f00000004)",
         true,
     );
     let req = s.module_request("probe", "prober", &prober).await;
@@ -443,7 +446,8 @@ async fn hostile_import_calls_get_error_codes_and_missing_exports_are_refused() 
     let w = collect(&s, "probe").await;
     assert_eq!(
         w.results,
-        Value::Array(vec![Value::from(2), Value::from(2)])
+        Value::Array(vec![Value::from(2), Value::from(2), Value::from(2)]),
+        "emit refuses what collect would refuse"
     );
 
     let no_collect = wat_module(1, "", "", false);
