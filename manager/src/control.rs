@@ -455,6 +455,14 @@ impl Control {
             Targets::Links(links) => {
                 let mut by_monitor: BTreeMap<String, Vec<u32>> = BTreeMap::new();
                 for (address, link) in links {
+                    if address.parse::<std::net::IpAddr>().is_err() {
+                        return refuse(
+                            ErrorCode::BadRequest,
+                            format!(
+                                "monitor address = {address:?}: not an IP address (monitors are named by their IPv4 or IPv6 address)"
+                            ),
+                        );
+                    }
                     let claiming: Vec<&String> = monitors
                         .iter()
                         .filter(|(_, m)| &m.address == address)

@@ -200,6 +200,42 @@ async fn topology_import_show_and_errors() {
     assert!(msg.contains("line 3") && msg.contains("link_id"), "{msg}");
     let table = ok(&tmctl(&nats, &["topology", "show"]));
     assert_eq!(table.lines().filter(|l| l.contains("10.9.0.")).count(), 6);
+
+    // 100,000 rows: parsed in linear time, then refused naming the bus's
+    // limit (one KV value holds the topology); 5,000 with a bad last row
+    // name that row's line.
+    let header = "monitor_address,link_id,from_router,to_router\n";
+    let rows = |n: u32| -> String {
+        (0..n)
+            .map(|i| {
+                let (a, b, c) = (i / 62_500, i / 250 % 250, i % 250);
+                format!("10.{a}.{b}.{c},0,11.{a}.{b}.{c},12.{a}.{b}.{c}\n")
+            })
+            .collect()
+    };
+    let big = dir.path().join("big.csv");
+    std::fs::write(&big, format!("{header}{}", rows(100_000))).unwrap();
+    let (code, msg) = err(&tmctl(
+        &nats,
+        &["topology", "import", big.to_str().unwrap(), "--replace"],
+    ));
+    assert_eq!(code, 2);
+    assert!(
+        msg.contains("100000 rows take") && msg.contains("max payload"),
+        "{msg}"
+    );
+    let late = dir.path().join("late.csv");
+    std::fs::write(
+        &late,
+        format!("{header}{}10.9.0.1,x,1.1.1.1,2.2.2.2\n", rows(5_000)),
+    )
+    .unwrap();
+    let (code, msg) = err(&tmctl(
+        &nats,
+        &["topology", "import", late.to_str().unwrap(), "--replace"],
+    ));
+    assert_eq!(code, 2);
+    assert!(msg.contains("line 5002"), "{msg}");
 }
 
 #[tokio::test]
@@ -350,7 +386,36 @@ async fn deployments_from_the_command_line() {
         (
             &["deploy", "flow-stats", "--id", "a.b"],
             2,
-            "deployment = \"a.b\"",
+            "'a.b' for '--id",
+        ),
+        (&["unload", "*"], 2, "'*' for '<DEPLOYMENT>'"),
+        (&["collect", "a.b"], 2, "'a.b' for '<DEPLOYMENT>'"),
+        (&["adopt", ">"], 2, "'>' for '<DEPLOYMENT>'"),
+        (&["status", "a.b"], 2, "'a.b' for '[MONITORS]"),
+        (&["watch", "--only", "a.*"], 2, "'a.*' for '--only"),
+        (
+            &[
+                "deploy",
+                "flow-stats",
+                "--id",
+                "f2",
+                "--link",
+                "133.256.10.1:0",
+            ],
+            2,
+            "\"133.256.10.1\" is not an IP address",
+        ),
+        (
+            &[
+                "deploy",
+                "flow-stats",
+                "--id",
+                "f2",
+                "--params",
+                "@/nonexistent.json",
+            ],
+            2,
+            "--params @/nonexistent.json: cannot read",
         ),
         (
             &["deploy", "flow-stats", "--id", "f2", "--dport", "9-1"],
@@ -436,11 +501,11 @@ async fn deployments_from_the_command_line() {
         "{table}"
     );
 
-    // Configure as the owner; the next collect shows it.
-    ok(&tmctl(
-        nats,
-        &["configure", "f1", "--params", r#"{"top_n": 1}"#],
-    ));
+    // Configure as the owner, params from a file; the next collect shows it.
+    let params = archive.path().join("params.json");
+    std::fs::write(&params, r#"{"top_n": 1}"#).unwrap();
+    let at_file = format!("@{}", params.display());
+    ok(&tmctl(nats, &["configure", "f1", "--params", &at_file]));
     let got = json_out(&tmctl(nats, &["--json", "collect", "f1"]));
     for r in got["results"].as_array().unwrap() {
         assert!(r["results"]["top"].as_array().unwrap().len() <= 1);

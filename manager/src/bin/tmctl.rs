@@ -102,6 +102,7 @@ enum Command {
     /// Unloads a deployment everywhere; prints each monitor's final figures.
     Unload {
         /// Deployment id.
+        #[arg(value_parser = id_arg)]
         deployment: String,
         /// Even if another identity owns it.
         #[arg(long)]
@@ -110,8 +111,9 @@ enum Command {
     /// Sends new params to a running deployment.
     Configure {
         /// Deployment id.
+        #[arg(value_parser = id_arg)]
         deployment: String,
-        /// The new params, JSON.
+        /// The new params, JSON (or `@FILE`).
         #[arg(long)]
         params: String,
         /// Even if another identity owns it.
@@ -121,6 +123,7 @@ enum Command {
     /// Collects a deployment's results from every monitor it runs on.
     Collect {
         /// Deployment id.
+        #[arg(value_parser = id_arg)]
         deployment: String,
         /// How long each monitor gets to answer, ms.
         #[arg(long, default_value_t = 2000)]
@@ -133,6 +136,7 @@ enum Command {
     /// if it is up).
     Adopt {
         /// Deployment id.
+        #[arg(value_parser = id_arg)]
         deployment: String,
         /// Even if its owner is up.
         #[arg(long)]
@@ -143,6 +147,7 @@ enum Command {
     /// Status of monitors: links and deployments (all monitors if none given).
     Status {
         /// Monitor ids.
+        #[arg(value_parser = id_arg)]
         monitors: Vec<String>,
         /// How long each monitor gets to answer, ms.
         #[arg(long, default_value_t = 2000)]
@@ -160,7 +165,7 @@ enum Command {
         #[arg(value_enum, default_value = "all")]
         what: Watched,
         /// Only this deployment (results and events) or app (reports).
-        #[arg(long)]
+        #[arg(long, value_parser = id_arg)]
         only: Option<String>,
         /// Stop after this many messages.
         #[arg(long)]
@@ -179,16 +184,16 @@ struct DeployArgs {
     /// Analyzer blob name (see `tmctl analyzer list`).
     analyzer: String,
     /// Deployment id (letters, digits, `-`, `_`).
-    #[arg(long)]
+    #[arg(long, value_parser = id_arg)]
     id: String,
     /// Expected SHA-256 of the blob.
     #[arg(long)]
     sha256: Option<String>,
-    /// Analyzer params, JSON.
+    /// Analyzer params, JSON (or `@FILE`).
     #[arg(long)]
     params: Option<String>,
     /// Run on this monitor (repeatable; default: every monitor that is up).
-    #[arg(long = "monitor", conflicts_with = "links")]
+    #[arg(long = "monitor", conflicts_with = "links", value_parser = id_arg)]
     monitors: Vec<String>,
     /// Run on this link, `MONITOR_ADDRESS:LINK_ID` as in the topology (repeatable).
     #[arg(long = "link", value_name = "ADDRESS:ID")]
@@ -245,9 +250,10 @@ enum AppsCommand {
     /// Loads and starts an app on a manager (S1).
     Load {
         /// Name the app runs under on that manager.
+        #[arg(value_parser = id_arg)]
         app: String,
         /// The manager's id.
-        #[arg(long)]
+        #[arg(long, value_parser = id_arg)]
         manager: String,
         /// A `.wasm` file the manager can read.
         #[arg(long, conflicts_with = "blob", required_unless_present = "blob")]
@@ -258,22 +264,23 @@ enum AppsCommand {
         /// Its expected SHA-256 (with --blob).
         #[arg(long, requires = "blob")]
         sha256: Option<String>,
-        /// The app's params, JSON.
+        /// The app's params, JSON (or `@FILE`).
         #[arg(long)]
         params: Option<String>,
     },
     /// Stops and unloads an app (S8).
     Unload {
         /// The app's name.
+        #[arg(value_parser = id_arg)]
         app: String,
         /// The manager's id.
-        #[arg(long)]
+        #[arg(long, value_parser = id_arg)]
         manager: String,
     },
     /// Lists the apps of one manager, or of every manager that is up.
     List {
         /// The manager's id.
-        #[arg(long)]
+        #[arg(long, value_parser = id_arg)]
         manager: Option<String>,
     },
 }
@@ -664,6 +671,20 @@ async fn topology_cmd(
             };
             let by = format!("tmctl@{}", hostname());
             let record = topo.to_record(&by, now_ms());
+            // The whole topology is one KV value: it must fit one message.
+            let size = bus_schema::encode(&record).map_or(0, |b| b.len());
+            let max = js.client().server_info().max_payload;
+            if size > max {
+                return Err(fail(
+                    BAD_INPUT,
+                    anyhow!(
+                        "{}: {} rows take {size} bytes encoded, more than the bus's max payload ({max} bytes, about {} rows like these); split the network or raise nats-server's max_payload",
+                        file.display(),
+                        record.rows.len(),
+                        max * record.rows.len() / size.max(1)
+                    ),
+                ));
+            }
             let revision = topology::save(&kv, &record, expected)
                 .await
                 .map_err(|e| anyhow!(e))
@@ -717,6 +738,14 @@ async fn topology_cmd(
             Ok(())
         }
     }
+}
+
+/// An id argument (deployment, monitor, manager, app): a subject token,
+/// checked before anything is sent (clap names the argument).
+fn id_arg(value: &str) -> Result<String, String> {
+    bus_schema::validate_token("id", value)
+        .map(|()| value.to_owned())
+        .map_err(|e| e.why.to_owned())
 }
 
 fn hostname() -> String {

@@ -29,9 +29,24 @@ pub(crate) fn refused(e: ErrorBody) -> Failure {
     fail(code, anyhow!("{e}"))
 }
 
-fn json_value(flag: &str, text: &str) -> Result<Value, Failure> {
-    let v: serde_json::Value = serde_json::from_str(text)
-        .map_err(|e| fail(BAD_INPUT, anyhow!("{flag} {text:?}: not JSON: {e}")))?;
+/// JSON given inline, or as `@FILE` (for params too long for a command line).
+fn json_value(flag: &str, arg: &str) -> Result<Value, Failure> {
+    let (text, shown) = match arg.strip_prefix('@') {
+        Some(path) => (
+            std::fs::read_to_string(path)
+                .map_err(|e| fail(BAD_INPUT, anyhow!("{flag} @{path}: cannot read: {e}")))?,
+            format!("@{path}"),
+        ),
+        None => {
+            let mut shown: String = arg.chars().take(80).collect();
+            if shown.len() < arg.len() {
+                shown.push('…');
+            }
+            (arg.to_owned(), format!("{shown:?}"))
+        }
+    };
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| fail(BAD_INPUT, anyhow!("{flag} {shown}: not JSON: {e}")))?;
     let bytes = rmp_serde::to_vec_named(&v).map_err(|e| fail(BAD_INPUT, anyhow!("{flag}: {e}")))?;
     rmp_serde::from_slice(&bytes).map_err(|e| fail(BAD_INPUT, anyhow!("{flag}: {e}")))
 }
@@ -73,6 +88,12 @@ fn deploy_spec(a: DeployArgs) -> Result<DeploySpec, Failure> {
             };
             let (addr, id) = l.rsplit_once(':').ok_or_else(bad)?;
             let addr = addr.trim_start_matches('[').trim_end_matches(']');
+            if addr.parse::<std::net::IpAddr>().is_err() {
+                return Err(fail(
+                    BAD_INPUT,
+                    anyhow!("--link {l:?}: {addr:?} is not an IP address"),
+                ));
+            }
             links.push((addr.to_owned(), id.parse().map_err(|_| bad())?));
         }
         Targets::Links(links)
