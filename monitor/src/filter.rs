@@ -29,12 +29,26 @@ fn nets(field: &str, cidrs: &[String]) -> Result<Vec<IpNet>, FilterError> {
     cidrs
         .iter()
         .enumerate()
-        .map(|(i, c)| {
-            c.parse::<IpNet>()
-                .or_else(|_| c.parse::<IpAddr>().map(IpNet::from))
-                .map_err(|e| FilterError(format!("filter.{field}[{i}] = {c:?}: {e}")))
-        })
+        .map(|(i, c)| net(c).map_err(|e| FilterError(format!("filter.{field}[{i}] = {c:?}: {e}"))))
         .collect()
+}
+
+/// A CIDR block or a single address, with what is wrong said exactly.
+fn net(text: &str) -> Result<IpNet, String> {
+    let Some((addr, len)) = text.split_once('/') else {
+        return text
+            .parse::<IpAddr>()
+            .map(IpNet::from)
+            .map_err(|_| "not an IP address or CIDR block".to_owned());
+    };
+    let addr: IpAddr = addr
+        .parse()
+        .map_err(|_| format!("{addr:?} is not an IP address"))?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    len.parse::<u8>()
+        .ok()
+        .and_then(|l| IpNet::new(addr, l).ok())
+        .ok_or_else(|| format!("prefix length {len} is not 0 to {max}"))
 }
 
 fn ports(field: &str, ranges: &[bus_schema::PortRange]) -> Result<Vec<(u16, u16)>, FilterError> {
@@ -195,9 +209,29 @@ mod tests {
             ..Filter::default()
         })
         .unwrap_err();
+        assert_eq!(
+            err.0,
+            "filter.dst[1] = \"10.0.0.0/33\": prefix length 33 is not 0 to 32"
+        );
+        for (cidr, why) in [
+            ("10.0.0/8", "\"10.0.0\" is not an IP address"),
+            ("::/129", "prefix length 129 is not 0 to 128"),
+            ("10.0.0.0/x", "prefix length x is not 0 to 32"),
+            ("nowhere", "not an IP address or CIDR block"),
+        ] {
+            let err = CompiledFilter::new(&Filter {
+                src: vec![cidr.into()],
+                ..Filter::default()
+            })
+            .unwrap_err();
+            assert_eq!(err.0, format!("filter.src[0] = {cidr:?}: {why}"));
+        }
         assert!(
-            err.0.starts_with("filter.dst[1] = \"10.0.0.0/33\""),
-            "{err}"
+            CompiledFilter::new(&Filter {
+                src: vec!["2001:db8::/32".into(), "10.1.2.3".into()],
+                ..Filter::default()
+            })
+            .is_ok()
         );
         let err = CompiledFilter::new(&Filter {
             src_ports: vec![PortRange { from: 90, to: 80 }],

@@ -465,6 +465,19 @@ impl Monitor {
                 ),
             );
         }
+        if let Some(abi) = metadata.get(store::meta_key::ABI).filter(|a| !a.is_empty())
+            && abi.parse::<u32>().ok() != Some(tm_abi::ABI_VERSION)
+        {
+            return err(
+                ErrorCode::AbiMismatch,
+                format!(
+                    "blob {:?} is stored with {} = {abi:?}; this monitor runs analyzers of ABI v{}",
+                    req.analyzer.name,
+                    store::meta_key::ABI,
+                    tm_abi::ABI_VERSION
+                ),
+            );
+        }
         // Compiling and instantiating are CPU work: keep them off the runtime.
         let monitor = self.clone();
         tokio::task::spawn_blocking(move || {
@@ -695,7 +708,7 @@ impl Monitor {
         err(
             ErrorCode::NotOwner,
             format!(
-                "requester = {requester:?}: deployment {:?} is owned by {owner:?} (adopt it, or use force)",
+                "requester = {requester:?}: deployment {:?} is owned by {owner:?}; to adopt it, make {requester:?} its owner in tm_deployments (tmctl adopt, or an update of the DeploymentRecord with its revision) and send again, or set force",
                 shared.info.deployment
             ),
         )

@@ -591,3 +591,67 @@ async fn a_link_that_fails_says_so_where_operators_look() {
     );
     assert!(monitor.log().contains("link failed"));
 }
+
+/// The blob's `tm-kind` and `tm-abi` are checked at load: an app is not
+/// run as an analyzer, nor a module declared for another ABI; the digest
+/// in the request may be given in either case.
+#[tokio::test]
+async fn blob_kind_and_abi_are_checked_at_load() {
+    let nats = NatsServer::start().await.unwrap();
+    let client = nats.client().await;
+    let js = jetstream::new(client.clone());
+    let _monitor =
+        MonitorProc::start_in(&nats, &client, "m", &config("", "instant"), capture(10)).await;
+    let bytes = wasm("packet-count");
+    let app = harness::put_module(
+        &js,
+        "as-app",
+        bus_schema::store::BlobKind::MgmtApp,
+        &bytes,
+        1,
+    )
+    .await;
+    let e = match load(&client, &load_req("a", "as-app", &app, None)).await {
+        Reply::Err(e) => e,
+        Reply::Ok(r) => panic!("a mgmt-app blob loaded as an analyzer: {r:?}"),
+    };
+    assert_eq!(e.code, ErrorCode::BadModule);
+    assert!(e.message.contains("tm-kind \"mgmt-app\""), "{e}");
+
+    // The same module declared for ABI 2.
+    let sha = put_blob(&js, "abi2", &bytes).await;
+    // The metadata rewritten as a client without an object-metadata API
+    // does it (docs/bus.md): the info, as JSON, published again on its
+    // subject with a rollup. ("YWJpMg==" is "abi2" in base64url.)
+    let objects = bus_schema::nats::open_blobs(&js, 1).await.unwrap();
+    let mut info = objects.info("abi2").await.unwrap();
+    info.metadata
+        .insert(bus_schema::store::meta_key::ABI.into(), "2".into());
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Rollup", "sub");
+    js.publish_with_headers(
+        "$O.tm_blobs.M.YWJpMg==",
+        headers,
+        serde_json::to_vec(&info).unwrap().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    assert_eq!(objects.info("abi2").await.unwrap().metadata["tm-abi"], "2");
+    let e = match load(&client, &load_req("b", "abi2", &sha, None)).await {
+        Reply::Err(e) => e,
+        Reply::Ok(r) => panic!("a blob declared for ABI 2 loaded: {r:?}"),
+    };
+    assert_eq!(e.code, ErrorCode::AbiMismatch);
+    assert!(e.message.contains("tm-abi = \"2\""), "{e}");
+
+    let pc = put_blob(&js, "packet-count", &bytes).await;
+    load(
+        &client,
+        &load_req("c", "packet-count", &pc.to_ascii_uppercase(), None),
+    )
+    .await
+    .into_result()
+    .unwrap();
+}

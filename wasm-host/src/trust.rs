@@ -166,6 +166,19 @@ impl TrustedKeys {
                 ),
             );
         }
+        // A blob stored as the other kind is not run as this one.
+        if let Some(declared) = metadata.get(meta_key::KIND).filter(|k| !k.is_empty())
+            && declared != kind.as_str()
+        {
+            return refuse(
+                ErrorCode::BadModule,
+                format!(
+                    "blob {name:?} is stored as {} {declared:?}, not {:?}",
+                    meta_key::KIND,
+                    kind.as_str()
+                ),
+            );
+        }
         if !self.enforced() {
             return Ok(actual);
         }
@@ -325,7 +338,14 @@ mod tests {
         let mut as_app = meta(&sha);
         as_app.extend(signer.sign(BlobKind::MgmtApp, "pc", &sha));
         assert_eq!(code(&as_app, &bytes), Err(ErrorCode::BadSignature));
-        // Without trusted keys only the digest is checked.
+        // A blob stored as the other kind is refused, signed or not.
+        let mut app = signed.clone();
+        app.insert(meta_key::KIND.to_owned(), "mgmt-app".to_owned());
+        assert_eq!(code(&app, &bytes), Err(ErrorCode::BadModule));
+        let mut analyzer = signed.clone();
+        analyzer.insert(meta_key::KIND.to_owned(), "analyzer".to_owned());
+        assert_eq!(code(&analyzer, &bytes), Ok(sha.clone()));
+        // Without trusted keys only the digest and the kind are checked.
         let open = TrustedKeys::default();
         assert!(
             open.verify(BlobKind::Analyzer, "pc", &meta(&sha), &bytes)
