@@ -22,8 +22,9 @@ CHECK_ONLY=0
 # softflowd and pmacct are what the analyzer benchmark compares against.
 APT_PACKAGES=(libpcap-dev tcpdump tshark iperf3 iproute2 iputils-ping ethtool dnsmasq-base bind9-dnsutils curl hping3
               python3-pip python3-yaml clang-14 lld-14 softflowd pmacct)
-# Python packages: examples/subscriber.py (the lab test runs it) and a Prometheus
-# text-format parser the metrics tests check the endpoints with.
+# Python packages: examples/subscriber.py and examples/client.py (tests run
+# both) and a Prometheus text-format parser the metrics tests check the
+# endpoints with.
 PIP_PACKAGES=(nats-py msgpack prometheus-client)
 PIP_IMPORTS="import nats, msgpack, prometheus_client"
 NATS_MIN_MAJOR=2

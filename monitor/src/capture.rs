@@ -53,6 +53,8 @@ pub struct LinkShared {
     state: Mutex<(LinkState, Option<String>)>,
     /// Signalled when `state` changes.
     state_changed: Condvar,
+    /// The state, for async watchers (`Monitor::watch_links`).
+    state_watch: tokio::sync::watch::Sender<LinkState>,
 }
 
 impl LinkShared {
@@ -104,6 +106,13 @@ impl LinkShared {
     fn set_state(&self, state: LinkState, error: Option<String>) {
         *self.state.lock().expect("link state") = (state, error);
         self.state_changed.notify_all();
+        self.state_watch.send_replace(state);
+    }
+
+    /// A receiver that sees every change of the link's state.
+    #[must_use]
+    pub fn watch_state(&self) -> tokio::sync::watch::Receiver<LinkState> {
+        self.state_watch.subscribe()
     }
 
     /// Blocks until the link stops running (a replay reached its end, or
@@ -295,6 +304,7 @@ impl LinkHandle {
             dlt: AtomicI32::new(-1),
             state: Mutex::new((LinkState::Running, None)),
             state_changed: Condvar::new(),
+            state_watch: tokio::sync::watch::Sender::new(LinkState::Running),
         });
         let (ctl, rx) = crossbeam_channel::unbounded();
         let thread = {

@@ -1000,54 +1000,65 @@ impl Monitor {
     }
 
     /// Tells the deployments of a link, in an event each, when the link
-    /// fails or its replay finishes (polled, until cancelled).
+    /// fails or its replay finishes (as the state changes, until
+    /// cancelled).
     pub async fn watch_links(self: Arc<Self>) {
-        let mut known: BTreeMap<u32, bus_schema::LinkState> = self
+        let watchers: Vec<_> = self
             .links
             .iter()
-            .map(|(id, l)| (*id, l.shared.status().state))
-            .collect();
-        loop {
-            tokio::time::sleep(Duration::from_millis(250)).await;
-            for (id, link) in &self.links {
-                let st = link.shared.status();
-                if known.insert(*id, st.state) == Some(st.state) {
-                    continue;
-                }
-                let (kind, message, data) = match st.state {
-                    bus_schema::LinkState::Running => continue,
-                    bus_schema::LinkState::Failed => {
-                        let error = st.last_error.clone().unwrap_or_default();
-                        (
-                            EventKind::LinkFailed,
-                            format!("link {id} stopped capturing: {error}"),
-                            Value::Map(vec![
-                                ("link".into(), (*id).into()),
-                                ("error".into(), error.into()),
-                            ]),
-                        )
+            .map(|(id, link)| {
+                let (monitor, id, mut rx) = (self.clone(), *id, link.shared.watch_state());
+                tokio::spawn(async move {
+                    let mut last = *rx.borrow_and_update();
+                    while rx.changed().await.is_ok() {
+                        let state = *rx.borrow_and_update();
+                        if state != last {
+                            last = state;
+                            monitor.tell_link_state(id);
+                        }
                     }
-                    bus_schema::LinkState::Finished => (
-                        EventKind::LinkFinished,
-                        format!("link {id}'s replay finished after {} packets", st.packets),
-                        Value::Map(vec![
-                            ("link".into(), (*id).into()),
-                            ("packets".into(), st.packets.into()),
-                        ]),
-                    ),
-                };
-                let attached: Vec<Arc<Shared>> = self
-                    .deployments
-                    .lock()
-                    .expect("deployments")
-                    .values()
-                    .filter(|d| d.shared.info.links.contains(id))
-                    .map(|d| d.shared.clone())
-                    .collect();
-                for shared in attached {
-                    shared.event(kind, message.clone(), data.clone());
-                }
+                })
+            })
+            .collect();
+        for w in watchers {
+            let _ = w.await;
+        }
+    }
+
+    fn tell_link_state(&self, id: u32) {
+        let st = self.links[&id].shared.status();
+        let (kind, message, data) = match st.state {
+            bus_schema::LinkState::Running => return,
+            bus_schema::LinkState::Failed => {
+                let error = st.last_error.clone().unwrap_or_default();
+                (
+                    EventKind::LinkFailed,
+                    format!("link {id} stopped capturing: {error}"),
+                    Value::Map(vec![
+                        ("link".into(), id.into()),
+                        ("error".into(), error.into()),
+                    ]),
+                )
             }
+            bus_schema::LinkState::Finished => (
+                EventKind::LinkFinished,
+                format!("link {id}'s replay finished after {} packets", st.packets),
+                Value::Map(vec![
+                    ("link".into(), id.into()),
+                    ("packets".into(), st.packets.into()),
+                ]),
+            ),
+        };
+        let attached: Vec<Arc<Shared>> = self
+            .deployments
+            .lock()
+            .expect("deployments")
+            .values()
+            .filter(|d| d.shared.info.links.contains(&id))
+            .map(|d| d.shared.clone())
+            .collect();
+        for shared in attached {
+            shared.event(kind, message.clone(), data.clone());
         }
     }
 
