@@ -655,3 +655,63 @@ async fn blob_kind_and_abi_are_checked_at_load() {
     .into_result()
     .unwrap();
 }
+
+/// JetStream's store full (a 4 MiB store): commands still answer, the
+/// outbox stays within its 1 MiB by shedding, and the store's refusal
+/// shows in status, in the metrics and in the log.
+#[tokio::test]
+async fn a_full_jetstream_store_is_bounded_and_visible() {
+    let nats = NatsServer::start_with_conf("jetstream {\n  max_file_store: 4MB\n}\n")
+        .await
+        .unwrap();
+    let client = nats.client().await;
+    let js = jetstream::new(client.clone());
+    let addr = harness::metrics::free_addr();
+    let monitor = MonitorProc::start_in(
+        &nats,
+        &client,
+        "m",
+        &config(
+            &format!("metrics_listen = \"{addr}\"\n[limits]\noutbox_mb = 1"),
+            "recorded-pace",
+        ),
+        capture(6000),
+    )
+    .await;
+    let sha = put_blob(&js, "packet-count", &wasm("packet-count")).await;
+    let mut req = load_req("pc", "packet-count", &sha, Some(100));
+    req.params = Value::Map(vec![("label".into(), "x".repeat(50_000).into())]);
+    load(&client, &req).await.into_result().unwrap();
+    let st = monitor
+        .wait_status(
+            &client,
+            "the store refusing and the outbox shedding",
+            |st| st.outbox.last_error.is_some() && st.outbox.shed_windows > 0,
+        )
+        .await;
+    assert!(
+        st.outbox.queued_bytes <= st.outbox.limit_bytes,
+        "{:?}",
+        st.outbox
+    );
+    assert!(st.outbox.last_error_unix_ms > 0);
+    let refusal = st.outbox.last_error.clone().unwrap();
+    let (code, body) = tokio::task::spawn_blocking(move || harness::metrics::get(addr, "/metrics"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(code, 200);
+    assert!(body.contains("tm_monitor_outbox_refused 1"), "{body}");
+    assert!(
+        body.contains("tm_monitor_outbox_shed_windows_total"),
+        "{body}"
+    );
+    assert!(
+        monitor.log().contains("the bus refuses messages"),
+        "{refusal}\n{}",
+        monitor.log()
+    );
+    // Commands keep answering: the deployment unloads with its figures.
+    let fin = unload(&client, "pc").await.into_result().unwrap();
+    assert!(fin.final_results.stats.shed_windows > 0);
+}

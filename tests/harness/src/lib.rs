@@ -82,6 +82,8 @@ struct NodeSpec {
     /// An `authorization` block (`tmctl auth init`'s `auth.conf`) the server
     /// enforces, and the credentials the harness itself connects with.
     auth: Option<(PathBuf, PathBuf)>,
+    /// More server configuration (e.g. a `jetstream { ... }` block).
+    extra_conf: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -120,6 +122,22 @@ impl NatsServer {
             client_port: None,
             cluster: None,
             auth: None,
+            extra_conf: None,
+        };
+        let mut server = Self::spawn(spec).await?;
+        server.wait_ready(STARTUP_TIMEOUT).await?;
+        Ok(server)
+    }
+
+    /// [`NatsServer::start`] with more server configuration, e.g.
+    /// `jetstream { max_file_store: 8MB }` for a store that fills up.
+    pub async fn start_with_conf(conf: &str) -> Result<Self, HarnessError> {
+        let spec = NodeSpec {
+            name: "tm-test".into(),
+            client_port: None,
+            cluster: None,
+            auth: None,
+            extra_conf: Some(conf.to_owned()),
         };
         let mut server = Self::spawn(spec).await?;
         server.wait_ready(STARTUP_TIMEOUT).await?;
@@ -136,6 +154,7 @@ impl NatsServer {
             client_port: None,
             cluster: None,
             auth: Some((auth_conf.to_owned(), creds.to_owned())),
+            extra_conf: None,
         };
         let mut server = Self::spawn(spec).await?;
         server.wait_ready(STARTUP_TIMEOUT).await?;
@@ -182,10 +201,14 @@ impl NatsServer {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        if let Some((auth, _)) = &self.spec.auth {
+        if self.spec.auth.is_some() || self.spec.extra_conf.is_some() {
             let conf = self.dir.path().join("server.conf");
-            std::fs::copy(auth, self.dir.path().join("auth.conf"))?;
-            std::fs::write(&conf, "include \"auth.conf\"\n")?;
+            let mut text = self.spec.extra_conf.clone().unwrap_or_default();
+            if let Some((auth, _)) = &self.spec.auth {
+                std::fs::copy(auth, self.dir.path().join("auth.conf"))?;
+                text.push_str("\ninclude \"auth.conf\"\n");
+            }
+            std::fs::write(&conf, text)?;
             cmd.arg("-c").arg(conf);
         }
         if let Some(cluster) = &self.spec.cluster {
@@ -476,6 +499,7 @@ impl NatsCluster {
                         .collect(),
                 }),
                 auth: None,
+                extra_conf: None,
             };
             nodes.push(NatsServer::spawn(spec).await?);
         }
