@@ -153,7 +153,19 @@ pub struct Tap {
     snap_len: usize,
     /// Neither filter nor BPF expression: every packet is taken.
     open: bool,
+    /// Packets the deployment's queue may hold (`queue_batches` ×
+    /// `batch_packets`): a small batch takes a queue slot, not a batch's
+    /// worth of the budget, so many links' partial batches fit at once.
+    budget: u64,
 }
+
+/// A batch of at most this many bytes is copied out at a flush, so that
+/// the queue holds its bytes, not a whole batch buffer.
+const SMALL_BATCH: usize = BATCH_BYTES / 8;
+
+/// How long a lossless replay sleeps while its deployment's queue holds
+/// its whole budget (the analyzer is then busy with that much work).
+const ROOM_POLL: Duration = Duration::from_micros(200);
 
 /// Spare batch buffers a tap keeps beyond its queue's capacity: every
 /// buffer that can be in flight (queued, in the guest, being filled) comes
@@ -181,8 +193,10 @@ impl Tap {
         batch_packets: u32,
         snap_len: usize,
     ) -> Self {
-        let spares = tx.capacity().unwrap_or(0) + SPARE_BUFFERS;
+        let capacity = tx.capacity().unwrap_or(0);
+        let spares = capacity + SPARE_BUFFERS;
         let open = filter.is_open() && bpf.is_none();
+        let budget = capacity as u64 * u64::from(batch_packets);
         Tap {
             deployment,
             filter,
@@ -196,7 +210,25 @@ impl Tap {
             wait_for_room: false,
             snap_len,
             open,
+            budget,
         }
+    }
+
+    /// Sets the packets the deployment's queue may hold (default: the
+    /// queue's capacity in full batches); spare buffers follow it.
+    #[must_use]
+    pub fn with_queue_budget(mut self, packets: u64) -> Self {
+        self.budget = packets.max(1);
+        let batches = packets.div_ceil(u64::from(self.batch_packets.max(1))) as usize;
+        self.spares = crossbeam_channel::bounded(batches + SPARE_BUFFERS);
+        self
+    }
+
+    /// Whether `count` more packets would pass the queue's budget (a batch
+    /// larger than the budget still goes into an empty queue).
+    fn over_budget(&self, count: u64) -> bool {
+        let queued = self.counters.queued_packets.load(Ordering::Acquire);
+        queued > 0 && queued + count > self.budget
     }
 
     /// Takes one parsed packet: filters it, cuts it to the snap length and
@@ -242,16 +274,39 @@ impl Tap {
             return;
         }
         let mut batch = std::mem::take(&mut self.batch);
-        batch.home = Some(self.spares.0.clone());
+        if batch.buf.len() <= SMALL_BATCH {
+            // Only its bytes go; the tap keeps the buffer.
+            let copy = batch.buf.to_vec();
+            batch.buf.clear();
+            self.batch.buf = std::mem::replace(&mut batch.buf, copy);
+        } else {
+            batch.home = Some(self.spares.0.clone());
+        }
         let count = u64::from(batch.count);
+        let queued = &self.counters.queued_packets;
         if self.wait_for_room {
             // The deployment thread always drains (every guest call has a
             // deadline); it is gone only when the deployment is.
+            while self.over_budget(count) {
+                if self.counters.gone.load(Ordering::Acquire) {
+                    self.dead = true;
+                    return;
+                }
+                std::thread::sleep(ROOM_POLL);
+            }
+            queued.fetch_add(count, Ordering::AcqRel);
             if self.tx.send(DepMsg::Batch(batch)).is_err() {
+                queued.fetch_sub(count, Ordering::AcqRel);
                 self.dead = true;
             }
             return;
         }
+        if self.over_budget(count) {
+            self.counters.dropped.fetch_add(count, Ordering::Relaxed);
+            batch.recycle();
+            return;
+        }
+        queued.fetch_add(count, Ordering::AcqRel);
         match self.tx.try_send(DepMsg::Batch(batch)) {
             Ok(()) => {
                 if self.tx.len() >= YIELD_AT {
@@ -259,12 +314,16 @@ impl Tap {
                 }
             }
             Err(TrySendError::Full(msg)) => {
+                queued.fetch_sub(count, Ordering::AcqRel);
                 self.counters.dropped.fetch_add(count, Ordering::Relaxed);
                 if let DepMsg::Batch(b) = msg {
                     b.recycle();
                 }
             }
-            Err(TrySendError::Disconnected(_)) => self.dead = true,
+            Err(TrySendError::Disconnected(_)) => {
+                queued.fetch_sub(count, Ordering::AcqRel);
+                self.dead = true;
+            }
         }
     }
 }

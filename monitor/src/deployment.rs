@@ -62,6 +62,11 @@ pub struct DepCounters {
     pub shed_windows: AtomicU64,
     /// Alerts the outbox shed.
     pub shed_events: AtomicU64,
+    /// Packets in batches waiting in the queue (the taps' budget).
+    pub queued_packets: AtomicU64,
+    /// Set when the deployment thread has ended (a lossless tap waiting
+    /// for room stops waiting).
+    pub gone: std::sync::atomic::AtomicBool,
 }
 
 impl DepCounters {
@@ -346,9 +351,19 @@ fn sync_counters(a: &Analyzer, c: &DepCounters) {
     c.memory_bytes.store(a.memory_bytes(), Ordering::Relaxed);
 }
 
+/// Marks the deployment gone when its thread ends, however it ends.
+struct Gone(Arc<DepCounters>);
+
+impl Drop for Gone {
+    fn drop(&mut self) {
+        self.0.gone.store(true, Ordering::Release);
+    }
+}
+
 /// The deployment thread: runs until unloaded, failed, or its queue closes.
 pub fn run(mut analyzer: Analyzer, rx: Receiver<DepMsg>, shared: Arc<Shared>, timers: Timers) {
     let counters = shared.counters.clone();
+    let _gone = Gone(counters.clone());
     let mut clock = Clock::new(timers);
     sync_counters(&analyzer, &counters);
     // The first snapshot records the deployment itself, so that a crash
@@ -361,6 +376,9 @@ pub fn run(mut analyzer: Analyzer, rx: Receiver<DepMsg>, shared: Arc<Shared>, ti
         let msg = rx.recv_timeout(clock.due().saturating_duration_since(Instant::now()));
         let outcome: Result<bool, String> = match msg {
             Ok(DepMsg::Batch(b)) => {
+                counters
+                    .queued_packets
+                    .fetch_sub(u64::from(b.count), Ordering::AcqRel);
                 let outcome = analyzer
                     .on_packets(&b.buf, b.count)
                     .map(|()| {
@@ -467,7 +485,13 @@ fn fail(shared: &Shared, rx: &Receiver<DepMsg>, why: String) {
     shared.fail(why.clone());
     while let Ok(msg) = rx.try_recv() {
         match msg {
-            DepMsg::Batch(b) => b.recycle(),
+            DepMsg::Batch(b) => {
+                shared
+                    .counters
+                    .queued_packets
+                    .fetch_sub(u64::from(b.count), Ordering::AcqRel);
+                b.recycle();
+            }
             DepMsg::Collect(reply) => {
                 let _ = reply.send(Ok(shared.last_window(false)));
             }

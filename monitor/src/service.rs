@@ -597,7 +597,9 @@ impl Monitor {
         }
         let abi_version = tm_abi::ABI_VERSION;
         let snap_len = analyzer.snap_len();
-        let (tx, rx) = crossbeam_channel::bounded(limits.queue_batches);
+        // Room for a partial batch from every link besides the budget's
+        // full ones: the taps hold the queue to its budget in packets.
+        let (tx, rx) = crossbeam_channel::bounded(limits.queue_batches * 4 + links.len());
         let timers = Timers {
             tick: Duration::from_millis(limits.tick_ms),
             report: req.report_every_ms.map(Duration::from_millis),
@@ -638,7 +640,8 @@ impl Monitor {
                 shared.counters.clone(),
                 limits.batch_packets,
                 snap_len,
-            );
+            )
+            .with_queue_budget(limits.queue_batches as u64 * u64::from(limits.batch_packets));
             let _ = self.links[l].ctl.send(LinkCtl::Attach(Box::new(tap)));
         }
         tracing::info!(deployment = %req.deployment, analyzer = %req.analyzer.name, links = ?links, owner = %req.owner, "deployment loaded");

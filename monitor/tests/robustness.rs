@@ -715,3 +715,49 @@ async fn a_full_jetstream_store_is_bounded_and_visible() {
     let fin = unload(&client, "pc").await.into_result().unwrap();
     assert!(fin.final_results.stats.shed_windows > 0);
 }
+
+/// 200 links replayed instantly into five light analyzers: the queues see
+/// a small batch from every link at once, which must not count as a full
+/// queue — nothing is dropped when the analyzers keep up.
+#[tokio::test]
+async fn two_hundred_instant_links_drop_nothing_into_idle_analyzers() {
+    let nats = NatsServer::start().await.unwrap();
+    let client = nats.client().await;
+    let js = jetstream::new(client.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let frames = pcapgen::mixed(3, 1_764_000_000_000_000_000);
+    write_pcap(&dir.path().join("l.pcap"), linktype::ETHERNET, &frames).unwrap();
+    let mut config = String::from("address = \"10.9.9.9\"\n");
+    for id in 0..200 {
+        config.push_str(&format!(
+            "[[link]]\nid = {id}\npcap = \"l.pcap\"\nreplay = \"instant\"\nreplay_waits_for = 5\nfrom_router = \"10.0.0.1\"\nto_router = \"10.0.0.2\"\n"
+        ));
+    }
+    let monitor = MonitorProc::start_in(&nats, &client, "m", &config, dir).await;
+    let sha = put_blob(&js, "packet-count", &wasm("packet-count")).await;
+    for d in 0..5 {
+        let mut req = load_req(&format!("pc{d}"), "packet-count", &sha, None);
+        req.links = vec![];
+        load(&client, &req).await.into_result().unwrap();
+    }
+    let total = frames.len() as u64 * 200;
+    let st = monitor
+        .wait_status(&client, "every replay over", |st| {
+            st.links
+                .iter()
+                .all(|l| l.state == bus_schema::LinkState::Finished)
+                && st
+                    .deployments
+                    .iter()
+                    .all(|d| d.stats.packets_in + d.stats.dropped == total)
+        })
+        .await;
+    for d in &st.deployments {
+        assert_eq!(
+            (d.stats.packets_in, d.stats.dropped),
+            (total, 0),
+            "{}",
+            d.deployment
+        );
+    }
+}
