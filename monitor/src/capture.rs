@@ -741,14 +741,15 @@ impl LinkThread {
                 return self.serve_controls();
             }
         };
-        let dlt = capture.dlt();
-        let Some(link_type) = LinkType::from_dlt(dlt) else {
-            self.shared.set_state(
-                LinkState::Failed,
-                Some(format!("unsupported link type {dlt}")),
+        let dlt = capture.dlt() & crate::parse::LINKTYPE_MASK;
+        let link_type = LinkType::from_dlt(dlt);
+        if let LinkType::Other(other) = link_type {
+            tracing::warn!(
+                link = id,
+                link_type = other,
+                "link type not parsed: its packets are counted and reach analyzers as non-IP packets"
             );
-            return self.serve_controls();
-        };
+        }
         self.shared.dlt.store(dlt, Ordering::Release);
         // A replay into nothing is lost: wait for the first deployment (or
         // as many as the link's `replay_waits_for`).

@@ -1,8 +1,11 @@
 //! Lenient packet parsing into the ABI's [`PacketHeader`].
 //!
 //! Never fails: what cannot be parsed is flagged ([`flag::PARSE_ERROR`]) and
-//! the fields found so far are kept. Link types: Ethernet (with 802.1Q/QinQ),
-//! raw IP, Linux cooked capture v1 and v2, BSD loopback.
+//! the fields found so far are kept. Link types: Ethernet (with 802.1Q/QinQ
+//! and MPLS), raw IPv4/IPv6, Linux cooked capture v1 and v2, BSD
+//! NULL/LOOP, PPP (with or without HDLC framing), PPPoE, Cisco HDLC, IEEE
+//! 802.11 with and without radiotap (LLC/SNAP to IP). Any other link type's
+//! packets are counted and reach analyzers as non-IP packets.
 //!
 //! etherparse parses everything. The one shape most traffic has (Ethernet,
 //! at most one 802.1Q tag, IPv4 or IPv6 without extension headers, not a
@@ -28,22 +31,45 @@ pub enum LinkType {
     LinuxSll2,
     /// DLT_NULL (0) and DLT_LOOP (108): 4-byte address family, then IP
     Null,
+    /// DLT_PPP (9) and DLT_PPP_SERIAL (50): optional `ff 03`, then the PPP
+    /// protocol (IPv4 0x21, IPv6 0x57)
+    Ppp,
+    /// DLT_PPP_ETHER (51): a PPPoE session header, then PPP
+    PppOverEthernet,
+    /// DLT_C_HDLC (104): address, control, then an EtherType
+    CiscoHdlc,
+    /// DLT_IEEE802_11 (105): 802.11 frames; data frames carry LLC/SNAP
+    Ieee80211,
+    /// DLT_IEEE802_11_RADIO (127): a radiotap header, then 802.11
+    Radiotap,
+    /// Anything else: counted, passed on as non-IP packets
+    Other(i32),
 }
 
 impl LinkType {
-    /// The type for a pcap datalink value, if supported.
+    /// The type for a pcap datalink value (the upper bits a file's header
+    /// may carry, FCS length and flags, masked off as libpcap does).
     #[must_use]
-    pub fn from_dlt(dlt: i32) -> Option<LinkType> {
-        Some(match dlt {
+    pub fn from_dlt(dlt: i32) -> LinkType {
+        match dlt & LINKTYPE_MASK {
             1 => LinkType::Ethernet,
             12 | 14 | 101 | 228 | 229 => LinkType::RawIp,
             113 => LinkType::LinuxSll,
             276 => LinkType::LinuxSll2,
             0 | 108 => LinkType::Null,
-            _ => return None,
-        })
+            9 | 50 => LinkType::Ppp,
+            51 => LinkType::PppOverEthernet,
+            104 => LinkType::CiscoHdlc,
+            105 => LinkType::Ieee80211,
+            127 => LinkType::Radiotap,
+            other => LinkType::Other(other),
+        }
     }
 }
+
+/// libpcap's `LT_LINKTYPE`: the link type without the FCS length and the
+/// flags in a file header's upper bits.
+pub const LINKTYPE_MASK: i32 = 0x03FF_FFFF;
 
 fn offset(base: &[u8], part: &[u8]) -> u16 {
     let at = part.as_ptr() as usize - base.as_ptr() as usize;
@@ -177,15 +203,30 @@ fn fast_ethernet(data: &[u8], base: &PacketHeader) -> Option<PacketHeader> {
 fn general(link_type: LinkType, data: &[u8], mut h: PacketHeader) -> PacketHeader {
     let truncated = h.flags & flag::TRUNCATED != 0;
     let sliced = match link_type {
-        LinkType::Ethernet => LaxSlicedPacket::from_ethernet(data).ok(),
-        LinkType::RawIp => LaxSlicedPacket::from_ip(data).ok(),
+        LinkType::Ethernet => ethernet(data, &mut h),
+        LinkType::RawIp => Inner::from(LaxSlicedPacket::from_ip(data).ok()),
         LinkType::LinuxSll => after_header(data, 16, |d| u16::from_be_bytes([d[14], d[15]])),
         LinkType::LinuxSll2 => after_header(data, 20, |d| u16::from_be_bytes([d[0], d[1]])),
         LinkType::Null => null_family(data),
+        LinkType::Ppp => ppp(data),
+        LinkType::PppOverEthernet => match data.get(6..) {
+            // version/type, code, session id, length: then PPP.
+            Some(rest) if data[0] == 0x11 => ppp(rest),
+            Some(_) => Inner::NotIp,
+            None => Inner::Malformed,
+        },
+        LinkType::CiscoHdlc => after_header(data, 4, |d| u16::from_be_bytes([d[2], d[3]])),
+        LinkType::Ieee80211 => wifi(data),
+        LinkType::Radiotap => radiotap(data),
+        LinkType::Other(_) => Inner::NotIp,
     };
-    let Some(p) = sliced else {
-        h.flags |= flag::PARSE_ERROR;
-        return h;
+    let p = match sliced {
+        Inner::Ip(p) => p,
+        Inner::NotIp => return h,
+        Inner::Malformed => {
+            h.flags |= flag::PARSE_ERROR;
+            return h;
+        }
     };
     // A packet cut by the snap length is expected to stop early; anything
     // else that stops parsing is a malformed packet.
@@ -255,23 +296,79 @@ fn general(link_type: LinkType, data: &[u8], mut h: PacketHeader) -> PacketHeade
     h
 }
 
-fn after_header(
-    data: &[u8],
-    len: usize,
-    proto: impl Fn(&[u8]) -> u16,
-) -> Option<LaxSlicedPacket<'_>> {
-    if data.len() < len {
-        return None;
+/// What is inside a link-layer frame.
+// Only ever a local of `general`; boxing the slice would allocate per packet.
+#[allow(clippy::large_enum_variant)]
+enum Inner<'a> {
+    /// A network layer etherparse sliced (IP, or an EtherType it knows).
+    Ip(LaxSlicedPacket<'a>),
+    /// A well-formed frame that carries no IP (PPP control, 802.11
+    /// management, an unknown link type): not a parse error.
+    NotIp,
+    /// A frame too short or inconsistent to read.
+    Malformed,
+}
+
+impl<'a> From<Option<LaxSlicedPacket<'a>>> for Inner<'a> {
+    fn from(p: Option<LaxSlicedPacket<'a>>) -> Self {
+        p.map_or(Inner::Malformed, Inner::Ip)
     }
-    Some(LaxSlicedPacket::from_ether_type(
+}
+
+fn be16(data: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_be_bytes([*data.get(at)?, *data.get(at + 1)?]))
+}
+
+/// Ethernet through etherparse, except MPLS (which it does not read):
+/// the label stack is skipped and what follows is read as IP by its
+/// version nibble.
+fn ethernet<'a>(data: &'a [u8], h: &mut PacketHeader) -> Inner<'a> {
+    let mut at = 12;
+    let mut ether = be16(data, at);
+    let mut vlan = None;
+    while let Some(0x8100 | 0x88a8 | 0x9100) = ether {
+        vlan = vlan.or(be16(data, at + 2).map(|tci| tci & 0x0fff));
+        at += 4;
+        ether = be16(data, at);
+    }
+    if !matches!(ether, Some(0x8847 | 0x8848)) {
+        return LaxSlicedPacket::from_ethernet(data).ok().into();
+    }
+    if let Some(id) = vlan {
+        h.vlan = id;
+        h.flags |= flag::VLAN;
+    }
+    at += 2;
+    // Labels of 4 bytes; the bottom of the stack has bit 0 of byte 2 set.
+    loop {
+        let Some(label) = data.get(at..at + 4) else {
+            return Inner::Malformed;
+        };
+        at += 4;
+        if label[2] & 1 == 1 {
+            break;
+        }
+    }
+    match data.get(at).map(|b| b >> 4) {
+        Some(4 | 6) => LaxSlicedPacket::from_ip(&data[at..]).ok().into(),
+        Some(_) => Inner::NotIp,
+        None => Inner::Malformed,
+    }
+}
+
+fn after_header(data: &[u8], len: usize, proto: impl Fn(&[u8]) -> u16) -> Inner<'_> {
+    if data.len() < len {
+        return Inner::Malformed;
+    }
+    Inner::Ip(LaxSlicedPacket::from_ether_type(
         EtherType(proto(data)),
         &data[len..],
     ))
 }
 
-fn null_family(data: &[u8]) -> Option<LaxSlicedPacket<'_>> {
+fn null_family(data: &[u8]) -> Inner<'_> {
     if data.len() < 4 {
-        return None;
+        return Inner::Malformed;
     }
     // The family is in the capturing host's byte order; IPv4 is 2 everywhere,
     // IPv6 is 24, 28 or 30 depending on the OS.
@@ -280,9 +377,74 @@ fn null_family(data: &[u8]) -> Option<LaxSlicedPacket<'_>> {
     let ether = match le.min(be) {
         2 => EtherType::IPV4,
         24 | 28 | 30 => EtherType::IPV6,
-        _ => return None,
+        _ => return Inner::NotIp,
     };
-    Some(LaxSlicedPacket::from_ether_type(ether, &data[4..]))
+    Inner::Ip(LaxSlicedPacket::from_ether_type(ether, &data[4..]))
+}
+
+/// PPP: an optional HDLC address and control (`ff 03`), then the protocol
+/// in one byte (compressed: odd) or two.
+fn ppp(data: &[u8]) -> Inner<'_> {
+    let d = match data {
+        [0xff, 0x03, rest @ ..] => rest,
+        _ => data,
+    };
+    let (proto, rest) = match d {
+        [p, rest @ ..] if p & 1 == 1 => (u16::from(*p), rest),
+        [a, b, rest @ ..] => (u16::from_be_bytes([*a, *b]), rest),
+        _ => return Inner::Malformed,
+    };
+    let ether = match proto {
+        0x0021 => EtherType::IPV4,
+        0x0057 => EtherType::IPV6,
+        _ => return Inner::NotIp,
+    };
+    Inner::Ip(LaxSlicedPacket::from_ether_type(ether, rest))
+}
+
+/// Radiotap: its own length (little-endian, bytes 2–3), then 802.11.
+fn radiotap(data: &[u8]) -> Inner<'_> {
+    match data
+        .get(2..4)
+        .map(|l| usize::from(u16::from_le_bytes([l[0], l[1]])))
+    {
+        Some(len) if len >= 8 && len <= data.len() => wifi(&data[len..]),
+        _ => Inner::Malformed,
+    }
+}
+
+/// IEEE 802.11: only unprotected data frames carry IP, after the MAC
+/// header (24 bytes, 30 with four addresses, +2 for QoS, +4 for HT
+/// control) and an LLC/SNAP header with the EtherType.
+fn wifi(data: &[u8]) -> Inner<'_> {
+    let (Some(&fc0), Some(&fc1)) = (data.first(), data.get(1)) else {
+        return Inner::Malformed;
+    };
+    let (kind, subtype) = ((fc0 >> 2) & 3, fc0 >> 4);
+    // Data frames only, with a body (not "null"), not encrypted.
+    if kind != 2 || subtype & 0x4 != 0 || fc1 & 0x40 != 0 {
+        return Inner::NotIp;
+    }
+    let mut len = 24;
+    if fc1 & 0x03 == 0x03 {
+        len += 6;
+    }
+    if subtype & 0x8 != 0 {
+        len += 2;
+        if fc1 & 0x80 != 0 {
+            len += 4;
+        }
+    }
+    let Some(body) = data.get(len..) else {
+        return Inner::Malformed;
+    };
+    match body {
+        [0xaa, 0xaa, 0x03, 0, 0, 0 | 0xf8, t0, t1, rest @ ..] => Inner::Ip(
+            LaxSlicedPacket::from_ether_type(EtherType(u16::from_be_bytes([*t0, *t1])), rest),
+        ),
+        _ if body.len() < 8 => Inner::Malformed,
+        _ => Inner::NotIp,
+    }
 }
 
 #[cfg(test)]
@@ -311,6 +473,115 @@ mod tests {
         }
         .unwrap();
         out
+    }
+
+    /// An IPv4 TCP packet 10.0.0.1:43122 → 10.0.0.2:80 and an IPv6 UDP one
+    /// [2001:db8::1]:5353 → [2001:db8::2]:53, without a link layer.
+    fn ip_packets() -> [Vec<u8>; 2] {
+        let mut v4 = Vec::new();
+        PacketBuilder::ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+            .tcp(43122, 80, 1000, 65535)
+            .write(&mut v4, b"hello")
+            .unwrap();
+        let mut v6 = Vec::new();
+        let (a, b) = (
+            "2001:db8::1"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+                .octets(),
+            "2001:db8::2"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+                .octets(),
+        );
+        PacketBuilder::ipv6(a, b, 64)
+            .udp(5353, 53)
+            .write(&mut v6, b"query")
+            .unwrap();
+        [v4, v6]
+    }
+
+    #[test]
+    fn every_link_type_captures_carry_gives_its_ip_packets() {
+        use pcapgen::linktype as lt;
+        let [v4, v6] = ip_packets();
+        for dlt in [
+            lt::ETHERNET,
+            lt::RAW,
+            lt::IPV4,
+            lt::IPV6,
+            lt::NULL,
+            lt::LOOP,
+            lt::PPP,
+            lt::PPP_HDLC,
+            lt::PPP_ETHER,
+            lt::C_HDLC,
+            lt::IEEE802_11,
+            lt::IEEE802_11_RADIOTAP,
+            lt::LINUX_SLL,
+            lt::LINUX_SLL2,
+        ] {
+            for (ip, want) in [(&v4, (4, 6, 43122, 80)), (&v6, (6, 17, 5353, 53))] {
+                let frame = pcapgen::frame_ip(dlt, ip);
+                let h = parse(
+                    LinkType::from_dlt(dlt as i32),
+                    0,
+                    0,
+                    frame.len() as u32,
+                    &frame,
+                );
+                assert_eq!(
+                    (h.ip_version, h.ip_proto, h.src_port, h.dst_port),
+                    want,
+                    "link type {dlt}"
+                );
+                assert_eq!(
+                    usize::from(h.l3_offset),
+                    frame.len() - ip.len(),
+                    "link type {dlt}"
+                );
+                assert_eq!(h.flags & flag::PARSE_ERROR, 0, "link type {dlt}");
+            }
+        }
+        // VLAN, QinQ and MPLS inside Ethernet.
+        for (vlans, labels) in [
+            (&[][..], &[16][..]),
+            (&[7][..], &[16, 17][..]),
+            (&[10, 20][..], &[][..]),
+            (&[10, 20][..], &[100, 200, 300][..]),
+        ] {
+            for (ip, want) in [(&v4, (4, 43122)), (&v6, (6, 5353))] {
+                let frame = pcapgen::ethernet_vlan_mpls(vlans, labels, ip);
+                let h = parse(LinkType::Ethernet, 0, 0, frame.len() as u32, &frame);
+                assert_eq!((h.ip_version, h.src_port), want, "{vlans:?} {labels:?}");
+                assert_eq!(usize::from(h.l3_offset), frame.len() - ip.len());
+                if let Some(&outer) = vlans.first() {
+                    assert_eq!((h.vlan, h.flags & flag::VLAN), (outer, flag::VLAN));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn file_header_flags_are_masked_and_unknown_types_pass_as_non_ip() {
+        // FCS length and the "FCS present" bit in the upper bits.
+        assert_eq!(LinkType::from_dlt(0x3000_0001), LinkType::Ethernet);
+        assert_eq!(LinkType::from_dlt(0x0400_0001), LinkType::Ethernet);
+        assert_eq!(LinkType::from_dlt(0x1000_00e5), LinkType::RawIp);
+        assert_eq!(LinkType::from_dlt(147), LinkType::Other(147));
+        let [v4, _] = ip_packets();
+        let h = parse(LinkType::Other(147), 0, 0, v4.len() as u32, &v4);
+        assert_eq!((h.ip_version, h.flags & flag::PARSE_ERROR), (0, 0));
+        // Well-formed frames without IP are no parse errors either; cut ones are.
+        let lcp = [0xff, 0x03, 0xc0, 0x21, 1, 1, 0, 4];
+        let h = parse(LinkType::Ppp, 0, 0, 8, &lcp);
+        assert_eq!((h.ip_version, h.flags & flag::PARSE_ERROR), (0, 0));
+        let beacon = [0x80, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff];
+        let h = parse(LinkType::Ieee80211, 0, 0, 10, &beacon);
+        assert_eq!(h.flags & flag::PARSE_ERROR, 0);
+        let cut = pcapgen::frame_ip(pcapgen::linktype::IEEE802_11, &v4)[..20].to_vec();
+        let h = parse(LinkType::Ieee80211, 0, 0, 20, &cut);
+        assert_ne!(h.flags & flag::PARSE_ERROR, 0);
     }
 
     #[test]
@@ -409,8 +680,8 @@ mod tests {
         null.extend_from_slice(&v4);
         let h = parse(LinkType::Null, 0, 0, null.len() as u32, &null);
         assert_eq!((h.ip_version, h.l3_offset, h.dst_port), (4, 4, 53));
-        assert_eq!(LinkType::from_dlt(276), Some(LinkType::LinuxSll2));
-        assert_eq!(LinkType::from_dlt(9999), None);
+        assert_eq!(LinkType::from_dlt(276), LinkType::LinuxSll2);
+        assert_eq!(LinkType::from_dlt(9999), LinkType::Other(9999));
     }
 
     /// A deterministic xorshift generator.
@@ -549,9 +820,35 @@ mod tests {
                 LinkType::LinuxSll,
                 LinkType::LinuxSll2,
                 LinkType::Null,
+                LinkType::Ppp,
+                LinkType::PppOverEthernet,
+                LinkType::CiscoHdlc,
+                LinkType::Ieee80211,
+                LinkType::Radiotap,
+                LinkType::Other(147),
             ] {
                 let _ = parse(lt, 0, 0, len as u32, &bytes);
             }
+        }
+        // Every framing cut at every length, and MPLS stacks cut short.
+        let [v4, v6] = ip_packets();
+        for dlt in [9, 50, 51, 104, 105, 127, 0, 108, 113, 276] {
+            for ip in [&v4, &v6] {
+                let frame = pcapgen::frame_ip(dlt, ip);
+                for cut in 0..frame.len() {
+                    let _ = parse(
+                        LinkType::from_dlt(dlt as i32),
+                        0,
+                        0,
+                        frame.len() as u32,
+                        &frame[..cut],
+                    );
+                }
+            }
+        }
+        let mpls = pcapgen::ethernet_vlan_mpls(&[5, 6], &[1, 2, 3], &v4);
+        for cut in 0..mpls.len() {
+            let _ = parse(LinkType::Ethernet, 0, 0, mpls.len() as u32, &mpls[..cut]);
         }
         // A corrupted IPv4 header (bad IHL) is flagged as a parse error.
         let mut bad = tcp_v4(None);

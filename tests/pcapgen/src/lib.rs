@@ -22,6 +22,120 @@ pub mod linktype {
     pub const ETHERNET: u32 = 1;
     /// Raw IP.
     pub const RAW: u32 = 101;
+    /// BSD loopback: a 4-byte address family in host order.
+    pub const NULL: u32 = 0;
+    /// OpenBSD loopback: the family in network order.
+    pub const LOOP: u32 = 108;
+    /// PPP.
+    pub const PPP: u32 = 9;
+    /// PPP in HDLC-like framing.
+    pub const PPP_HDLC: u32 = 50;
+    /// PPPoE session frames.
+    pub const PPP_ETHER: u32 = 51;
+    /// Cisco HDLC.
+    pub const C_HDLC: u32 = 104;
+    /// IEEE 802.11.
+    pub const IEEE802_11: u32 = 105;
+    /// IEEE 802.11 with a radiotap header.
+    pub const IEEE802_11_RADIOTAP: u32 = 127;
+    /// Linux cooked capture v1.
+    pub const LINUX_SLL: u32 = 113;
+    /// Linux cooked capture v2.
+    pub const LINUX_SLL2: u32 = 276;
+    /// Raw IPv4.
+    pub const IPV4: u32 = 228;
+    /// Raw IPv6.
+    pub const IPV6: u32 = 229;
+}
+
+/// Wraps an IP packet in the link layer of `linktype` (one of
+/// [`linktype`]'s; Ethernet variants: see [`ethernet_vlan_mpls`]), as a
+/// capture of that type holds it.
+///
+/// # Panics
+/// For a link type this generator does not write.
+#[must_use]
+pub fn frame_ip(linktype: u32, ip: &[u8]) -> Vec<u8> {
+    let v6 = ip.first().is_some_and(|b| b >> 4 == 6);
+    let ether: [u8; 2] = if v6 { [0x86, 0xdd] } else { [0x08, 0x00] };
+    let mut out = Vec::new();
+    match linktype {
+        linktype::ETHERNET => {
+            out.extend_from_slice(&[2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1]);
+            out.extend_from_slice(&ether);
+        }
+        linktype::RAW | linktype::IPV4 | linktype::IPV6 => {}
+        linktype::NULL => out.extend_from_slice(&(if v6 { 30u32 } else { 2 }).to_le_bytes()),
+        linktype::LOOP => out.extend_from_slice(&(if v6 { 24u32 } else { 2 }).to_be_bytes()),
+        linktype::PPP => out.extend_from_slice(if v6 { &[0x00, 0x57] } else { &[0x00, 0x21] }),
+        linktype::PPP_HDLC => {
+            out.extend_from_slice(&[0xff, 0x03]);
+            out.extend_from_slice(if v6 { &[0x00, 0x57] } else { &[0x00, 0x21] });
+        }
+        linktype::PPP_ETHER => {
+            let len = (ip.len() + 2) as u16;
+            out.extend_from_slice(&[0x11, 0x00, 0x12, 0x34]);
+            out.extend_from_slice(&len.to_be_bytes());
+            out.extend_from_slice(if v6 { &[0x00, 0x57] } else { &[0x00, 0x21] });
+        }
+        linktype::C_HDLC => {
+            out.extend_from_slice(&[0x0f, 0x00]);
+            out.extend_from_slice(&ether);
+        }
+        linktype::IEEE802_11 | linktype::IEEE802_11_RADIOTAP => {
+            if linktype == linktype::IEEE802_11_RADIOTAP {
+                // Version 0, length 8, no fields present.
+                out.extend_from_slice(&[0, 0, 8, 0, 0, 0, 0, 0]);
+            }
+            // A QoS data frame to the AP (ToDS), then LLC/SNAP.
+            out.extend_from_slice(&[0x88, 0x01, 0, 0]);
+            out.extend_from_slice(&[2, 0, 0, 0, 0, 0xa]);
+            out.extend_from_slice(&[2, 0, 0, 0, 0, 1]);
+            out.extend_from_slice(&[2, 0, 0, 0, 0, 2]);
+            out.extend_from_slice(&[0, 0, 0, 0]);
+            out.extend_from_slice(&[0xaa, 0xaa, 0x03, 0, 0, 0]);
+            out.extend_from_slice(&ether);
+        }
+        linktype::LINUX_SLL => {
+            out.extend_from_slice(&[0, 0, 0, 1, 0, 6, 2, 0, 0, 0, 0, 1, 0, 0]);
+            out.extend_from_slice(&ether);
+        }
+        linktype::LINUX_SLL2 => {
+            out.extend_from_slice(&ether);
+            out.extend_from_slice(&[0, 0, 0, 0, 0, 2, 0, 1, 0, 6, 2, 0, 0, 0, 0, 1, 0, 0]);
+        }
+        other => panic!("pcapgen does not write link type {other}"),
+    }
+    out.extend_from_slice(ip);
+    out
+}
+
+/// An Ethernet frame with `vlans` 802.1Q tags (the outer one 802.1ad when
+/// there are two) and `labels` MPLS labels around an IP packet.
+#[must_use]
+pub fn ethernet_vlan_mpls(vlans: &[u16], labels: &[u32], ip: &[u8]) -> Vec<u8> {
+    let mut out = vec![2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1];
+    for (i, id) in vlans.iter().enumerate() {
+        let tpid: u16 = if i == 0 && vlans.len() > 1 {
+            0x88a8
+        } else {
+            0x8100
+        };
+        out.extend_from_slice(&tpid.to_be_bytes());
+        out.extend_from_slice(&id.to_be_bytes());
+    }
+    if labels.is_empty() {
+        let v6 = ip.first().is_some_and(|b| b >> 4 == 6);
+        out.extend_from_slice(if v6 { &[0x86, 0xdd] } else { &[0x08, 0x00] });
+    } else {
+        out.extend_from_slice(&[0x88, 0x47]);
+        for (i, label) in labels.iter().enumerate() {
+            let bottom = u32::from(i + 1 == labels.len());
+            out.extend_from_slice(&((label << 12) | (bottom << 8) | 64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(ip);
+    out
 }
 
 /// A packet to write: timestamp and bytes.
