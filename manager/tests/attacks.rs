@@ -240,7 +240,7 @@ async fn a_subscriber_cannot_take_over_the_control_plane() {
         dir.path().join("m.toml"),
         format!(
             "address = \"{REAL}\"\nnats_url = \"{}\"\nnats_credentials = {:?}\n\
-             [[link]]\nid = 0\npcap = \"l0.pcap\"\nfrom_router = \"a\"\nto_router = \"b\"\n",
+             [[link]]\nid = 0\npcap = \"l0.pcap\"\nfrom_router = \"10.0.0.1\"\nto_router = \"10.0.0.2\"\n",
             s.nats.url(),
             s.seed("monitor", &bus_schema::id_from_address(REAL))
                 .display()
@@ -308,7 +308,7 @@ async fn a_subscriber_cannot_take_over_the_control_plane() {
         dir.path().join("open.toml"),
         format!(
             "address = \"{REAL}\"\nnats_url = \"{}\"\n\
-             [[link]]\nid = 0\npcap = \"l0.pcap\"\nfrom_router = \"a\"\nto_router = \"b\"\n",
+             [[link]]\nid = 0\npcap = \"l0.pcap\"\nfrom_router = \"10.0.0.1\"\nto_router = \"10.0.0.2\"\n",
             open.url()
         ),
     )
@@ -362,7 +362,7 @@ async fn a_monitor_cannot_pose_as_another() {
         dir.path().join("m.toml"),
         format!(
             "id = \"{other}\"\naddress = \"{REAL}\"\nnats_url = \"{}\"\nnats_credentials = {:?}\n\
-             [[link]]\nid = 0\npcap = \"l0.pcap\"\nfrom_router = \"a\"\nto_router = \"b\"\n",
+             [[link]]\nid = 0\npcap = \"l0.pcap\"\nfrom_router = \"10.0.0.1\"\nto_router = \"10.0.0.2\"\n",
             s.nats.url(),
             s.seed("monitor", &other).display().to_string()
         ),

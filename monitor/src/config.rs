@@ -498,11 +498,15 @@ impl Config {
             if !(1..=2048).contains(&link.buffer_mb) {
                 bail!("{at}.buffer_mb = {}: must be 1 to 2048", link.buffer_mb);
             }
-            if link.from_router.trim().is_empty() {
-                bail!("{at}.from_router: empty");
-            }
-            if link.to_router.trim().is_empty() {
-                bail!("{at}.to_router: empty");
+            for (field, value) in [
+                ("from_router", &link.from_router),
+                ("to_router", &link.to_router),
+            ] {
+                if value.parse::<std::net::IpAddr>().is_err() {
+                    bail!(
+                        "{at}.{field} = {value:?}: not an IP address (routers are named by their addresses, as in the topology)"
+                    );
+                }
             }
         }
         Ok(())
@@ -581,13 +585,17 @@ mod tests {
             ),
             (
                 format!(
-                    "{GOOD}\n[[link]]\nid = 0\ninterface = \"lo\"\nfrom_router = \"a\"\nto_router = \"b\""
+                    "{GOOD}\n[[link]]\nid = 0\ninterface = \"lo\"\nfrom_router = \"10.0.0.1\"\nto_router = \"10.0.0.2\""
                 ),
                 "link[1].id = 0",
             ),
             (
                 GOOD.replace("133.255.10.1", "133.256.10.1"),
                 "address = \"133.256.10.1\": not an IP address",
+            ),
+            (
+                GOOD.replace("133.129.11.1", "r1"),
+                "link[0].from_router = \"r1\": not an IP address",
             ),
             (
                 format!("{GOOD}\n[limits]\noutbox_mb = 0"),

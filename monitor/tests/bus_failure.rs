@@ -43,7 +43,7 @@ async fn reporting_monitor(
     let addr = metrics::free_addr();
     let config = format!(
         "address = \"10.9.9.9\"\nmetrics_listen = \"{addr}\"\n\
-         [[link]]\nid = 0\npcap = \"l.pcap\"\nreplay = \"recorded-pace\"\nfrom_router = \"r1\"\nto_router = \"r2\"\n"
+         [[link]]\nid = 0\npcap = \"l.pcap\"\nreplay = \"recorded-pace\"\nfrom_router = \"10.0.0.1\"\nto_router = \"10.0.0.2\"\n"
     );
     let monitor = MonitorProc::start_in(nats, client, "m", &config, dir).await;
     let js = jetstream::new(client.clone());

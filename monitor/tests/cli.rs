@@ -23,7 +23,7 @@ fn check_config_validates_and_names_the_bad_field() {
     let good = dir.path().join("good.toml");
     std::fs::write(
         &good,
-        "address = \"133.255.10.1\"\n[[link]]\nid = 0\npcap = \"l.pcap\"\nfrom_router = \"a\"\nto_router = \"b\"\n",
+        "address = \"133.255.10.1\"\n[[link]]\nid = 0\npcap = \"l.pcap\"\nfrom_router = \"10.0.0.1\"\nto_router = \"10.0.0.2\"\n",
     )
     .unwrap();
     let (ok, stdout, stderr) = run(&["--config", good.to_str().unwrap(), "--check-config"]);
@@ -36,7 +36,7 @@ fn check_config_validates_and_names_the_bad_field() {
     let bad = dir.path().join("bad.toml");
     std::fs::write(
         &bad,
-        "address = \"10.0.0.1\"\n[[link]]\nid = 0\npcap = \"l.pcap\"\nsnaplen = 1\nfrom_router = \"a\"\nto_router = \"b\"\n",
+        "address = \"10.0.0.1\"\n[[link]]\nid = 0\npcap = \"l.pcap\"\nsnaplen = 1\nfrom_router = \"10.0.0.1\"\nto_router = \"10.0.0.2\"\n",
     )
     .unwrap();
     let (ok, _, stderr) = run(&["--config", bad.to_str().unwrap(), "--check-config"]);
@@ -45,7 +45,7 @@ fn check_config_validates_and_names_the_bad_field() {
     // A monitor's address is an IP address.
     std::fs::write(
         &bad,
-        "address = \"133.256.10.1\"\n[[link]]\nid = 0\npcap = \"l.pcap\"\nfrom_router = \"a\"\nto_router = \"b\"\n",
+        "address = \"133.256.10.1\"\n[[link]]\nid = 0\npcap = \"l.pcap\"\nfrom_router = \"10.0.0.1\"\nto_router = \"10.0.0.2\"\n",
     )
     .unwrap();
     let (ok, _, stderr) = run(&["--config", bad.to_str().unwrap(), "--check-config"]);

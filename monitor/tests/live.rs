@@ -35,7 +35,7 @@ async fn live_loopback_capture_counts_exactly_and_filters_in_the_kernel() {
     let client = nats.client().await;
     let js = jetstream::new(client.clone());
     let sha = put_blob(&js, "packet-count", &wasm("packet-count")).await;
-    let config = "address = \"127.0.0.1\"\n[[link]]\nid = 0\ninterface = \"lo\"\nsnaplen = 256\nfrom_router = \"r1\"\nto_router = \"r2\"\n";
+    let config = "address = \"127.0.0.1\"\n[[link]]\nid = 0\ninterface = \"lo\"\nsnaplen = 256\nfrom_router = \"10.0.0.1\"\nto_router = \"10.0.0.2\"\n";
     let monitor = MonitorProc::start(&nats, &client, "live", config).await;
 
     // A port nobody else uses: bind it, so the kernel owns it for this test.

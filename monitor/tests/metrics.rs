@@ -22,8 +22,8 @@ async fn metrics_parse_and_match_status() {
     let addr = metrics::free_addr();
     let config = format!(
         "address = \"10.9.9.1\"\nmetrics_listen = \"{addr}\"\n\
-         [[link]]\nid = 0\npcap = \"l.pcap\"\nfrom_router = \"r1\"\nto_router = \"r2\"\n\
-         [[link]]\nid = 1\npcap = \"l.pcap\"\nfrom_router = \"r2\"\nto_router = \"r1\"\n"
+         [[link]]\nid = 0\npcap = \"l.pcap\"\nfrom_router = \"10.0.0.1\"\nto_router = \"10.0.0.2\"\n\
+         [[link]]\nid = 1\npcap = \"l.pcap\"\nfrom_router = \"10.0.0.2\"\nto_router = \"10.0.0.1\"\n"
     );
     let monitor = MonitorProc::start_in(&nats, &client, "m", &config, dir).await;
     for (i, name) in ["packet-count", "flow-stats"].into_iter().enumerate() {

@@ -32,6 +32,32 @@ fn capture(n: usize) -> tempfile::TempDir {
     dir
 }
 
+/// A nats-server, a client, and monitor `m` started with `config` in `dir`.
+struct Bed {
+    nats: NatsServer,
+    client: async_nats::Client,
+    js: jetstream::Context,
+    monitor: MonitorProc,
+}
+
+impl Bed {
+    async fn start(config: &str, dir: tempfile::TempDir) -> Bed {
+        Self::on(NatsServer::start().await.unwrap(), config, dir).await
+    }
+
+    async fn on(nats: NatsServer, config: &str, dir: tempfile::TempDir) -> Bed {
+        let client = nats.client().await;
+        let js = jetstream::new(client.clone());
+        let monitor = MonitorProc::start_in(&nats, &client, "m", config, dir).await;
+        Bed {
+            nats,
+            client,
+            js,
+            monitor,
+        }
+    }
+}
+
 fn load_req(deployment: &str, name: &str, sha: &str, report_every_ms: Option<u64>) -> LoadRequest {
     LoadRequest {
         deployment: deployment.into(),
@@ -117,17 +143,12 @@ async fn windows_until(
 /// every window of both is stored.
 #[tokio::test]
 async fn a_reloaded_deployment_id_loses_no_window_of_either_run() {
-    let nats = NatsServer::start().await.unwrap();
-    let client = nats.client().await;
-    let js = jetstream::new(client.clone());
-    let monitor = MonitorProc::start_in(
-        &nats,
-        &client,
-        "m",
-        &config("", "recorded-pace"),
-        capture(3000),
-    )
-    .await;
+    let Bed {
+        nats: _nats,
+        client,
+        js,
+        monitor,
+    } = Bed::start(&config("", "recorded-pace"), capture(3000)).await;
     let sha = put_blob(&js, "packet-count", &wasm("packet-count")).await;
     let req = load_req("pc", "packet-count", &sha, Some(200));
     let mut runs = Vec::new();
@@ -202,17 +223,12 @@ fn oversized_analyzer() -> Vec<u8> {
 /// flowing; params too large to publish are refused at load.
 #[tokio::test]
 async fn an_oversized_window_holds_no_other_deployment() {
-    let nats = NatsServer::start().await.unwrap();
-    let client = nats.client().await;
-    let js = jetstream::new(client.clone());
-    let monitor = MonitorProc::start_in(
-        &nats,
-        &client,
-        "m",
-        &config("", "recorded-pace"),
-        capture(3000),
-    )
-    .await;
+    let Bed {
+        nats: _nats,
+        client,
+        js,
+        monitor,
+    } = Bed::start(&config("", "recorded-pace"), capture(3000)).await;
     let pc = put_blob(&js, "packet-count", &wasm("packet-count")).await;
     let big = put_blob(&js, "big", &oversized_analyzer()).await;
 
@@ -286,13 +302,12 @@ async fn an_oversized_window_holds_no_other_deployment() {
 /// stays within its bound, and the final window is stored.
 #[tokio::test]
 async fn a_long_outage_sheds_periodic_windows_and_keeps_the_final_one() {
-    let nats = NatsServer::start().await.unwrap();
-    let client = nats.client().await;
-    let js = jetstream::new(client.clone());
-    let monitor = MonitorProc::start_in(
-        &nats,
-        &client,
-        "m",
+    let Bed {
+        nats,
+        client,
+        js,
+        monitor,
+    } = Bed::start(
         &config("[limits]\noutbox_mb = 1", "recorded-pace"),
         capture(3000),
     )
@@ -343,15 +358,14 @@ async fn a_long_outage_sheds_periodic_windows_and_keeps_the_final_one() {
 /// publishes it (and does not bring back the unloaded deployment).
 #[tokio::test]
 async fn a_stop_with_the_bus_gone_ends_on_time_and_spools() {
-    let mut nats = NatsServer::start().await.unwrap();
-    let client = nats.client().await;
-    let js = jetstream::new(client.clone());
     let dir = capture(300);
     std::fs::create_dir(dir.path().join("spool")).unwrap();
-    let mut monitor = MonitorProc::start_in(
-        &nats,
-        &client,
-        "m",
+    let Bed {
+        mut nats,
+        client,
+        js,
+        mut monitor,
+    } = Bed::start(
         &config("spool_dir = \"spool\"\nstop_timeout_ms = 2000", "instant"),
         dir,
     )
@@ -421,13 +435,12 @@ async fn a_stop_with_the_bus_gone_ends_on_time_and_spools() {
 /// good results, not after the 30 s a command waits for a deployment.
 #[tokio::test]
 async fn a_failing_guest_answers_the_commands_queued_behind_it() {
-    let nats = NatsServer::start().await.unwrap();
-    let client = nats.client().await;
-    let js = jetstream::new(client.clone());
-    let monitor = MonitorProc::start_in(
-        &nats,
-        &client,
-        "m",
+    let Bed {
+        nats: _nats,
+        client,
+        js,
+        monitor,
+    } = Bed::start(
         &config(
             "[limits]\ncall_timeout_ms = 3000\nqueue_batches = 1000\nbatch_packets = 1",
             "recorded-pace",
@@ -482,11 +495,12 @@ async fn a_failing_guest_answers_the_commands_queued_behind_it() {
 /// at 200 ms, at least half of the windows due in 4 s are made.
 #[tokio::test]
 async fn timers_fire_on_a_busy_link() {
-    let nats = NatsServer::start().await.unwrap();
-    let client = nats.client().await;
-    let js = jetstream::new(client.clone());
-    let _monitor =
-        MonitorProc::start_in(&nats, &client, "m", &config("", "loop"), capture(2000)).await;
+    let Bed {
+        nats: _nats,
+        client,
+        js,
+        monitor: _monitor,
+    } = Bed::start(&config("", "loop"), capture(2000)).await;
     let busy = wat_analyzer(
         1,
         "(i32.store (i32.const 8) (i32.const 3000000))
@@ -519,9 +533,6 @@ async fn timers_fire_on_a_busy_link() {
 /// not just down) and in the next load's reply.
 #[tokio::test]
 async fn a_link_that_fails_says_so_where_operators_look() {
-    let nats = NatsServer::start().await.unwrap();
-    let client = nats.client().await;
-    let js = jetstream::new(client.clone());
     let dir = capture(100);
     // A record header claiming 4 GB follows the 100 good packets.
     let mut bytes = std::fs::read(dir.path().join("l.pcap")).unwrap();
@@ -530,10 +541,12 @@ async fn a_link_that_fails_says_so_where_operators_look() {
     ]);
     std::fs::write(dir.path().join("l.pcap"), bytes).unwrap();
     let addr = harness::metrics::free_addr();
-    let monitor = MonitorProc::start_in(
-        &nats,
-        &client,
-        "m",
+    let Bed {
+        nats: _nats,
+        client,
+        js,
+        monitor,
+    } = Bed::start(
         &config(&format!("metrics_listen = \"{addr}\""), "recorded-pace"),
         dir,
     )
@@ -597,11 +610,12 @@ async fn a_link_that_fails_says_so_where_operators_look() {
 /// in the request may be given in either case.
 #[tokio::test]
 async fn blob_kind_and_abi_are_checked_at_load() {
-    let nats = NatsServer::start().await.unwrap();
-    let client = nats.client().await;
-    let js = jetstream::new(client.clone());
-    let _monitor =
-        MonitorProc::start_in(&nats, &client, "m", &config("", "instant"), capture(10)).await;
+    let Bed {
+        nats: _nats,
+        client,
+        js,
+        monitor: _monitor,
+    } = Bed::start(&config("", "instant"), capture(10)).await;
     let bytes = wasm("packet-count");
     let app = harness::put_module(
         &js,
@@ -664,13 +678,14 @@ async fn a_full_jetstream_store_is_bounded_and_visible() {
     let nats = NatsServer::start_with_conf("jetstream {\n  max_file_store: 4MB\n}\n")
         .await
         .unwrap();
-    let client = nats.client().await;
-    let js = jetstream::new(client.clone());
     let addr = harness::metrics::free_addr();
-    let monitor = MonitorProc::start_in(
-        &nats,
-        &client,
-        "m",
+    let Bed {
+        nats: _nats,
+        client,
+        js,
+        monitor,
+    } = Bed::on(
+        nats,
         &config(
             &format!("metrics_listen = \"{addr}\"\n[limits]\noutbox_mb = 1"),
             "recorded-pace",
@@ -721,9 +736,6 @@ async fn a_full_jetstream_store_is_bounded_and_visible() {
 /// queue — nothing is dropped when the analyzers keep up.
 #[tokio::test]
 async fn two_hundred_instant_links_drop_nothing_into_idle_analyzers() {
-    let nats = NatsServer::start().await.unwrap();
-    let client = nats.client().await;
-    let js = jetstream::new(client.clone());
     let dir = tempfile::tempdir().unwrap();
     let frames = pcapgen::mixed(3, 1_764_000_000_000_000_000);
     write_pcap(&dir.path().join("l.pcap"), linktype::ETHERNET, &frames).unwrap();
@@ -733,7 +745,12 @@ async fn two_hundred_instant_links_drop_nothing_into_idle_analyzers() {
             "[[link]]\nid = {id}\npcap = \"l.pcap\"\nreplay = \"instant\"\nreplay_waits_for = 5\nfrom_router = \"10.0.0.1\"\nto_router = \"10.0.0.2\"\n"
         ));
     }
-    let monitor = MonitorProc::start_in(&nats, &client, "m", &config, dir).await;
+    let Bed {
+        nats: _nats,
+        client,
+        js,
+        monitor,
+    } = Bed::start(&config, dir).await;
     let sha = put_blob(&js, "packet-count", &wasm("packet-count")).await;
     for d in 0..5 {
         let mut req = load_req(&format!("pc{d}"), "packet-count", &sha, None);

@@ -125,7 +125,7 @@ pub async fn run(frames: &[Frame], analyzers: &[(&str, Value)]) -> Run {
     let mut config = String::from("address = \"10.9.9.1\"\n");
     for i in 0..analyzers.len() {
         config += &format!(
-            "[[link]]\nid = {i}\npcap = \"l0.pcap\"\nfrom_router = \"r1\"\nto_router = \"r2\"\n"
+            "[[link]]\nid = {i}\npcap = \"l0.pcap\"\nfrom_router = \"10.0.0.1\"\nto_router = \"10.0.0.2\"\n"
         );
     }
     let monitor = MonitorProc::start_in(&nats, &client, "a", &config, dir).await;
