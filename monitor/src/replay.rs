@@ -8,7 +8,7 @@
 //! prefetcher does not follow records a kilobyte apart); behind it the
 //! pages read are unmapped every [`DROP_STEP`], so the resident memory does
 //! not grow with the file. Against reading in 128 KB chunks (the pinned
-//! monitor's CPU, BENCHMARKS.md, issue #4): 0.82× on small packets and
+//! monitor's CPU, BENCHMARKS.md, flow-stats section): 0.82× on small packets and
 //! 0.65× on full-size ones with the file cached as a read from disk leaves
 //! it (large folios), 0.93× and 1.06× with the file in 4 KB pages. A file
 //! truncated under the map would raise SIGBUS; [`crate::sigbus`] turns that

@@ -57,7 +57,7 @@ pub fn capture_file_sized(packets: usize, flows: usize, max_payload: usize) -> P
 /// generator has just written sits in 4 KB pages, and every tool's
 /// `read(2)` of it takes more kernel time (one page-cache lookup and copy
 /// step per 4 KB) than the same tool's read after a reboot — the result
-/// would depend on the file's history (BENCHMARKS.md, issue #4).
+/// would depend on the file's history (BENCHMARKS.md, flow-stats section).
 pub fn cache_as_read(path: &Path) {
     use std::io::Read;
     use std::os::fd::AsRawFd;
