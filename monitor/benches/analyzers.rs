@@ -41,11 +41,13 @@ use bus_schema::{Filter, Value};
 use common::{BATCH, capture_file_sized, guest, monitor_run, root};
 use std::sync::Arc;
 
-use monitor::capture::{Tap, guest_batch_bytes};
-use monitor::deployment::DepMsg;
+use bus_schema::LinkState;
+use monitor::config::{LinkConfig, Replay};
 use monitor::filter::CompiledFilter;
 use monitor::guest::{Analyzer, InstanceConfig};
-use monitor::parse::{LinkType, parse};
+use monitor::inbox::DepMsg;
+use monitor::link::{LinkCtl, LinkHandle};
+use monitor::tap::{Tap, guest_batch_bytes};
 use wasm_host::{Sandbox, SandboxConfig};
 
 /// What a child process cost.
@@ -147,12 +149,18 @@ fn field<'a>(v: &'a Value, key: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {key} in {v}"))
 }
 
-/// The batches the monitor's tap builds for a deployment matching all, for
-/// an analyzer reading `snap_len` bytes of each packet.
+/// The batches the monitor's link and tap build for a deployment matching
+/// all, for an analyzer reading `snap_len` bytes of each packet: the file
+/// replayed through a link (its packet source) into one tap.
 fn batches(path: &Path, snap_len: usize) -> Vec<(u32, Vec<u8>)> {
-    let mut cap = pcap::Capture::from_file_with_precision(path, pcap::Precision::Nano).unwrap();
-    let (tx, rx) = crossbeam_channel::bounded(4);
-    let mut tap = Tap::new(
+    let mut config = LinkConfig::replay(0, path.to_owned(), Replay::Lossless, "a", "b");
+    config.snaplen = 65535;
+    let link = LinkHandle::start(config).unwrap();
+    // Room for every batch (a record takes at least a pcap record header's
+    // 16 bytes of the file): this collects them all before analysing any.
+    let most = std::fs::metadata(path).unwrap().len() / 16;
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let tap = Tap::new(
         "bench".into(),
         Arc::new(CompiledFilter::new(&Filter::default()).unwrap()),
         None,
@@ -160,23 +168,17 @@ fn batches(path: &Path, snap_len: usize) -> Vec<(u32, Vec<u8>)> {
         Arc::default(),
         BATCH,
         snap_len,
-    );
+    )
+    .with_queue_budget(most);
+    link.ctl.send(LinkCtl::Attach(Box::new(tap))).unwrap();
+    let state = link.shared.wait_stopped(Duration::from_secs(600));
+    assert_eq!(state, LinkState::Finished, "{:?}", link.shared.status());
     let mut out = Vec::new();
-    let mut take = |rx: &crossbeam_channel::Receiver<DepMsg>| {
-        while let Ok(DepMsg::Batch(mut b)) = rx.try_recv() {
+    while let Ok(msg) = rx.try_recv() {
+        if let DepMsg::Batch(mut b) = msg {
             out.push((b.count, std::mem::take(&mut b.buf)));
         }
-    };
-    while let Ok(p) = cap.next_packet() {
-        let ts = p.header.ts.tv_sec as u64 * 1_000_000_000 + p.header.ts.tv_usec as u64;
-        tap.offer(
-            &parse(LinkType::Ethernet, 0, ts, p.header.len, p.data),
-            p.data,
-        );
-        take(&rx);
     }
-    tap.flush();
-    take(&rx);
     out
 }
 

@@ -3,99 +3,21 @@
 //! queue so that `configure`, `collect` and `unload` fall between batches in
 //! capture order.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bus_schema::{
-    BlobRef, DeploymentSnapshot, DeploymentState, DeploymentStats, DeploymentStatus, ErrorBody,
-    ErrorCode, Event, EventKind, LoadRequest, ResultWindow, Value,
+    BlobRef, DeploymentSnapshot, DeploymentState, DeploymentStatus, ErrorBody, ErrorCode, Event,
+    EventKind, LoadRequest, ResultWindow, Value,
 };
 use crossbeam_channel::{Receiver, RecvTimeoutError};
-use tokio::sync::oneshot;
 
 use crate::guest::{Analyzer, ConfigureError};
+use crate::inbox::{DepCounters, DepMsg};
+use crate::link::LinkShared;
 use crate::outbox::{Outbox, Outgoing, Refused};
-
-/// Packet records for one guest call.
-#[derive(Debug, Default)]
-pub struct Batch {
-    /// Records in the ABI layout.
-    pub buf: Vec<u8>,
-    /// How many records.
-    pub count: u32,
-    /// Sum of their wire lengths.
-    pub wire_bytes: u64,
-    /// Where the emptied buffer goes back for reuse (its tap's spares), so
-    /// the link thread does not allocate (and fault in) a buffer per batch.
-    pub home: Option<crossbeam_channel::Sender<Vec<u8>>>,
-}
-
-impl Batch {
-    /// Hands the buffer back to its tap, emptied (dropped if the tap has
-    /// enough spares or is gone).
-    pub fn recycle(self) {
-        if let Some(home) = self.home {
-            let mut buf = self.buf;
-            buf.clear();
-            let _ = home.try_send(buf);
-        }
-    }
-}
-
-/// Counters of a deployment, updated by its thread and by link threads.
-#[derive(Debug, Default)]
-pub struct DepCounters {
-    /// Packets delivered to the guest.
-    pub packets_in: AtomicU64,
-    /// Their wire bytes.
-    pub bytes_in: AtomicU64,
-    /// Packets dropped because the queue was full.
-    pub dropped: AtomicU64,
-    /// Guest calls.
-    pub guest_calls: AtomicU64,
-    /// Time in the guest, µs.
-    pub guest_time_us: AtomicU64,
-    /// Guest linear memory, bytes.
-    pub memory_bytes: AtomicU64,
-    /// Periodic windows the outbox shed.
-    pub shed_windows: AtomicU64,
-    /// Alerts the outbox shed.
-    pub shed_events: AtomicU64,
-    /// Packets in batches waiting in the queue (the taps' budget).
-    pub queued_packets: AtomicU64,
-    /// Set when the deployment thread has ended (a lossless tap waiting
-    /// for room stops waiting).
-    pub gone: std::sync::atomic::AtomicBool,
-}
-
-impl DepCounters {
-    /// A snapshot for the bus.
-    #[must_use]
-    pub fn stats(&self) -> DeploymentStats {
-        DeploymentStats {
-            packets_in: self.packets_in.load(Ordering::Relaxed),
-            bytes_in: self.bytes_in.load(Ordering::Relaxed),
-            dropped: self.dropped.load(Ordering::Relaxed),
-            guest_calls: self.guest_calls.load(Ordering::Relaxed),
-            guest_time_us: self.guest_time_us.load(Ordering::Relaxed),
-            shed_windows: self.shed_windows.load(Ordering::Relaxed),
-            shed_events: self.shed_events.load(Ordering::Relaxed),
-        }
-    }
-}
-
-/// Messages to a deployment's thread, in queue order.
-pub enum DepMsg {
-    /// Packets.
-    Batch(Batch),
-    /// Current results.
-    Collect(oneshot::Sender<Result<ResultWindow, ErrorBody>>),
-    /// New params (as given, and encoded); answers the new config revision.
-    Configure(Value, Vec<u8>, oneshot::Sender<Result<u64, ErrorBody>>),
-    /// Final results, then stop.
-    Unload(oneshot::Sender<ResultWindow>),
-}
+use crate::unix_ms;
 
 /// Fixed facts about a deployment.
 #[derive(Debug, Clone)]
@@ -109,7 +31,7 @@ pub struct DeploymentInfo {
     /// Links.
     pub links: Vec<u32>,
     /// Those links' counters, for the capture figures of each window.
-    pub link_stats: Vec<Arc<crate::capture::LinkShared>>,
+    pub link_stats: Vec<Arc<LinkShared>>,
     /// Start, Unix ms.
     pub started_unix_ms: u64,
     /// The load's run (a fresh one per load; a recovery keeps it).
@@ -136,14 +58,6 @@ pub struct Shared {
     pub counters: Arc<DepCounters>,
     status: Mutex<Status>,
     outbox: Arc<Outbox>,
-}
-
-/// Unix time in ms.
-#[must_use]
-pub fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Shared {

@@ -23,7 +23,8 @@ use bus_schema::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::deployment::{DepCounters, unix_ms};
+use crate::inbox::DepCounters;
+use crate::unix_ms;
 
 /// Room left in a message for its headers (message id and the like).
 const HEADER_ROOM: usize = 1024;

@@ -19,12 +19,15 @@ use serde::de::DeserializeOwned;
 use tokio::sync::oneshot;
 use wasm_host::Sandbox;
 
-use crate::capture::{LinkCtl, LinkHandle, Tap, guest_batch_bytes};
 use crate::config::Config;
-use crate::deployment::{self, DepMsg, DeploymentInfo, Shared, Timers, unix_ms};
+use crate::deployment::{self, DeploymentInfo, Shared, Timers};
 use crate::filter::{CompiledFilter, compile_bpf};
 use crate::guest::{Analyzer, InstanceConfig};
+use crate::inbox::DepMsg;
+use crate::link::{LinkCtl, LinkHandle};
 use crate::outbox::Outbox;
+use crate::tap::{Tap, guest_batch_bytes};
+use crate::unix_ms;
 
 /// Largest analyzer blob a monitor accepts.
 pub const MAX_BLOB_BYTES: usize = 64 << 20;

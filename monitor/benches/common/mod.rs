@@ -9,11 +9,13 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bus_schema::{BlobRef, Filter, LinkState, LoadRequest, Value};
-use monitor::capture::{LinkCtl, LinkHandle, Tap, guest_batch_bytes};
 use monitor::config::{LinkConfig, Replay};
-use monitor::deployment::{self, DepMsg, DeploymentInfo, Shared, Timers};
+use monitor::deployment::{self, DeploymentInfo, Shared, Timers};
 use monitor::filter::CompiledFilter;
 use monitor::guest::{Analyzer, InstanceConfig};
+use monitor::inbox::DepMsg;
+use monitor::link::{LinkCtl, LinkHandle};
+use monitor::tap::{Tap, guest_batch_bytes};
 use wasm_host::Sandbox;
 
 /// Packets per guest call.

@@ -182,7 +182,7 @@ impl FileReader {
             FileReader::Classic(c) => c.next_record(),
             FileReader::Libpcap(cap) => match cap.next_packet() {
                 Ok(p) => Ok(Some((
-                    crate::capture::timeval_ns(&p.header.ts, true),
+                    super::timeval_ns(&p.header.ts, true),
                     p.header.len,
                     p.data,
                 ))),

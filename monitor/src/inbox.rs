@@ -1,0 +1,88 @@
+//! A deployment's inbox: the packet batches the link threads hand it and
+//! the commands the service sends it, in one queue so that commands fall
+//! between batches in capture order; and the counters both sides update.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bus_schema::{DeploymentStats, ErrorBody, ResultWindow, Value};
+use tokio::sync::oneshot;
+
+/// Packet records for one guest call.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Records in the ABI layout.
+    pub buf: Vec<u8>,
+    /// How many records.
+    pub count: u32,
+    /// Sum of their wire lengths.
+    pub wire_bytes: u64,
+    /// Where the emptied buffer goes back for reuse (its tap's spares), so
+    /// the link thread does not allocate (and fault in) a buffer per batch.
+    pub home: Option<crossbeam_channel::Sender<Vec<u8>>>,
+}
+
+impl Batch {
+    /// Hands the buffer back to its tap, emptied (dropped if the tap has
+    /// enough spares or is gone).
+    pub fn recycle(self) {
+        if let Some(home) = self.home {
+            let mut buf = self.buf;
+            buf.clear();
+            let _ = home.try_send(buf);
+        }
+    }
+}
+
+/// Counters of a deployment, updated by its thread and by link threads.
+#[derive(Debug, Default)]
+pub struct DepCounters {
+    /// Packets delivered to the guest.
+    pub packets_in: AtomicU64,
+    /// Their wire bytes.
+    pub bytes_in: AtomicU64,
+    /// Packets dropped because the queue was full.
+    pub dropped: AtomicU64,
+    /// Guest calls.
+    pub guest_calls: AtomicU64,
+    /// Time in the guest, µs.
+    pub guest_time_us: AtomicU64,
+    /// Guest linear memory, bytes.
+    pub memory_bytes: AtomicU64,
+    /// Periodic windows the outbox shed.
+    pub shed_windows: AtomicU64,
+    /// Alerts the outbox shed.
+    pub shed_events: AtomicU64,
+    /// Packets in batches waiting in the queue (the taps' budget).
+    pub queued_packets: AtomicU64,
+    /// Set when the deployment thread has ended (a lossless tap waiting
+    /// for room stops waiting).
+    pub gone: std::sync::atomic::AtomicBool,
+}
+
+impl DepCounters {
+    /// A snapshot for the bus.
+    #[must_use]
+    pub fn stats(&self) -> DeploymentStats {
+        DeploymentStats {
+            packets_in: self.packets_in.load(Ordering::Relaxed),
+            bytes_in: self.bytes_in.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
+            guest_calls: self.guest_calls.load(Ordering::Relaxed),
+            guest_time_us: self.guest_time_us.load(Ordering::Relaxed),
+            shed_windows: self.shed_windows.load(Ordering::Relaxed),
+            shed_events: self.shed_events.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Messages to a deployment's thread, in queue order.
+pub enum DepMsg {
+    /// Packets.
+    Batch(Batch),
+    /// Current results.
+    Collect(oneshot::Sender<Result<ResultWindow, ErrorBody>>),
+    /// New params (as given, and encoded); answers the new config revision.
+    Configure(Value, Vec<u8>, oneshot::Sender<Result<u64, ErrorBody>>),
+    /// Final results, then stop.
+    Unload(oneshot::Sender<ResultWindow>),
+}

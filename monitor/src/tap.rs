@@ -1,0 +1,301 @@
+//! A tap: one deployment's place on a link, owned by the link's thread. It
+//! takes the packets passing the deployment's filter, cuts them to the
+//! analyzer's snap length, packs them into batches in the ABI's record
+//! layout and hands full batches to the deployment's inbox.
+//!
+//! A tap never blocks its link on a deployment (except a lossless replay's,
+//! which waits for room): a batch over the queue's budget is dropped and
+//! counted as that deployment's drops.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use tm_abi::{PacketHeader, off, record_len};
+
+use crate::filter::{Bpf, CompiledFilter};
+use crate::inbox::{Batch, DepCounters, DepMsg};
+
+/// Largest batch in bytes (records included); the guest's batch buffer.
+pub const BATCH_BYTES: usize = 256 * 1024;
+
+/// Size of the guest buffer that receives batches.
+#[must_use]
+pub fn guest_batch_bytes(snaplen: u32) -> usize {
+    BATCH_BYTES.max(record_len(snaplen as usize))
+}
+
+/// A deployment attached to a link, owned by the link's thread.
+pub struct Tap {
+    /// Deployment id.
+    pub deployment: String,
+    /// Address/port/protocol filter.
+    pub(crate) filter: Arc<CompiledFilter>,
+    /// BPF program for this link, if the filter has one.
+    bpf: Option<Bpf>,
+    /// The deployment's queue.
+    pub tx: Sender<DepMsg>,
+    /// The deployment's counters (drops are counted here).
+    pub counters: Arc<DepCounters>,
+    /// Packets per batch.
+    pub batch_packets: u32,
+    batch: Batch,
+    /// The deployment is gone: nothing more is handed over.
+    pub(crate) dead: bool,
+    /// Emptied buffers the deployment thread hands back.
+    spares: (Sender<Vec<u8>>, Receiver<Vec<u8>>),
+    /// Wait for room in the queue instead of dropping (a lossless replay).
+    pub(crate) wait_for_room: bool,
+    /// Captured bytes per packet the analyzer reads (`tm_snap_len`).
+    snap_len: usize,
+    /// Neither filter nor BPF expression: every packet is taken.
+    open: bool,
+    /// Packets the deployment's queue may hold (`queue_batches` ×
+    /// `batch_packets`): a small batch takes a queue slot, not a batch's
+    /// worth of the budget, so many links' partial batches fit at once.
+    budget: u64,
+}
+
+/// A batch of at most this many bytes is copied out at a flush, so that
+/// the queue holds its bytes, not a whole batch buffer.
+const SMALL_BATCH: usize = BATCH_BYTES / 8;
+
+/// How long a lossless replay sleeps while its deployment's queue holds
+/// its whole budget (the analyzer is then busy with that much work).
+const ROOM_POLL: Duration = Duration::from_micros(200);
+
+/// Spare batch buffers a tap keeps beyond its queue's capacity: every
+/// buffer that can be in flight (queued, in the guest, being filled) comes
+/// back for reuse, instead of being freed and allocated (and faulted in)
+/// again. The memory the queue held at its fullest therefore stays with
+/// the tap until it is detached.
+const SPARE_BUFFERS: usize = 2;
+
+/// With this many batches waiting in a deployment's queue, the link thread
+/// yields after handing over another: where both threads share one core,
+/// the analyzer then runs on batches still in cache instead of the link
+/// thread filling the whole queue first. Where they have a core each, the
+/// queue seldom gets this long.
+const YIELD_AT: usize = 2;
+
+impl Tap {
+    /// A tap with an empty batch.
+    #[must_use]
+    pub fn new(
+        deployment: String,
+        filter: Arc<CompiledFilter>,
+        bpf: Option<Bpf>,
+        tx: Sender<DepMsg>,
+        counters: Arc<DepCounters>,
+        batch_packets: u32,
+        snap_len: usize,
+    ) -> Self {
+        let capacity = tx.capacity().unwrap_or(0);
+        let spares = capacity + SPARE_BUFFERS;
+        let open = filter.is_open() && bpf.is_none();
+        let budget = capacity as u64 * u64::from(batch_packets);
+        Tap {
+            deployment,
+            filter,
+            bpf,
+            tx,
+            counters,
+            batch_packets,
+            batch: Batch::default(),
+            dead: false,
+            spares: crossbeam_channel::bounded(spares),
+            wait_for_room: false,
+            snap_len,
+            open,
+            budget,
+        }
+    }
+
+    /// Sets the packets the deployment's queue may hold (default: the
+    /// queue's capacity in full batches); spare buffers follow it.
+    #[must_use]
+    pub fn with_queue_budget(mut self, packets: u64) -> Self {
+        self.budget = packets.max(1);
+        let batches = packets.div_ceil(u64::from(self.batch_packets.max(1))) as usize;
+        self.spares = crossbeam_channel::bounded(batches + SPARE_BUFFERS);
+        self
+    }
+
+    /// Whether `count` more packets would pass the queue's budget (a batch
+    /// larger than the budget still goes into an empty queue).
+    fn over_budget(&self, count: u64) -> bool {
+        let queued = self.counters.queued_packets.load(Ordering::Acquire);
+        queued > 0 && queued + count > self.budget
+    }
+
+    /// Takes one parsed packet: filters it, cuts it to the snap length and
+    /// appends its record, handing the batch over when full.
+    pub fn offer(&mut self, h: &PacketHeader, data: &[u8]) {
+        if !self.open
+            && (!self.filter.matches(h) || self.bpf.as_ref().is_some_and(|b| !b.matches(data)))
+        {
+            return;
+        }
+        // Only the bytes the analyzer reads; every other header field
+        // still describes the whole packet.
+        let data = &data[..data.len().min(self.snap_len)];
+        let len = record_len(data.len());
+        if self.batch.buf.len() + len > BATCH_BYTES {
+            self.flush();
+        }
+        let at = self.batch.buf.len();
+        if self.batch.buf.capacity() == 0 {
+            if let Ok(spare) = self.spares.1.try_recv() {
+                self.batch.buf = spare;
+            }
+            self.batch.buf.reserve(BATCH_BYTES.max(len));
+        }
+        // Header (its cap_len what is kept), captured bytes, zero padding:
+        // each byte written once.
+        let mut head = h.encode(len as u32);
+        head[off::CAP_LEN..off::CAP_LEN + 4].copy_from_slice(&(data.len() as u32).to_le_bytes());
+        let buf = &mut self.batch.buf;
+        buf.extend_from_slice(&head);
+        buf.extend_from_slice(data);
+        buf.resize(at + len, 0);
+        self.batch.count += 1;
+        self.batch.wire_bytes += u64::from(h.wire_len);
+        if self.batch.count >= self.batch_packets {
+            self.flush();
+        }
+    }
+
+    /// Hands the partial batch over now.
+    pub fn flush(&mut self) {
+        if self.batch.count == 0 || self.dead {
+            return;
+        }
+        let mut batch = std::mem::take(&mut self.batch);
+        if batch.buf.len() <= SMALL_BATCH {
+            // Only its bytes go; the tap keeps the buffer.
+            let copy = batch.buf.to_vec();
+            batch.buf.clear();
+            self.batch.buf = std::mem::replace(&mut batch.buf, copy);
+        } else {
+            batch.home = Some(self.spares.0.clone());
+        }
+        let count = u64::from(batch.count);
+        let queued = &self.counters.queued_packets;
+        if self.wait_for_room {
+            // The deployment thread always drains (every guest call has a
+            // deadline); it is gone only when the deployment is.
+            while self.over_budget(count) {
+                if self.counters.gone.load(Ordering::Acquire) {
+                    self.dead = true;
+                    return;
+                }
+                std::thread::sleep(ROOM_POLL);
+            }
+            queued.fetch_add(count, Ordering::AcqRel);
+            if self.tx.send(DepMsg::Batch(batch)).is_err() {
+                queued.fetch_sub(count, Ordering::AcqRel);
+                self.dead = true;
+            }
+            return;
+        }
+        if self.over_budget(count) {
+            self.counters.dropped.fetch_add(count, Ordering::Relaxed);
+            batch.recycle();
+            return;
+        }
+        queued.fetch_add(count, Ordering::AcqRel);
+        match self.tx.try_send(DepMsg::Batch(batch)) {
+            Ok(()) => {
+                if self.tx.len() >= YIELD_AT {
+                    std::thread::yield_now();
+                }
+            }
+            Err(TrySendError::Full(msg)) => {
+                queued.fetch_sub(count, Ordering::AcqRel);
+                self.counters.dropped.fetch_add(count, Ordering::Relaxed);
+                if let DepMsg::Batch(b) = msg {
+                    b.recycle();
+                }
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                queued.fetch_sub(count, Ordering::AcqRel);
+                self.dead = true;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::parse::{LinkType, parse};
+    use tm_abi::{RECORD_HEADER_LEN, Records};
+
+    /// A TCP frame and its parsed header, as the link thread makes them.
+    fn frame() -> (PacketHeader, Vec<u8>) {
+        let mut data = Vec::new();
+        etherparse::PacketBuilder::ethernet2([1; 6], [2; 6])
+            .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+            .tcp(1234, 80, 7, 1000)
+            .syn()
+            .write(&mut data, &[0xab; 300])
+            .unwrap();
+        let wire = data.len() as u32;
+        (parse(LinkType::Ethernet, 3, 42, wire, &data), data)
+    }
+
+    /// A tap taking every packet into batches of `batch_packets`, and the
+    /// deployment queue's receiving end.
+    pub(crate) fn open_tap(batch_packets: u32, snap_len: usize) -> (Tap, Receiver<DepMsg>) {
+        let (tx, rx) = crossbeam_channel::bounded(1024);
+        let tap = Tap::new(
+            "d".into(),
+            Arc::new(CompiledFilter::new(&bus_schema::Filter::default()).unwrap()),
+            None,
+            tx,
+            Arc::new(DepCounters::default()),
+            batch_packets,
+            snap_len,
+        );
+        (tap, rx)
+    }
+
+    /// The records a tap with `snap_len` hands its deployment for one frame.
+    fn through_tap(snap_len: usize) -> (Vec<u8>, u32) {
+        let (mut tap, rx) = open_tap(256, snap_len);
+        let (h, data) = frame();
+        tap.offer(&h, &data);
+        tap.flush();
+        match rx.try_recv() {
+            Ok(DepMsg::Batch(b)) => (b.buf, b.count),
+            _ => panic!("no batch"),
+        }
+    }
+
+    #[test]
+    fn a_tap_cuts_packets_to_the_analyzers_snap_length() {
+        let (full_h, data) = frame();
+        assert_eq!(data.len(), 14 + 20 + 20 + 300);
+        for snap in [0usize, 1, 54, 100, data.len(), data.len() + 1, usize::MAX] {
+            let (buf, count) = through_tap(snap);
+            assert_eq!(count, 1);
+            let kept = data.len().min(snap);
+            assert_eq!(buf.len(), record_len(kept), "snap {snap}");
+            let (h, bytes) = Records::new(&buf, 1).next().expect("one record");
+            assert_eq!(bytes, &data[..kept], "snap {snap}");
+            assert_eq!(h.cap_len as usize, kept);
+            // Every other header field still describes the whole packet.
+            assert_eq!(
+                PacketHeader {
+                    cap_len: full_h.cap_len,
+                    ..h
+                },
+                full_h
+            );
+            assert_eq!(h.wire_len as usize, data.len());
+            assert_eq!((h.src_port, h.dst_port, h.tcp_flags), (1234, 80, 0x02));
+        }
+        assert!(record_len(0) == RECORD_HEADER_LEN);
+    }
+}
