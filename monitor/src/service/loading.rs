@@ -1,0 +1,476 @@
+//! Loading a deployment, in steps: check the request, fetch and verify the
+//! blob, then off the runtime compile the module and its filters,
+//! instantiate the analyzer, start its thread and attach its taps.
+//! Recovery after a crash loads again from the saved snapshots.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bus_schema::{
+    DeploymentSnapshot, ErrorBody, ErrorCode, EventKind, LoadReply, LoadRequest, Value, store,
+};
+use futures::StreamExt;
+
+use super::{Deployment, MAX_BLOB_BYTES, Monitor, err, token};
+use crate::deployment::{self, DeploymentInfo, Shared, Timers};
+use crate::filter::{Bpf, CompiledFilter, compile_bpf};
+use crate::guest::{Analyzer, InstanceConfig};
+use crate::link::LinkCtl;
+use crate::tap::{Tap, guest_batch_bytes};
+use crate::unix_ms;
+
+/// A load request checked: its links resolved, its filter compiled, its
+/// params encoded.
+struct Checked {
+    req: LoadRequest,
+    links: Vec<u32>,
+    filter: Arc<CompiledFilter>,
+    params: Vec<u8>,
+}
+
+/// A blob whose SHA-256 and signature were checked against the request.
+struct VerifiedBlob {
+    sha256: String,
+    bytes: Vec<u8>,
+}
+
+impl Monitor {
+    /// Reloads every deployment this monitor saved in `tm_snapshots` (after
+    /// a crash: a clean shutdown leaves none). Returns how many came back.
+    ///
+    /// # Errors
+    /// If the bucket cannot be read.
+    pub async fn recover(self: &Arc<Self>) -> anyhow::Result<usize> {
+        let kv = self.js.get_key_value(store::SNAPSHOTS_BUCKET).await?;
+        let prefix = store::snapshot_prefix(&self.id);
+        let mut keys = kv.keys().await?;
+        let mut mine = Vec::new();
+        while let Some(key) = keys.next().await {
+            let key = key?;
+            if key.starts_with(&prefix) {
+                mine.push(key);
+            }
+        }
+        // A removal spooled at the last stop wins over the snapshot.
+        crate::outbox::settle_snapshots(&self.outbox, &self.js).await;
+        let purged = self.outbox.pending_purges();
+        let mut restored = 0;
+        for key in mine {
+            let Some(bytes) = kv.get(&key).await? else {
+                continue;
+            };
+            let snap: DeploymentSnapshot = match bus_schema::decode(&bytes) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(key, error = %e, "unreadable snapshot; removing it");
+                    let _ = kv.delete(&key).await;
+                    continue;
+                }
+            };
+            let id = snap.request.deployment.clone();
+            if purged.contains(&id) {
+                continue;
+            }
+            match self.load_request(snap.request.clone(), Some(snap)).await {
+                Ok(_) => {
+                    tracing::info!(deployment = %id, "deployment recovered from its snapshot");
+                    restored += 1;
+                }
+                Err(e) => {
+                    tracing::error!(deployment = %id, error = %e, "cannot recover deployment; removing its snapshot");
+                    let _ = kv.delete(&key).await;
+                }
+            }
+        }
+        Ok(restored)
+    }
+
+    /// Loads a deployment (`restore`: from its snapshot, after a crash).
+    pub(super) async fn load_request(
+        self: &Arc<Self>,
+        req: LoadRequest,
+        restore: Option<DeploymentSnapshot>,
+    ) -> Result<LoadReply, ErrorBody> {
+        let checked = self.check_request(req)?;
+        let blob = self.verified_blob(&checked.req).await?;
+        // Compiling and instantiating are CPU work: keep them off the runtime.
+        let monitor = self.clone();
+        tokio::task::spawn_blocking(move || monitor.start_deployment(checked, &blob, restore))
+            .await
+            .map_err(|e| ErrorBody::new(ErrorCode::Internal, format!("load task: {e}")))?
+    }
+
+    /// Everything about a load request that can be checked before its blob
+    /// is fetched: ids, owner, limits, links, filter, params, digest form.
+    fn check_request(&self, req: LoadRequest) -> Result<Checked, ErrorBody> {
+        token("deployment", &req.deployment)?;
+        token("owner", &req.owner)?;
+        self.authorised("owner", &req.owner)?;
+        if self
+            .deployments
+            .lock()
+            .expect("deployments")
+            .contains_key(&req.deployment)
+        {
+            return err(
+                ErrorCode::DeploymentExists,
+                format!(
+                    "deployment = {:?} already exists on monitor {}",
+                    req.deployment, self.id
+                ),
+            );
+        }
+        self.within_limits(&req.deployment)?;
+        let links = self.resolve_links(&req.links)?;
+        let filter = Arc::new(
+            CompiledFilter::new(&req.filter)
+                .map_err(|e| ErrorBody::new(ErrorCode::BadFilter, e.0))?,
+        );
+        if let Some(every) = req.report_every_ms
+            && every < 100
+        {
+            return err(
+                ErrorCode::BadRequest,
+                format!("report_every_ms = {every}: must be at least 100"),
+            );
+        }
+        let want = &req.analyzer.sha256;
+        if want.len() != 64 || !want.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return err(
+                ErrorCode::BadRequest,
+                format!("analyzer.sha256 = {want:?}: expected 64 hex digits"),
+            );
+        }
+        let params = bus_schema::encode(&req.params)
+            .map_err(|e| ErrorBody::new(ErrorCode::BadParams, e.to_string()))?;
+        self.params_fit(&params)?;
+        Ok(Checked {
+            req,
+            links,
+            filter,
+            params,
+        })
+    }
+
+    /// The links a load names (all of the monitor's if none), each known
+    /// and given once.
+    fn resolve_links(&self, asked: &[u32]) -> Result<Vec<u32>, ErrorBody> {
+        let links: Vec<u32> = if asked.is_empty() {
+            self.links.keys().copied().collect()
+        } else {
+            asked.to_vec()
+        };
+        for (i, l) in links.iter().enumerate() {
+            if let Some(j) = links[..i].iter().position(|x| x == l) {
+                return err(
+                    ErrorCode::BadRequest,
+                    format!("links[{i}] = {l}: already given as links[{j}] (each link once)"),
+                );
+            }
+            if !self.links.contains_key(l) {
+                return err(
+                    ErrorCode::UnknownLink,
+                    format!(
+                        "links[{i}] = {l}: monitor {} has links {:?}",
+                        self.id,
+                        self.links.keys().collect::<Vec<_>>()
+                    ),
+                );
+            }
+        }
+        Ok(links)
+    }
+
+    /// The blob's bytes and its metadata map, read without leaving a
+    /// consumer behind and at most [`MAX_BLOB_BYTES`] of it.
+    async fn fetch_blob(
+        &self,
+        name: &str,
+    ) -> Result<(Vec<u8>, std::collections::HashMap<String, String>), ErrorBody> {
+        use bus_schema::nats::BlobReadError;
+        match bus_schema::nats::read_blob(&self.js, name, MAX_BLOB_BYTES).await {
+            Ok((info, bytes)) => Ok((bytes, info.metadata)),
+            Err(e @ BlobReadError::NotFound { .. }) => err(
+                ErrorCode::BlobNotFound,
+                format!("analyzer.name = {name:?}: {e}"),
+            ),
+            Err(e @ BlobReadError::TooLarge { .. }) => {
+                err(ErrorCode::BadModule, format!("blob {name:?}: {e}"))
+            }
+            Err(e @ BlobReadError::Unavailable(_)) => err(
+                ErrorCode::Unavailable,
+                format!("cannot fetch blob {name:?}: {e}"),
+            ),
+        }
+    }
+
+    /// The analyzer's blob, its digest the request's and its signature
+    /// trusted, stored for this monitor's ABI: checked before anything is
+    /// compiled.
+    async fn verified_blob(&self, req: &LoadRequest) -> Result<VerifiedBlob, ErrorBody> {
+        let name = &req.analyzer.name;
+        let want = req.analyzer.sha256.to_ascii_lowercase();
+        let (bytes, metadata) = self.fetch_blob(name).await?;
+        let got = self
+            .trusted
+            .verify(store::BlobKind::Analyzer, name, &metadata, &bytes)?;
+        if got != want {
+            return err(
+                ErrorCode::DigestMismatch,
+                format!("blob {name:?} has sha256 {got}, the request asked for {want}"),
+            );
+        }
+        if let Some(abi) = metadata.get(store::meta_key::ABI).filter(|a| !a.is_empty())
+            && abi.parse::<u32>().ok() != Some(tm_abi::ABI_VERSION)
+        {
+            return err(
+                ErrorCode::AbiMismatch,
+                format!(
+                    "blob {name:?} is stored with {} = {abi:?}; this monitor runs analyzers of ABI v{}",
+                    store::meta_key::ABI,
+                    tm_abi::ABI_VERSION
+                ),
+            );
+        }
+        Ok(VerifiedBlob { sha256: got, bytes })
+    }
+
+    /// Snapshots carry the params: they must leave room for the state.
+    pub(super) fn params_fit(&self, params: &[u8]) -> Result<(), ErrorBody> {
+        let max = self.outbox.max_message() / 2;
+        if params.len() > max {
+            return err(
+                ErrorCode::BadParams,
+                format!(
+                    "params take {} bytes encoded; at most {max} (half the bus's max payload: snapshots carry them)",
+                    params.len()
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// Refuses a load past `limits.max_deployments` or one whose memory
+    /// cap would take the deployments' caps past `limits.total_memory_mb`.
+    fn within_limits(&self, deployment: &str) -> Result<(), ErrorBody> {
+        let l = &self.config.limits;
+        let n = self.deployments.lock().expect("deployments").len();
+        if n >= l.max_deployments {
+            return err(
+                ErrorCode::ResourceLimit,
+                format!(
+                    "deployment = {deployment:?}: monitor {} already runs {n} deployments, its limits.max_deployments",
+                    self.id
+                ),
+            );
+        }
+        let reserved = (n as u64 + 1) * u64::from(l.memory_mb);
+        if reserved > l.total_memory_mb {
+            return err(
+                ErrorCode::ResourceLimit,
+                format!(
+                    "deployment = {deployment:?}: one more deployment of {} MiB would reserve {reserved} MiB on monitor {}, past its limits.total_memory_mb = {} ({n} running)",
+                    l.memory_mb, self.id, l.total_memory_mb
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// The filter's BPF compiled for each link's link type.
+    fn link_bpfs(
+        &self,
+        links: &[u32],
+        filter: &CompiledFilter,
+    ) -> Result<Vec<Option<Bpf>>, ErrorBody> {
+        links
+            .iter()
+            .map(|l| {
+                let Some(expr) = &filter.bpf else {
+                    return Ok(None);
+                };
+                let dlt = self.links[l].shared.dlt().ok_or_else(|| {
+                    ErrorBody::new(
+                        ErrorCode::BadFilter,
+                        format!("filter.bpf: link {l} is not capturing"),
+                    )
+                })?;
+                compile_bpf(expr, dlt)
+                    .map(Some)
+                    .map_err(|e| ErrorBody::new(ErrorCode::BadFilter, e.0))
+            })
+            .collect()
+    }
+
+    /// The deployment's shared state (a recovery keeps its run).
+    fn new_shared(
+        &self,
+        checked: &Checked,
+        sha256: &str,
+        restore: Option<&DeploymentSnapshot>,
+    ) -> Arc<Shared> {
+        let (req, links) = (&checked.req, &checked.links);
+        Shared::new(
+            DeploymentInfo {
+                monitor: self.id.clone(),
+                deployment: req.deployment.clone(),
+                analyzer: bus_schema::BlobRef {
+                    name: req.analyzer.name.clone(),
+                    sha256: sha256.to_owned(),
+                },
+                links: links.clone(),
+                link_stats: links.iter().map(|l| self.links[l].shared.clone()).collect(),
+                started_unix_ms: unix_ms(),
+                run: restore
+                    .map(|snap| snap.run.clone())
+                    .unwrap_or_else(|| nuid::next().to_string()),
+            },
+            LoadRequest {
+                links: links.clone(),
+                ..req.clone()
+            },
+            self.outbox.clone(),
+        )
+    }
+
+    /// The analyzer instantiated under the monitor's limits, its alerts
+    /// going out as the deployment's events, its state restored if given.
+    fn instantiate(
+        &self,
+        checked: &Checked,
+        blob: &VerifiedBlob,
+        shared: &Arc<Shared>,
+        restore: Option<&DeploymentSnapshot>,
+    ) -> Result<Analyzer, ErrorBody> {
+        let req = &checked.req;
+        let module = self
+            .sandbox
+            .module(&blob.sha256, &blob.bytes)
+            .map_err(|e| {
+                ErrorBody::new(
+                    ErrorCode::BadModule,
+                    format!("blob {:?}: {e}", req.analyzer.name),
+                )
+            })?;
+        let limits = &self.config.limits;
+        let snaplen = checked
+            .links
+            .iter()
+            .map(|l| self.links[l].shared.config.snaplen)
+            .max()
+            .unwrap_or(65535);
+        let emit_shared = Arc::downgrade(shared);
+        let mut analyzer = Analyzer::new(
+            &self.sandbox,
+            &module,
+            &InstanceConfig {
+                memory_bytes: (limits.memory_mb as usize) << 20,
+                call_timeout: Duration::from_millis(limits.call_timeout_ms),
+                batch_bytes: guest_batch_bytes(snaplen),
+                deployment: req.deployment.clone(),
+            },
+            &checked.params,
+            Box::new(move |value: Value| {
+                if let Some(shared) = emit_shared.upgrade() {
+                    let message = value["message"].as_str().unwrap_or("alert").to_owned();
+                    shared.event(EventKind::Alert, message, value);
+                }
+            }),
+        )
+        .map_err(|e| ErrorBody::new(e.code, e.message))?;
+        if let Some(snap) = restore {
+            if snap.state != Value::Nil
+                && let Err(e) = analyzer.restore(&snap.state)
+            {
+                tracing::warn!(deployment = %req.deployment, error = ?e, "analyzer state not restored; it starts afresh");
+            }
+            shared.restore_from(snap);
+        }
+        Ok(analyzer)
+    }
+
+    /// Compiles, instantiates and starts the deployment, then attaches it
+    /// to its links.
+    fn start_deployment(
+        self: &Arc<Self>,
+        checked: Checked,
+        blob: &VerifiedBlob,
+        restore: Option<DeploymentSnapshot>,
+    ) -> Result<LoadReply, ErrorBody> {
+        let bpfs = self.link_bpfs(&checked.links, &checked.filter)?;
+        let shared = self.new_shared(&checked, &blob.sha256, restore.as_ref());
+        let analyzer = self.instantiate(&checked, blob, &shared, restore.as_ref())?;
+        let snap_len = analyzer.snap_len();
+        let Checked {
+            req, links, filter, ..
+        } = checked;
+        let limits = &self.config.limits;
+        // Room for a partial batch from every link besides the budget's
+        // full ones: the taps hold the queue to its budget in packets.
+        let (tx, rx) = crossbeam_channel::bounded(limits.queue_batches * 4 + links.len());
+        let timers = Timers {
+            tick: Duration::from_millis(limits.tick_ms),
+            report: req.report_every_ms.map(Duration::from_millis),
+            snapshot: Duration::from_millis(limits.snapshot_ms),
+        };
+        let thread = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name(format!("dep-{}", req.deployment))
+                .spawn(move || deployment::run(analyzer, rx, shared, timers))
+                .map_err(|e| {
+                    ErrorBody::new(ErrorCode::Internal, format!("cannot start thread: {e}"))
+                })?
+        };
+        {
+            let mut deployments = self.deployments.lock().expect("deployments");
+            if deployments.contains_key(&req.deployment) {
+                return err(
+                    ErrorCode::DeploymentExists,
+                    format!("deployment = {:?} already exists", req.deployment),
+                );
+            }
+            deployments.insert(
+                req.deployment.clone(),
+                Deployment {
+                    shared: shared.clone(),
+                    tx: tx.clone(),
+                    thread: Some(thread),
+                },
+            );
+        }
+        for (l, bpf) in links.iter().zip(bpfs) {
+            let tap = Tap::new(
+                req.deployment.clone(),
+                filter.clone(),
+                bpf,
+                tx.clone(),
+                shared.counters.clone(),
+                limits.batch_packets,
+                snap_len,
+            )
+            .with_queue_budget(limits.queue_batches as u64 * u64::from(limits.batch_packets));
+            let _ = self.links[l].ctl.send(LinkCtl::Attach(Box::new(tap)));
+        }
+        tracing::info!(deployment = %req.deployment, analyzer = %req.analyzer.name, links = ?links, owner = %req.owner, "deployment loaded");
+        let how = if restore.is_some() {
+            "recovered"
+        } else {
+            "loaded"
+        };
+        shared.event(
+            EventKind::Loaded,
+            format!("{} {how} on links {links:?}", req.analyzer.name),
+            Value::Nil,
+        );
+        let not_capturing = self.idle_links(&links);
+        Ok(LoadReply {
+            deployment: req.deployment,
+            monitor: self.id.clone(),
+            links,
+            abi_version: tm_abi::ABI_VERSION,
+            run: shared.info.run.clone(),
+            not_capturing,
+        })
+    }
+}
