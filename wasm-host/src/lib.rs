@@ -9,8 +9,11 @@
 //! * [`Failure`]: what a failed guest call was (trap, timeout, memory limit).
 //! * [`trust`]: signed blobs — the digest and ed25519 signature checks run
 //!   before a blob is compiled, and the signing `tmctl` does.
+//! * [`blob`]: a module (analyzer or app) fetched from the object store
+//!   and verified before it is compiled.
 //! * [`metrics`]: the Prometheus endpoint both hosts serve.
 
+pub mod blob;
 pub mod metrics;
 pub mod trust;
 

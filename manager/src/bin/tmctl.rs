@@ -2,22 +2,27 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, anyhow};
-use async_nats::jetstream::{self, object_store};
+use async_nats::jetstream;
 use bus_schema::MonitorRecord;
-use bus_schema::store::{self, BlobKind, BlobMeta};
+use bus_schema::store;
 use clap::{Parser, Subcommand};
 use futures::StreamExt;
-use manager::control::Control;
-use manager::topology::{self, Topology, TopologyError};
-use wasm_host::trust::BlobSigner;
+use manager::control::{Control, now_ms};
 
+#[path = "tmctl/apps.rs"]
+mod apps;
 #[path = "tmctl/auth.rs"]
 mod auth;
+#[path = "tmctl/blobs.rs"]
+mod blobs;
 #[path = "tmctl/ops.rs"]
 mod ops;
+#[path = "tmctl/topology.rs"]
+mod topology;
+#[path = "tmctl/watch.rs"]
+mod watch;
 
 /// Operates a tm system over NATS: analyzer and app modules in the object
 /// store, deployments of analyzers on monitors (deploy, configure, collect,
@@ -371,7 +376,7 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<(), Failure> {
     if let Command::Keygen { out } = &cli.command {
-        return keygen(out, cli.json);
+        return blobs::keygen(out, cli.json);
     }
     if let Command::Auth {
         command: AuthCommand::Init(args),
@@ -379,32 +384,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     {
         return auth::init(args, cli.json);
     }
-    let mut options =
-        async_nats::ConnectOptions::new().connection_timeout(std::time::Duration::from_secs(5));
-    if let Some(creds) = &cli.nats_creds {
-        options = bus_schema::nats::with_credentials(options, creds)
-            .await
-            .map_err(|e| fail(BAD_INPUT, e))?;
-    }
-    let from_seed = cli
-        .nats_creds
-        .as_deref()
-        .and_then(auth::identity_of_seed_file)
-        .filter(|(role, _)| *role == bus_schema::Role::Operator)
-        .map(|(_, id)| id);
-    let identity = match (&cli.identity, &from_seed) {
-        (Some(given), Some(seed)) if given != seed => {
-            return Err(fail(
-                BAD_INPUT,
-                anyhow!(
-                    "--as {given}: the identity in --nats-creds is operator {seed:?}, which may send commands only as {seed:?}"
-                ),
-            ));
-        }
-        (Some(given), _) => given.clone(),
-        (None, Some(seed)) => seed.clone(),
-        (None, None) => "tmctl".to_owned(),
-    };
+    let options = connect_options(&cli).await?;
+    let identity = identity(&cli)?;
     let client = options
         .connect(cli.nats.as_str())
         .await
@@ -422,8 +403,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         .context("a stream or bucket differs from the contract")?;
     match cli.command {
         Command::Setup { .. } => unreachable!("handled above"),
-        Command::Analyzer { command } => analyzer(&js, command, json).await,
-        Command::Topology { command } => topology_cmd(&js, command, json).await,
+        Command::Analyzer { command } => blobs::analyzer(&js, command, json).await,
+        Command::Topology { command } => topology::topology(&js, command, json).await,
         Command::Monitors => monitors(&js, enforced, json).await,
         Command::Watch {
             what,
@@ -431,8 +412,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             count,
             from_start,
             idle_s,
-        } => ops::watch(&js, what, only, count, from_start, idle_s, json).await,
-        Command::Apps { command } => ops::apps(&client, &js, command, json).await,
+        } => watch::watch(&js, what, only, count, from_start, idle_s, json).await,
+        Command::Apps { command } => apps::apps(&client, &js, command, json).await,
         command => {
             let control = Control::connect_with(client, &identity, 1, enforced)
                 .await
@@ -442,301 +423,38 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     }
 }
 
-async fn blobs(js: &jetstream::Context) -> anyhow::Result<object_store::ObjectStore> {
-    Ok(bus_schema::nats::open_blobs(js, 1).await?)
-}
-
-fn keygen(out: &std::path::Path, json: bool) -> Result<(), Failure> {
-    let key = BlobSigner::generate().context("cannot read /dev/urandom")?;
-    key.save(out)
-        .with_context(|| {
-            format!(
-                "cannot write {} (an existing key file is never overwritten)",
-                out.display()
-            )
-        })
-        .map_err(|e| fail(BAD_INPUT, e))?;
-    if json {
-        println!(
-            "{}",
-            serde_json::json!({"key_file": out.display().to_string(), "public_key": key.public_hex()})
-        );
-    } else {
-        println!("{}", key.public_hex());
-        eprintln!(
-            "secret key written to {} (mode 0600); the line above is the public key to trust",
-            out.display()
-        );
+/// How to connect: with `--nats-creds`' identity, if given.
+async fn connect_options(cli: &Cli) -> Result<async_nats::ConnectOptions, Failure> {
+    let options =
+        async_nats::ConnectOptions::new().connection_timeout(std::time::Duration::from_secs(5));
+    match &cli.nats_creds {
+        Some(creds) => bus_schema::nats::with_credentials(options, creds)
+            .await
+            .map_err(|e| fail(BAD_INPUT, e)),
+        None => Ok(options),
     }
-    Ok(())
 }
 
-/// Stores a module of `kind` in the object store, signed if asked; prints
-/// name and digest.
-async fn put_blob(
-    js: &jetstream::Context,
-    kind: BlobKind,
-    put: PutArgs,
-    json: bool,
-) -> Result<(), Failure> {
-    let PutArgs {
-        file,
-        name,
-        version,
-        description,
-        sign_key,
-    } = put;
-    let signer = sign_key
+/// The identity commands are sent as: `--as`, else the operator of the
+/// `--nats-creds` seed file, else `tmctl`; an operator's seed allows only
+/// its own name.
+fn identity(cli: &Cli) -> Result<String, Failure> {
+    let from_seed = cli
+        .nats_creds
         .as_deref()
-        .map(BlobSigner::load)
-        .transpose()
-        .map_err(|e| fail(BAD_INPUT, anyhow!("--sign-key {e}")))?;
-    let objects = blobs(js).await?;
-    {
-        {
-            let bytes = std::fs::read(&file)
-                .with_context(|| format!("cannot read {}", file.display()))
-                .map_err(|e| fail(BAD_INPUT, e))?;
-            if bytes.len() < 8 || &bytes[..4] != b"\0asm" || bytes[4..8] != [1, 0, 0, 0] {
-                return Err(fail(
-                    BAD_INPUT,
-                    anyhow!(
-                        "{}: not a WebAssembly module (no \\0asm version 1 header)",
-                        file.display()
-                    ),
-                ));
-            }
-            let name = match name {
-                Some(n) => n,
-                None => file
-                    .file_stem()
-                    .map(|s| s.to_string_lossy().into_owned())
-                    .ok_or_else(|| fail(BAD_INPUT, anyhow!("{}: no file name", file.display())))?,
-            };
-            bus_schema::validate_token("name", &name).map_err(|e| fail(BAD_INPUT, e))?;
-            let meta = BlobMeta {
-                kind,
-                version,
-                sha256: wasm_host::sha256_hex(&bytes),
-                abi_version: 1,
-                description,
-            };
-            let mut metadata = meta.to_map();
-            if let Some(signer) = &signer {
-                metadata.extend(signer.sign(kind, &name, &meta.sha256));
-            }
-            objects
-                .put(
-                    object_store::ObjectMetadata {
-                        name: name.clone(),
-                        description: Some(meta.description.clone()),
-                        metadata,
-                        ..Default::default()
-                    },
-                    &mut &bytes[..],
-                )
-                .await
-                .with_context(|| format!("cannot store {name}"))?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::json!({"name": name, "sha256": meta.sha256, "size": bytes.len(),
-                                       "signer": signer.as_ref().map(BlobSigner::public_hex)})
-                );
-            } else {
-                let signed = signer.as_ref().map_or("unsigned".to_owned(), |s| {
-                    format!("signed by {}", s.public_hex())
-                });
-                println!("{name} {} ({} bytes, {signed})", meta.sha256, bytes.len());
-            }
-            Ok(())
-        }
-    }
-}
-
-async fn analyzer(
-    js: &jetstream::Context,
-    command: AnalyzerCommand,
-    json: bool,
-) -> Result<(), Failure> {
-    let objects = blobs(js).await?;
-    match command {
-        AnalyzerCommand::Put(put) => put_blob(js, BlobKind::Analyzer, put, json).await,
-        AnalyzerCommand::List => {
-            let mut list = objects.list().await.context("cannot list modules")?;
-            let mut rows = Vec::new();
-            while let Some(info) = list.next().await {
-                let info = info.context("cannot list modules")?;
-                if info.deleted {
-                    continue;
-                }
-                let meta = BlobMeta::from_map(&info.metadata).ok();
-                rows.push((info.name.clone(), info.size, meta));
-            }
-            rows.sort_by(|a, b| a.0.cmp(&b.0));
-            if json {
-                let v: Vec<_> = rows
-                    .iter()
-                    .map(|(name, size, meta)| {
-                        serde_json::json!({
-                            "name": name, "size": size,
-                            "kind": meta.as_ref().map(|m| m.kind.as_str()),
-                            "version": meta.as_ref().map(|m| m.version.clone()),
-                            "sha256": meta.as_ref().map(|m| m.sha256.clone()),
-                            "description": meta.as_ref().map(|m| m.description.clone()),
-                        })
-                    })
-                    .collect();
-                println!("{}", serde_json::Value::Array(v));
-            } else {
-                println!(
-                    "{:<20} {:<9} {:<9} {:>9}  {:<64}  DESCRIPTION",
-                    "NAME", "KIND", "VERSION", "SIZE", "SHA256"
-                );
-                for (name, size, meta) in &rows {
-                    match meta {
-                        Some(m) => println!(
-                            "{name:<20} {:<9} {:<9} {size:>9}  {:<64}  {}",
-                            m.kind.as_str(),
-                            m.version,
-                            m.sha256,
-                            m.description
-                        ),
-                        None => println!(
-                            "{name:<20} {:<9} {:<9} {size:>9}  {:<64}  (no tm metadata)",
-                            "?", "?", "?"
-                        ),
-                    }
-                }
-            }
-            Ok(())
-        }
-        AnalyzerCommand::Rm { name } => {
-            // A removed object still has an info record, marked deleted.
-            if objects.info(&name).await.map_or(true, |i| i.deleted) {
-                return Err(fail(
-                    NOT_FOUND,
-                    anyhow!("no module named {name:?} in {}", store::BLOBS_BUCKET),
-                ));
-            }
-            objects
-                .delete(&name)
-                .await
-                .with_context(|| format!("cannot remove {name}"))?;
-            if json {
-                println!("{}", serde_json::json!({"removed": name}));
-            } else {
-                println!("removed {name}");
-            }
-            Ok(())
-        }
-    }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-async fn topology_cmd(
-    js: &jetstream::Context,
-    command: TopologyCommand,
-    json: bool,
-) -> Result<(), Failure> {
-    let kv = topology::open_bucket(js, 1)
-        .await
-        .map_err(|e| anyhow!(e))
-        .context("cannot open the topology bucket")?;
-    match command {
-        TopologyCommand::Import { file, replace } => {
-            let topo = Topology::from_path(&file).map_err(|e| match e {
-                TopologyError::Read { .. } => fail(BAD_INPUT, e),
-                other => fail(BAD_INPUT, other),
-            })?;
-            let current = topology::load(&kv).await.map_err(|e| anyhow!(e))?;
-            let expected = match (&current, replace) {
-                (Some(stored), true) => Some(stored.revision),
-                (Some(stored), false) => {
-                    return Err(fail(
-                        1,
-                        anyhow!(
-                            "a topology is already stored (revision {}, imported by {}); add --replace to replace it",
-                            stored.revision,
-                            stored.record.imported_by
-                        ),
-                    ));
-                }
-                (None, _) => None,
-            };
-            let by = format!("tmctl@{}", hostname());
-            let record = topo.to_record(&by, now_ms());
-            // The whole topology is one KV value: it must fit one message.
-            let size = bus_schema::encode(&record).map_or(0, |b| b.len());
-            let max = js.client().server_info().max_payload;
-            if size > max {
-                return Err(fail(
-                    BAD_INPUT,
-                    anyhow!(
-                        "{}: {} rows take {size} bytes encoded, more than the bus's max payload ({max} bytes, about {} rows like these); split the network or raise nats-server's max_payload",
-                        file.display(),
-                        record.rows.len(),
-                        max * record.rows.len() / size.max(1)
-                    ),
-                ));
-            }
-            let revision = topology::save(&kv, &record, expected)
-                .await
-                .map_err(|e| anyhow!(e))
-                .context("cannot store the topology")?;
-            let links = topo.links().len();
-            if json {
-                println!(
-                    "{}",
-                    serde_json::json!({"revision": revision, "rows": record.rows.len(), "routers": topo.routers().len(), "links": links})
-                );
-            } else {
-                println!(
-                    "imported {} rows: {} routers, {} directed links ({} unmonitored); revision {revision}",
-                    record.rows.len(),
-                    topo.routers().len(),
-                    links,
-                    topo.unmonitored_links().len()
-                );
-            }
-            Ok(())
-        }
-        TopologyCommand::Show { dot } => {
-            let Some(stored) = topology::load(&kv).await.map_err(|e| anyhow!(e))? else {
-                return Err(fail(
-                    NOT_FOUND,
-                    anyhow!("no topology stored; import one with `tmctl topology import FILE`"),
-                ));
-            };
-            if dot {
-                print!("{}", stored.topology.dot());
-            } else if json {
-                let rows: Vec<_> = stored
-                    .record
-                    .rows
-                    .iter()
-                    .map(|r| {
-                        serde_json::json!({
-                            "monitor_address": r.monitor_address, "link_id": r.link_id,
-                            "from_router": r.from_router, "to_router": r.to_router,
-                        })
-                    })
-                    .collect();
-                println!(
-                    "{}",
-                    serde_json::json!({"revision": stored.revision, "imported_by": stored.record.imported_by,
-                        "imported_unix_ms": stored.record.imported_unix_ms, "rows": rows})
-                );
-            } else {
-                print!("{}", stored.topology.table());
-            }
-            Ok(())
-        }
+        .and_then(auth::identity_of_seed_file)
+        .filter(|(role, _)| *role == bus_schema::Role::Operator)
+        .map(|(_, id)| id);
+    match (&cli.identity, &from_seed) {
+        (Some(given), Some(seed)) if given != seed => Err(fail(
+            BAD_INPUT,
+            anyhow!(
+                "--as {given}: the identity in --nats-creds is operator {seed:?}, which may send commands only as {seed:?}"
+            ),
+        )),
+        (Some(given), _) => Ok(given.clone()),
+        (None, Some(seed)) => Ok(seed.clone()),
+        (None, None) => Ok("tmctl".to_owned()),
     }
 }
 
@@ -746,12 +464,6 @@ fn id_arg(value: &str) -> Result<String, String> {
     bus_schema::validate_token("id", value)
         .map(|()| value.to_owned())
         .map_err(|e| e.why.to_owned())
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "unknown".into())
 }
 
 /// `tmctl setup`: the admin's step that creates the streams and buckets.

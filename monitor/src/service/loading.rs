@@ -181,39 +181,23 @@ impl Monitor {
         Ok(links)
     }
 
-    /// The blob's bytes and its metadata map, read without leaving a
-    /// consumer behind and at most [`MAX_BLOB_BYTES`] of it.
-    async fn fetch_blob(
-        &self,
-        name: &str,
-    ) -> Result<(Vec<u8>, std::collections::HashMap<String, String>), ErrorBody> {
-        use bus_schema::nats::BlobReadError;
-        match bus_schema::nats::read_blob(&self.js, name, MAX_BLOB_BYTES).await {
-            Ok((info, bytes)) => Ok((bytes, info.metadata)),
-            Err(e @ BlobReadError::NotFound { .. }) => err(
-                ErrorCode::BlobNotFound,
-                format!("analyzer.name = {name:?}: {e}"),
-            ),
-            Err(e @ BlobReadError::TooLarge { .. }) => {
-                err(ErrorCode::BadModule, format!("blob {name:?}: {e}"))
-            }
-            Err(e @ BlobReadError::Unavailable(_)) => err(
-                ErrorCode::Unavailable,
-                format!("cannot fetch blob {name:?}: {e}"),
-            ),
-        }
-    }
-
-    /// The analyzer's blob, its digest the request's and its signature
+    /// The analyzer's blob (read without leaving a consumer behind, at
+    /// most [`MAX_BLOB_BYTES`]), its digest the request's and its signature
     /// trusted, stored for this monitor's ABI: checked before anything is
     /// compiled.
     async fn verified_blob(&self, req: &LoadRequest) -> Result<VerifiedBlob, ErrorBody> {
         let name = &req.analyzer.name;
         let want = req.analyzer.sha256.to_ascii_lowercase();
-        let (bytes, metadata) = self.fetch_blob(name).await?;
-        let got = self
-            .trusted
-            .verify(store::BlobKind::Analyzer, name, &metadata, &bytes)?;
+        let blob = wasm_host::blob::fetch_verified(
+            &self.js,
+            &self.trusted,
+            store::BlobKind::Analyzer,
+            "analyzer.name",
+            name,
+            MAX_BLOB_BYTES,
+        )
+        .await?;
+        let (got, metadata) = (blob.sha256, blob.metadata);
         if got != want {
             return err(
                 ErrorCode::DigestMismatch,
@@ -232,7 +216,10 @@ impl Monitor {
                 ),
             );
         }
-        Ok(VerifiedBlob { sha256: got, bytes })
+        Ok(VerifiedBlob {
+            sha256: got,
+            bytes: blob.bytes,
+        })
     }
 
     /// Snapshots carry the params: they must leave room for the state.
