@@ -130,7 +130,7 @@ fi
 
 # --- WebAssembly guest toolchain ---------------------------------------------
 # Preferred: rustup's wasm32-unknown-unknown target. Fallback: Debian's
-# rustc 1.63 with libstd-rust-dev-wasm32 (see DESIGN.md §3 and xtask/src/guests.rs).
+# rustc 1.63 with libstd-rust-dev-wasm32 (see docs/guests.md and xtask/src/guests.rs).
 rustup_has_wasm() { command -v rustup >/dev/null && rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown; }
 debian_has_wasm() { [ -x /usr/bin/rustc ] && [ -x /usr/bin/cargo ] && have_pkg libstd-rust-dev-wasm32 && have_pkg lld-14; }
 

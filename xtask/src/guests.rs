@@ -1,4 +1,4 @@
-//! Builds the WebAssembly guests (DESIGN.md §3).
+//! Builds the WebAssembly guests (docs/guests.md).
 //!
 //! With rustup's `wasm32-unknown-unknown` target: one `cargo build`. Without
 //! it: rustup's cargo resolves and vendors the guest dependencies, then

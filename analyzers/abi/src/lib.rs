@@ -91,38 +91,9 @@ pub mod import {
     pub const EMIT: &str = "emit";
 }
 
-/// What a guest call returns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u32)]
-pub enum Status {
-    /// Done.
-    Ok = 0,
-    /// The parameters were refused; `tm_last_error` says which and why.
-    BadParams = 1,
-    /// Anything else went wrong; `tm_last_error` says what.
-    Failed = 2,
-}
-
-impl Status {
-    /// The status for a raw return value (unknown values are `Failed`).
-    pub fn from_raw(raw: u32) -> Status {
-        match raw {
-            0 => Status::Ok,
-            1 => Status::BadParams,
-            _ => Status::Failed,
-        }
-    }
-}
-
-/// Packs a guest pointer and length into the `i64` some exports return.
-pub fn pack(ptr: u32, len: u32) -> u64 {
-    (u64::from(ptr) << 32) | u64::from(len)
-}
-
-/// Splits a packed `(ptr, len)`.
-pub fn unpack(packed: u64) -> (u32, u32) {
-    ((packed >> 32) as u32, packed as u32)
-}
+// What a guest call returns, and the packed `(ptr, len)` of the `i64`
+// exports: the same for management apps, so defined once in tm-guest-rt.
+pub use tm_guest_rt::{pack, unpack, Status};
 
 /// Length of a record header in bytes.
 pub const RECORD_HEADER_LEN: usize = 72;
@@ -609,13 +580,5 @@ mod tests {
         assert_eq!(at("TM_OFF_TCP_FLAGS", 1), u64::from(h.tcp_flags));
         assert_eq!(at("TM_OFF_FLAGS", 1), u64::from(h.flags));
         assert_eq!(at("TM_OFF_VLAN", 2), u64::from(h.vlan));
-    }
-
-    #[test]
-    fn pack_round_trips() {
-        assert_eq!(
-            unpack(pack(0x1234_5678, 0x9abc_def0)),
-            (0x1234_5678, 0x9abc_def0)
-        );
     }
 }

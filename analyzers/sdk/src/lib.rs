@@ -22,7 +22,6 @@
 //! tm_sdk::export_analyzer!(Counter);
 //! ```
 
-use std::cell::UnsafeCell;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 pub use serde;
@@ -33,6 +32,7 @@ mod table;
 mod view;
 pub use tm_abi as abi;
 use tm_abi::{PacketHeader, Records, Status, NO_OFFSET};
+pub use tm_guest_rt::rt::{decode_params, Level};
 
 /// One packet as the host delivers it: its parsed header and captured bytes.
 #[derive(Debug, Clone, Copy)]
@@ -192,50 +192,23 @@ pub fn decode_state<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, S
     rmp_serde::from_slice(bytes).map_err(|e| format!("bad saved state: {}", e))
 }
 
-/// Host imports.
+/// Host imports beyond `log` and `now` (`tm-guest-rt` has those).
 #[cfg(target_arch = "wasm32")]
 mod host {
     #[link(wasm_import_module = "tm")]
     extern "C" {
-        pub fn log(level: u32, ptr: *const u8, len: u32);
-        pub fn now() -> u64;
         pub fn emit(ptr: *const u8, len: u32) -> u32;
     }
 }
 
-/// Log levels for [`log`].
-#[derive(Debug, Clone, Copy)]
-pub enum Level {
-    /// Something failed.
-    Error = 0,
-    /// Something is off.
-    Warn = 1,
-    /// Worth knowing.
-    Info = 2,
-    /// For developers.
-    Debug = 3,
-    /// Very chatty.
-    Trace = 4,
-}
-
 /// Writes a line to the monitor's log (rate-limited by the host).
 pub fn log(level: Level, message: &str) {
-    #[cfg(target_arch = "wasm32")]
-    unsafe {
-        host::log(level as u32, message.as_ptr(), message.len() as u32)
-    }
-    #[cfg(not(target_arch = "wasm32"))]
-    let _ = (level, message);
+    tm_guest_rt::rt::log(level, message)
 }
 
-/// The host's clock, Unix ns.
+/// The host's clock, Unix ns (0 outside WebAssembly).
 pub fn now_ns() -> u64 {
-    #[cfg(target_arch = "wasm32")]
-    unsafe {
-        host::now()
-    }
-    #[cfg(not(target_arch = "wasm32"))]
-    0
+    tm_guest_rt::rt::now_ns().unwrap_or(0)
 }
 
 /// Publishes an alert event at once (an `Event` of kind `alert` whose
@@ -256,34 +229,15 @@ pub fn emit<T: serde::Serialize>(alert: &T) -> bool {
     }
 }
 
-/// Decodes parameters; nil or empty bytes decode as an empty map.
-pub fn decode_params<P: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<P, String> {
-    let bytes = if bytes.is_empty() || bytes == [0xc0] {
-        &[0x80][..]
-    } else {
-        bytes
-    };
-    rmp_serde::from_slice(bytes).map_err(|e| format!("bad params: {}", e))
-}
-
 /// The runtime behind the exports; used by [`export_analyzer!`] only.
 #[doc(hidden)]
 pub mod rt {
     use super::*;
+    pub use tm_guest_rt::rt::alloc;
+    use tm_guest_rt::rt::take_buffer;
 
     /// Guest state: the analyzer, the last output and the last error.
-    pub struct Slot<A> {
-        inner: UnsafeCell<SlotInner<A>>,
-    }
-
-    struct SlotInner<A> {
-        analyzer: Option<A>,
-        output: Vec<u8>,
-        error: String,
-    }
-
-    // WebAssembly guests are single-threaded; the host never re-enters.
-    unsafe impl<A> Sync for Slot<A> {}
+    pub struct Slot<A>(tm_guest_rt::rt::Slot<A>);
 
     impl<A: Analyzer> Default for Slot<A> {
         fn default() -> Self {
@@ -294,58 +248,39 @@ pub mod rt {
     impl<A: Analyzer> Slot<A> {
         /// An empty slot.
         pub const fn new() -> Self {
-            Slot {
-                inner: UnsafeCell::new(SlotInner {
-                    analyzer: None,
-                    output: Vec::new(),
-                    error: String::new(),
-                }),
-            }
-        }
-
-        #[allow(clippy::mut_from_ref)]
-        fn get(&self) -> &mut SlotInner<A> {
-            // Single-threaded, and no export calls another: one borrow at a time.
-            unsafe { &mut *self.inner.get() }
-        }
-
-        fn fail(&self, status: Status, error: String) -> u32 {
-            self.get().error = error;
-            status as u32
+            Slot(tm_guest_rt::rt::Slot::new())
         }
 
         /// `tm_init`
         pub fn init(&self, ptr: u32, len: u32) -> u32 {
             let bytes = take_buffer(ptr, len);
+            let state = self.0.get();
             match decode_params::<A::Params>(&bytes).and_then(A::init) {
                 Ok(a) => {
-                    self.get().analyzer = Some(a);
+                    state.guest = Some(a);
                     Status::Ok as u32
                 }
-                Err(e) => self.fail(Status::BadParams, e),
+                Err(e) => state.fail(Status::BadParams, e),
             }
         }
 
         /// `tm_configure`
         pub fn configure(&self, ptr: u32, len: u32) -> u32 {
             let bytes = take_buffer(ptr, len);
-            let inner = self.get();
-            let analyzer = match inner.analyzer.as_mut() {
-                Some(a) => a,
-                None => return self.fail(Status::Failed, "configure before init".into()),
+            let state = self.0.get();
+            let result = match state.guest.as_mut() {
+                Some(a) => decode_params::<A::Params>(&bytes).and_then(|p| a.configure(p)),
+                None => return state.fail(Status::Failed, "configure before init".into()),
             };
-            match decode_params::<A::Params>(&bytes).and_then(|p| analyzer.configure(p)) {
-                Ok(()) => Status::Ok as u32,
-                Err(e) => self.fail(Status::BadParams, e),
-            }
+            state.status(result, Status::BadParams)
         }
 
         /// `tm_on_packets`
         pub fn on_packets(&self, ptr: u32, len: u32, count: u32) -> u32 {
-            let inner = self.get();
-            let analyzer = match inner.analyzer.as_mut() {
+            let state = self.0.get();
+            let analyzer = match state.guest.as_mut() {
                 Some(a) => a,
-                None => return self.fail(Status::Failed, "packets before init".into()),
+                None => return state.fail(Status::Failed, "packets before init".into()),
             };
             // The host owns this buffer and keeps it alive across calls.
             let buf =
@@ -356,32 +291,27 @@ pub mod rt {
 
         /// `tm_tick`
         pub fn tick(&self, now_ns: u64) -> u32 {
-            match self.get().analyzer.as_mut() {
+            let state = self.0.get();
+            match state.guest.as_mut() {
                 Some(a) => {
                     a.tick(now_ns);
                     Status::Ok as u32
                 }
-                None => self.fail(Status::Failed, "tick before init".into()),
+                None => state.fail(Status::Failed, "tick before init".into()),
             }
         }
 
         /// `tm_collect`
         pub fn collect(&self) -> u64 {
-            let inner = self.get();
-            let encoded = match inner.analyzer.as_ref() {
+            let state = self.0.get();
+            let encoded = match state.guest.as_ref() {
                 Some(a) => rmp_serde::to_vec_named(&a.results()),
                 None => return 0,
             };
             match encoded {
-                Ok(bytes) => {
-                    inner.output = bytes;
-                    abi::pack(
-                        inner.output.as_ptr() as usize as u32,
-                        inner.output.len() as u32,
-                    )
-                }
+                Ok(bytes) => state.output(bytes),
                 Err(e) => {
-                    inner.error = format!("cannot encode results: {}", e);
+                    state.fail(Status::Failed, format!("cannot encode results: {}", e));
                     0
                 }
             }
@@ -389,15 +319,9 @@ pub mod rt {
 
         /// `tm_snapshot`: packed MessagePack state, or 0 for none.
         pub fn snapshot(&self) -> u64 {
-            let inner = self.get();
-            match inner.analyzer.as_ref().and_then(|a| a.snapshot()) {
-                Some(bytes) => {
-                    inner.output = bytes;
-                    abi::pack(
-                        inner.output.as_ptr() as usize as u32,
-                        inner.output.len() as u32,
-                    )
-                }
+            let state = self.0.get();
+            match state.guest.as_ref().and_then(|a| a.snapshot()) {
+                Some(bytes) => state.output(bytes),
                 None => 0,
             }
         }
@@ -405,48 +329,26 @@ pub mod rt {
         /// `tm_restore`
         pub fn restore(&self, ptr: u32, len: u32) -> u32 {
             let bytes = take_buffer(ptr, len);
-            let inner = self.get();
-            let analyzer = match inner.analyzer.as_mut() {
-                Some(a) => a,
-                None => return self.fail(Status::Failed, "restore before init".into()),
+            let state = self.0.get();
+            let result = match state.guest.as_mut() {
+                Some(a) => a.restore(&bytes),
+                None => return state.fail(Status::Failed, "restore before init".into()),
             };
-            match analyzer.restore(&bytes) {
-                Ok(()) => Status::Ok as u32,
-                Err(e) => self.fail(Status::Failed, e),
-            }
+            state.status(result, Status::Failed)
         }
 
         /// `tm_snap_len`
         pub fn snap_len(&self) -> u32 {
-            self.get()
-                .analyzer
+            self.0
+                .get()
+                .guest
                 .as_ref()
                 .map_or(u32::MAX, |a| a.snap_len())
         }
 
         /// `tm_last_error`
         pub fn last_error(&self) -> u64 {
-            let e = &self.get().error;
-            abi::pack(e.as_ptr() as usize as u32, e.len() as u32)
-        }
-    }
-
-    /// `tm_alloc`: a zeroed buffer the host writes into.
-    pub fn alloc(len: u32) -> u32 {
-        let buf = vec![0u8; len as usize].into_boxed_slice();
-        Box::into_raw(buf) as *mut u8 as usize as u32
-    }
-
-    /// Takes back ownership of a buffer from [`alloc`].
-    fn take_buffer(ptr: u32, len: u32) -> Box<[u8]> {
-        if ptr == 0 {
-            return Box::new([]);
-        }
-        unsafe {
-            Box::from_raw(std::ptr::slice_from_raw_parts_mut(
-                ptr as usize as *mut u8,
-                len as usize,
-            ))
+            self.0.last_error()
         }
     }
 }

@@ -82,39 +82,9 @@ pub mod import {
     pub const REPLY: &str = "reply";
 }
 
-/// What a guest export returns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u32)]
-pub enum Status {
-    /// Done.
-    Ok = 0,
-    /// The parameters were refused; `tm_last_error` says which and why.
-    BadParams = 1,
-    /// Anything else went wrong; `tm_last_error` says what. The app keeps
-    /// running (a failed timer is reported, not fatal).
-    Failed = 2,
-}
-
-impl Status {
-    /// The status for a raw return value (unknown values are `Failed`).
-    pub fn from_raw(raw: u32) -> Status {
-        match raw {
-            0 => Status::Ok,
-            1 => Status::BadParams,
-            _ => Status::Failed,
-        }
-    }
-}
-
-/// Packs a guest pointer and length into the `i64` `tm_last_error` returns.
-pub fn pack(ptr: u32, len: u32) -> u64 {
-    (u64::from(ptr) << 32) | u64::from(len)
-}
-
-/// Splits a packed `(ptr, len)`.
-pub fn unpack(packed: u64) -> (u32, u32) {
-    ((packed >> 32) as u32, packed as u32)
-}
+// What a guest export returns, and the packed `(ptr, len)` `tm_last_error`
+// returns: the same for analyzers, so defined once in tm-guest-rt.
+pub use tm_guest_rt::{pack, unpack, Status};
 
 /// Host operations: the `op` argument of `call`, with request → reply types.
 pub mod op {

@@ -75,6 +75,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 pub use tm_app_sdk::lpm::{routers_of, PrefixRow, Table};
+use tm_app_sdk::rounds::{Round, Rounds, Schedule};
 use tm_app_sdk::{Collected, Deploy, Filter, Level, LinkView, Targets, TopologyView};
 
 /// Params.
@@ -141,6 +142,14 @@ impl Params {
             ));
         }
         routers_of(&self.prefixes)
+    }
+
+    /// The figures' thresholds.
+    fn settings(&self) -> Settings {
+        Settings {
+            retrans_threshold: self.retrans_threshold,
+            min_data_packets: self.min_data_packets,
+        }
     }
 }
 
@@ -928,8 +937,7 @@ struct TcpPerfParams {
 pub struct CongestionLocator {
     params: Params,
     routers: Table<String>,
-    deployment: Option<String>,
-    round: u32,
+    rounds: Rounds,
 }
 
 const COLLECT_TIMER: u32 = 1;
@@ -938,62 +946,43 @@ fn err(e: tm_app_sdk::CallError) -> String {
     e.to_string()
 }
 
-impl CongestionLocator {
-    fn settings(&self) -> Settings {
-        Settings {
-            retrans_threshold: self.params.retrans_threshold,
-            min_data_packets: self.params.min_data_packets,
+/// Locates the congestion from a round's results, publishes the report and
+/// logs the suspect.
+fn report(
+    params: &Params,
+    routers: &Table<String>,
+    collected: &Collected<TcpResults>,
+    round: Round,
+) -> Result<(), String> {
+    let topology = tm_app_sdk::topology().map_err(err)?;
+    let mut flow_path = |from: &str, to: &str| match tm_app_sdk::flow_path(from, to) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            tm_app_sdk::log(Level::Warn, &format!("flow_path {} → {}: {}", from, to, e));
+            None
         }
-    }
-
-    fn report(&self, collected: &Collected<TcpResults>, kind: &str) -> Result<(), String> {
-        let topology = tm_app_sdk::topology().map_err(err)?;
-        let mut flow_path = |from: &str, to: &str| match tm_app_sdk::flow_path(from, to) {
-            Ok(p) => Some(p),
-            Err(e) => {
-                tm_app_sdk::log(Level::Warn, &format!("flow_path {} → {}: {}", from, to, e));
-                None
-            }
-        };
-        let report = build_report(
-            &topology,
-            collected,
-            &self.routers,
-            &self.settings(),
-            self.round,
-            &mut flow_path,
+    };
+    let report = build_report(
+        &topology,
+        collected,
+        routers,
+        &params.settings(),
+        round.number,
+        &mut flow_path,
+    );
+    round.publish(&report)?;
+    if let Some(s) = &report.suspect {
+        tm_app_sdk::log(
+            Level::Info,
+            &format!(
+                "round {}: suspect {}: {}",
+                round.number,
+                arrow(&s.from_router, &s.to_router),
+                report.reason
+            ),
         );
-        tm_app_sdk::publish(kind, &report).map_err(err)?;
-        if self.params.archive {
-            tm_app_sdk::archive(kind, &report).map_err(err)?;
-        }
-        if let Some(s) = &report.suspect {
-            tm_app_sdk::log(
-                Level::Info,
-                &format!(
-                    "round {}: suspect {}: {}",
-                    self.round,
-                    arrow(&s.from_router, &s.to_router),
-                    report.reason
-                ),
-            );
-        }
-        Ok(())
     }
-
-    fn finish(&mut self) -> Result<(), String> {
-        if let Some(d) = self.deployment.take() {
-            tm_app_sdk::cancel_timer(COLLECT_TIMER).map_err(err)?;
-            let last = tm_app_sdk::unload::<TcpResults>(&d).map_err(err)?;
-            self.round += 1;
-            self.report(&last, "congestion-final")?;
-            tm_app_sdk::log(
-                Level::Info,
-                &format!("unloaded {} after {} rounds", d, self.round - 1),
-            );
-        }
-        Ok(())
-    }
+    Ok(())
 }
 
 impl tm_app_sdk::App for CongestionLocator {
@@ -1001,60 +990,48 @@ impl tm_app_sdk::App for CongestionLocator {
 
     fn start(params: Params) -> Result<Self, String> {
         let routers = params.check()?;
-        let deployed = tm_app_sdk::deploy(&Deploy {
-            deployment: String::new(),
-            analyzer: params.analyzer.clone(),
-            sha256: params.sha256.clone(),
-            params: TcpPerfParams {
-                retrans_threshold: params.retrans_threshold,
+        let rounds = Rounds::start(
+            &Deploy {
+                deployment: String::new(),
+                analyzer: params.analyzer.clone(),
+                sha256: params.sha256.clone(),
+                params: TcpPerfParams {
+                    retrans_threshold: params.retrans_threshold,
+                },
+                filter: Filter {
+                    protocols: vec![6],
+                    ..Filter::default()
+                },
+                targets: Targets::All,
+                report_every_ms: None,
             },
-            filter: Filter {
-                protocols: vec![6],
-                ..Filter::default()
+            Schedule {
+                timer: COLLECT_TIMER,
+                every_ms: params.every_ms,
+                rounds: params.rounds,
+                collect_timeout_ms: params.collect_timeout_ms,
+                archive: params.archive,
+                kind: "congestion",
+                final_kind: "congestion-final",
             },
-            targets: Targets::All,
-            report_every_ms: None,
-        })
-        .map_err(err)?;
-        tm_app_sdk::log(
-            Level::Info,
-            &format!(
-                "deployed {} to {} monitors ({} failed)",
-                deployed.deployment,
-                deployed.placed.len(),
-                deployed.failed.len()
-            ),
-        );
-        tm_app_sdk::set_timer(COLLECT_TIMER, params.every_ms).map_err(err)?;
+        )?;
         Ok(CongestionLocator {
             params,
             routers,
-            deployment: Some(deployed.deployment),
-            round: 0,
+            rounds,
         })
     }
 
     fn on_timer(&mut self, _timer: u32, _now_ns: u64) -> Result<(), String> {
-        let d = match &self.deployment {
-            Some(d) => d.clone(),
-            None => return Ok(()),
-        };
-        let collected = tm_app_sdk::collect::<TcpResults>(
-            &d,
-            self.params.collect_timeout_ms,
-            self.params.archive,
-        )
-        .map_err(err)?;
-        self.round += 1;
-        self.report(&collected, "congestion")?;
-        if self.params.rounds > 0 && self.round >= self.params.rounds {
-            self.finish()?;
-        }
-        Ok(())
+        let (params, routers) = (&self.params, &self.routers);
+        self.rounds
+            .on_timer(|collected, round| report(params, routers, collected, round))
     }
 
     fn stop(&mut self) -> Result<(), String> {
-        self.finish()
+        let (params, routers) = (&self.params, &self.routers);
+        self.rounds
+            .finish(|collected, round| report(params, routers, collected, round))
     }
 }
 

@@ -16,7 +16,8 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 pub use tm_app_sdk::lpm::{routers_of, PrefixRow, Table};
-use tm_app_sdk::{Collected, Deploy, Level, Targets, TopologyView};
+use tm_app_sdk::rounds::{Round, Rounds, Schedule};
+use tm_app_sdk::{Collected, Deploy, Targets, TopologyView};
 
 /// Params.
 #[derive(Debug, Clone, Deserialize)]
@@ -317,8 +318,7 @@ struct FlowStatsParams {
 pub struct LinkLoadApp {
     params: Params,
     routers: Table<String>,
-    deployment: Option<String>,
-    round: u32,
+    rounds: Rounds,
 }
 
 const COLLECT_TIMER: u32 = 1;
@@ -327,44 +327,31 @@ fn err(e: tm_app_sdk::CallError) -> String {
     e.to_string()
 }
 
-impl LinkLoadApp {
-    fn report(&self, collected: &Collected<FlowResults>, kind: &str) -> Result<(), String> {
-        let topology = tm_app_sdk::topology().map_err(err)?;
-        let statuses = tm_app_sdk::status(&[], self.params.collect_timeout_ms).map_err(err)?;
-        let mut captures = Captures::new();
-        for m in statuses.monitors {
-            for l in m.links {
-                captures.insert((m.address.clone(), l.id), (l.state, l.drops));
-            }
+/// Lays a round's results on the topology, with each tap's capture state,
+/// and publishes them.
+fn report(
+    params: &Params,
+    routers: &Table<String>,
+    collected: &Collected<FlowResults>,
+    round: Round,
+) -> Result<(), String> {
+    let topology = tm_app_sdk::topology().map_err(err)?;
+    let statuses = tm_app_sdk::status(&[], params.collect_timeout_ms).map_err(err)?;
+    let mut captures = Captures::new();
+    for m in statuses.monitors {
+        for l in m.links {
+            captures.insert((m.address.clone(), l.id), (l.state, l.drops));
         }
-        let report = build_report(
-            &topology,
-            collected,
-            &self.routers,
-            &captures,
-            self.params.capacity_bps,
-            self.round,
-        );
-        tm_app_sdk::publish(kind, &report).map_err(err)?;
-        if self.params.archive {
-            tm_app_sdk::archive(kind, &report).map_err(err)?;
-        }
-        Ok(())
     }
-
-    fn finish(&mut self) -> Result<(), String> {
-        if let Some(d) = self.deployment.take() {
-            tm_app_sdk::cancel_timer(COLLECT_TIMER).map_err(err)?;
-            let last = tm_app_sdk::unload::<FlowResults>(&d).map_err(err)?;
-            self.round += 1;
-            self.report(&last, "link-load-final")?;
-            tm_app_sdk::log(
-                Level::Info,
-                &format!("unloaded {} after {} rounds", d, self.round - 1),
-            );
-        }
-        Ok(())
-    }
+    let report = build_report(
+        &topology,
+        collected,
+        routers,
+        &captures,
+        params.capacity_bps,
+        round.number,
+    );
+    round.publish(&report)
 }
 
 impl tm_app_sdk::App for LinkLoadApp {
@@ -384,58 +371,46 @@ impl tm_app_sdk::App for LinkLoadApp {
             ));
         }
         let routers = routers_of(&params.prefixes)?;
-        let deployed = tm_app_sdk::deploy(&Deploy {
-            deployment: String::new(),
-            analyzer: params.analyzer.clone(),
-            sha256: params.sha256.clone(),
-            params: FlowStatsParams {
-                top_n: params.top_n,
-                idle_timeout_s: 0,
+        let rounds = Rounds::start(
+            &Deploy {
+                deployment: String::new(),
+                analyzer: params.analyzer.clone(),
+                sha256: params.sha256.clone(),
+                params: FlowStatsParams {
+                    top_n: params.top_n,
+                    idle_timeout_s: 0,
+                },
+                filter: Default::default(),
+                targets: Targets::All,
+                report_every_ms: None,
             },
-            filter: Default::default(),
-            targets: Targets::All,
-            report_every_ms: None,
-        })
-        .map_err(err)?;
-        tm_app_sdk::log(
-            Level::Info,
-            &format!(
-                "deployed {} to {} monitors ({} failed)",
-                deployed.deployment,
-                deployed.placed.len(),
-                deployed.failed.len()
-            ),
-        );
-        tm_app_sdk::set_timer(COLLECT_TIMER, params.every_ms).map_err(err)?;
+            Schedule {
+                timer: COLLECT_TIMER,
+                every_ms: params.every_ms,
+                rounds: params.rounds,
+                collect_timeout_ms: params.collect_timeout_ms,
+                archive: params.archive,
+                kind: "link-load",
+                final_kind: "link-load-final",
+            },
+        )?;
         Ok(LinkLoadApp {
             params,
             routers,
-            deployment: Some(deployed.deployment),
-            round: 0,
+            rounds,
         })
     }
 
     fn on_timer(&mut self, _timer: u32, _now_ns: u64) -> Result<(), String> {
-        let d = match &self.deployment {
-            Some(d) => d.clone(),
-            None => return Ok(()),
-        };
-        let collected = tm_app_sdk::collect::<FlowResults>(
-            &d,
-            self.params.collect_timeout_ms,
-            self.params.archive,
-        )
-        .map_err(err)?;
-        self.round += 1;
-        self.report(&collected, "link-load")?;
-        if self.params.rounds > 0 && self.round >= self.params.rounds {
-            self.finish()?;
-        }
-        Ok(())
+        let (params, routers) = (&self.params, &self.routers);
+        self.rounds
+            .on_timer(|collected, round| report(params, routers, collected, round))
     }
 
     fn stop(&mut self) -> Result<(), String> {
-        self.finish()
+        let (params, routers) = (&self.params, &self.routers);
+        self.rounds
+            .finish(|collected, round| report(params, routers, collected, round))
     }
 }
 

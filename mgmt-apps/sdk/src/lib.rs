@@ -4,6 +4,7 @@
 //! ABI v1 export (see `tm-app-api`). The free functions of this crate are the
 //! host API: topology queries, monitors, deploy / configure / collect /
 //! unload analyzers, reports, archive, timers and event subscriptions.
+//! [`rounds`] runs the usual deploy / collect-and-report / unload cycle.
 //!
 //! ```ignore
 //! #[derive(serde::Deserialize, Default)]
@@ -27,10 +28,10 @@
 //! tm_app_sdk::export_app!(Hello);
 //! ```
 
-use std::cell::UnsafeCell;
-
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+
+pub mod rounds;
 
 pub use serde;
 pub use tm_app_api as api;
@@ -40,6 +41,7 @@ pub use tm_app_api::{
     LinkView, Missing, MonitorLink, MonitorResults, MonitorView, NeighboursView, Outcome,
     Placement, PortRange, Stats, TapView, Targets, TopologyView,
 };
+pub use tm_guest_rt::rt::{decode_params, Level};
 
 /// A management app: started with params, driven by timers and events,
 /// stopped when the manager unloads it.
@@ -76,23 +78,11 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
     rmp_serde::to_vec_named(value).map_err(|e| format!("cannot encode: {}", e))
 }
 
-/// Decodes parameters; nil or empty bytes decode as an empty map.
-pub fn decode_params<P: DeserializeOwned>(bytes: &[u8]) -> Result<P, String> {
-    let bytes = if bytes.is_empty() || bytes == [0xc0] {
-        &[0x80][..]
-    } else {
-        bytes
-    };
-    rmp_serde::from_slice(bytes).map_err(|e| format!("bad params: {}", e))
-}
-
-/// Host imports.
+/// Host imports beyond `log` and `now` (`tm-guest-rt` has those).
 #[cfg(target_arch = "wasm32")]
 mod imports {
     #[link(wasm_import_module = "tm")]
     extern "C" {
-        pub fn log(level: u32, ptr: *const u8, len: u32);
-        pub fn now() -> u64;
         pub fn call(op_ptr: *const u8, op_len: u32, req_ptr: *const u8, req_len: u32) -> u32;
         pub fn reply(ptr: *mut u8) -> u32;
     }
@@ -120,43 +110,18 @@ pub mod native {
     }
 }
 
-/// Log levels for [`log`].
-#[derive(Debug, Clone, Copy)]
-pub enum Level {
-    /// Something failed.
-    Error = 0,
-    /// Something is off.
-    Warn = 1,
-    /// Worth knowing.
-    Info = 2,
-    /// For developers.
-    Debug = 3,
-    /// Very chatty.
-    Trace = 4,
-}
-
 /// Writes a line to the manager's log, tagged with the app.
 pub fn log(level: Level, message: &str) {
-    #[cfg(target_arch = "wasm32")]
-    unsafe {
-        imports::log(level as u32, message.as_ptr(), message.len() as u32)
-    }
-    #[cfg(not(target_arch = "wasm32"))]
-    let _ = (level, message);
+    tm_guest_rt::rt::log(level, message)
 }
 
-/// The host's clock, Unix ns.
+/// The host's clock, Unix ns (outside WebAssembly, the system's).
 pub fn now_ns() -> u64 {
-    #[cfg(target_arch = "wasm32")]
-    unsafe {
-        imports::now()
-    }
-    #[cfg(not(target_arch = "wasm32"))]
-    {
+    tm_guest_rt::rt::now_ns().unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64)
-    }
+    })
 }
 
 fn local_error(code: &str, message: String) -> CallError {
@@ -361,19 +326,11 @@ pub fn subscribe(deployment: &str) -> Result<(), CallError> {
 #[doc(hidden)]
 pub mod rt {
     use super::*;
+    pub use tm_guest_rt::rt::alloc;
+    use tm_guest_rt::rt::take_buffer;
 
     /// Guest state: the app and the last error.
-    pub struct Slot<A> {
-        inner: UnsafeCell<SlotInner<A>>,
-    }
-
-    struct SlotInner<A> {
-        app: Option<A>,
-        error: String,
-    }
-
-    // WebAssembly guests are single-threaded; the host never re-enters.
-    unsafe impl<A> Sync for Slot<A> {}
+    pub struct Slot<A>(tm_guest_rt::rt::Slot<A>);
 
     impl<A: App> Default for Slot<A> {
         fn default() -> Self {
@@ -384,45 +341,26 @@ pub mod rt {
     impl<A: App> Slot<A> {
         /// An empty slot.
         pub const fn new() -> Self {
-            Slot {
-                inner: UnsafeCell::new(SlotInner {
-                    app: None,
-                    error: String::new(),
-                }),
-            }
-        }
-
-        #[allow(clippy::mut_from_ref)]
-        fn get(&self) -> &mut SlotInner<A> {
-            // Single-threaded, and the host delivers one call at a time.
-            unsafe { &mut *self.inner.get() }
-        }
-
-        fn status(&self, result: Result<(), String>, on_error: Status) -> u32 {
-            match result {
-                Ok(()) => Status::Ok as u32,
-                Err(e) => {
-                    self.get().error = e;
-                    on_error as u32
-                }
-            }
+            Slot(tm_guest_rt::rt::Slot::new())
         }
 
         fn with_app(&self, f: impl FnOnce(&mut A) -> Result<(), String>) -> u32 {
-            let result = match self.get().app.as_mut() {
+            let state = self.0.get();
+            let result = match state.guest.as_mut() {
                 Some(app) => f(app),
                 None => Err("the app has not started".to_string()),
             };
-            self.status(result, Status::Failed)
+            state.status(result, Status::Failed)
         }
 
         /// `tm_app_start`
         pub fn start(&self, ptr: u32, len: u32) -> u32 {
             let bytes = take_buffer(ptr, len);
+            let state = self.0.get();
             let result = decode_params::<A::Params>(&bytes)
                 .and_then(A::start)
-                .map(|app| self.get().app = Some(app));
-            self.status(result, Status::BadParams)
+                .map(|app| state.guest = Some(app));
+            state.status(result, Status::BadParams)
         }
 
         /// `tm_app_timer`
@@ -439,33 +377,13 @@ pub mod rt {
         /// `tm_app_stop`
         pub fn stop(&self) -> u32 {
             let result = self.with_app(|app| app.stop());
-            self.get().app = None;
+            self.0.get().guest = None;
             result
         }
 
         /// `tm_last_error`
         pub fn last_error(&self) -> u64 {
-            let e = &self.get().error;
-            api::pack(e.as_ptr() as usize as u32, e.len() as u32)
-        }
-    }
-
-    /// `tm_alloc`: a zeroed buffer the host writes into.
-    pub fn alloc(len: u32) -> u32 {
-        let buf = vec![0u8; len as usize].into_boxed_slice();
-        Box::into_raw(buf) as *mut u8 as usize as u32
-    }
-
-    /// Takes back ownership of a buffer from [`alloc`].
-    fn take_buffer(ptr: u32, len: u32) -> Box<[u8]> {
-        if ptr == 0 {
-            return Box::new([]);
-        }
-        unsafe {
-            Box::from_raw(std::ptr::slice_from_raw_parts_mut(
-                ptr as usize as *mut u8,
-                len as usize,
-            ))
+            self.0.last_error()
         }
     }
 }
