@@ -3,8 +3,8 @@
 //! side with a bare NATS request/reply round trip in the same run.
 //!
 //! ```text
-//! cargo bench -p manager --bench control_plane            # 100 monitors
-//! cargo bench -p manager --bench control_plane -- --monitors 20 --rounds 50
+//! cargo bench -p scale --bench control_plane            # 100 monitors
+//! cargo bench -p scale --bench control_plane -- --monitors 20 --rounds 50
 //! ```
 //!
 //! Monitors are in-process tasks, each its own `tm-monitor` (the real
@@ -89,7 +89,7 @@ fn stats(mut v: Vec<Duration>) -> Stats {
 #[tokio::main]
 async fn main() {
     let args = args();
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let wasm_dir = std::env::var_os("TM_WASM_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| root.join("target/wasm"));
