@@ -17,7 +17,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream;
 use bus_schema::{
     DeploymentSnapshot, Event, EventKind, OutboxStatus, ResultWindow, store, subject,
 };
@@ -25,6 +24,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::inbox::DepCounters;
 use crate::unix_ms;
+
+mod publish;
+mod spool;
+
+pub use publish::{publisher, settle_snapshots};
 
 /// Room left in a message for its headers (message id and the like).
 const HEADER_ROOM: usize = 1024;
@@ -425,20 +429,6 @@ impl Outbox {
         }
     }
 
-    /// Every spooled message is delivered (or shed): the spool goes.
-    fn remove_spool(&self) {
-        if let Some(path) = &self.spool {
-            match std::fs::remove_file(path) {
-                Ok(()) => {
-                    tracing::info!(spool = %path.display(), "every spooled message delivered; spool removed")
-                }
-                Err(e) => {
-                    tracing::warn!(spool = %path.display(), error = %e, "cannot remove the spool")
-                }
-            }
-        }
-    }
-
     /// `deployment`'s message was refused: it waits, the others go on.
     fn retry_later(&self, deployment: &str, why: &str) {
         let mut inner = self.inner();
@@ -499,82 +489,6 @@ impl Outbox {
             })
             .map(|(d, _)| d.clone())
             .collect()
-    }
-
-    /// Queues what the last stop spooled; returns how many messages.
-    ///
-    /// # Errors
-    /// If the spool exists but cannot be read or decoded.
-    pub fn load_spool(&self) -> anyhow::Result<usize> {
-        let Some(path) = &self.spool else {
-            return Ok(0);
-        };
-        let bytes = match std::fs::read(path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-            Err(e) => anyhow::bail!("spool {}: {e}", path.display()),
-        };
-        let items: Vec<(String, Op)> = rmp_serde::from_slice(&bytes)
-            .map_err(|e| anyhow::anyhow!("spool {}: not a spool file: {e}", path.display()))?;
-        let n = items.len();
-        self.inner().spooled_pending += n;
-        for (deployment, op) in items {
-            self.enqueue(deployment, Item { op, spooled: true }, None);
-        }
-        if n == 0 {
-            let _ = std::fs::remove_file(path);
-        }
-        Ok(n)
-    }
-
-    /// Writes what is still queued to the spool (or, without a spool
-    /// directory, names every message lost in the log). Returns how many.
-    pub fn spool_rest(&self) -> usize {
-        let inner = self.inner();
-        let items: Vec<(String, Op)> = inner
-            .queues
-            .iter()
-            .flat_map(|(d, q)| {
-                q.kv.iter()
-                    .chain(q.items.iter())
-                    .map(|i| (d.clone(), i.op.clone()))
-            })
-            .collect();
-        drop(inner);
-        if items.is_empty() {
-            if let Some(path) = &self.spool {
-                let _ = std::fs::remove_file(path);
-            }
-            return 0;
-        }
-        let n = items.len();
-        let Some(path) = &self.spool else {
-            for (d, op) in &items {
-                tracing::error!(deployment = %d, lost = %op.describe(), "not delivered before the stop, and no spool_dir: lost");
-            }
-            return n;
-        };
-        let written = rmp_serde::to_vec(&items)
-            .map_err(|e| e.to_string())
-            .and_then(|bytes| {
-                let tmp = path.with_extension("tmp");
-                std::fs::write(&tmp, bytes)
-                    .and_then(|()| std::fs::rename(&tmp, path))
-                    .map_err(|e| e.to_string())
-            });
-        match written {
-            Ok(()) => tracing::warn!(
-                messages = n,
-                spool = %path.display(),
-                "not delivered before the stop: spooled for the next start"
-            ),
-            Err(e) => {
-                for (d, op) in &items {
-                    tracing::error!(deployment = %d, lost = %op.describe(), "cannot write the spool ({e}): lost");
-                }
-            }
-        }
-        n
     }
 }
 
@@ -649,129 +563,6 @@ fn encode(out: &Outgoing) -> Result<(String, Op), Refused> {
             },
         ),
     })
-}
-
-/// Whether a refusal means the message can never be published.
-enum Outcome {
-    Delivered,
-    Never(String),
-    Later(String),
-}
-
-async fn deliver(js: &jetstream::Context, op: &Op) -> Outcome {
-    match op {
-        Op::Publish {
-            subject,
-            id,
-            payload,
-            ..
-        } => {
-            let publish = jetstream::message::PublishMessage::build()
-                .payload(bytes::Bytes::copy_from_slice(payload))
-                .message_id(id);
-            let sent = tokio::time::timeout(ACK_TIMEOUT, async {
-                match js.send_publish(subject.clone(), publish).await {
-                    Ok(ack) => ack.await.map(|_| ()).map_err(|e| (e.kind(), e.to_string())),
-                    Err(e) => Err((e.kind(), e.to_string())),
-                }
-            })
-            .await;
-            match sent {
-                Ok(Ok(())) => Outcome::Delivered,
-                Ok(Err((jetstream::context::PublishErrorKind::MaxPayloadExceeded, e))) => {
-                    Outcome::Never(e)
-                }
-                Ok(Err((_, e))) => Outcome::Later(e),
-                Err(_) => Outcome::Later("no acknowledgement within 5 s".into()),
-            }
-        }
-        Op::Put { key, payload } => {
-            let put = async {
-                let kv = js
-                    .get_key_value(store::SNAPSHOTS_BUCKET)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                kv.put(key, bytes::Bytes::copy_from_slice(payload))
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            };
-            kv_outcome(tokio::time::timeout(ACK_TIMEOUT, put).await)
-        }
-        Op::Purge { key } => {
-            let purge = async {
-                let kv = js
-                    .get_key_value(store::SNAPSHOTS_BUCKET)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                kv.purge(key).await.map_err(|e| e.to_string())
-            };
-            kv_outcome(tokio::time::timeout(ACK_TIMEOUT, purge).await)
-        }
-    }
-}
-
-fn kv_outcome(r: Result<Result<(), String>, tokio::time::error::Elapsed>) -> Outcome {
-    match r {
-        Ok(Ok(())) => Outcome::Delivered,
-        Ok(Err(e)) => Outcome::Later(e),
-        Err(_) => Outcome::Later("no acknowledgement within 5 s".into()),
-    }
-}
-
-/// Applies the queued snapshot operations once, before the monitor reads
-/// its snapshots back (so a spooled removal is not undone by a recovery).
-pub async fn settle_snapshots(outbox: &Outbox, js: &jetstream::Context) {
-    let ops: Vec<(String, Op)> = outbox
-        .inner()
-        .queues
-        .iter()
-        .filter_map(|(d, q)| q.kv.as_ref().map(|i| (d.clone(), i.op.clone())))
-        .collect();
-    for (deployment, op) in ops {
-        match deliver(js, &op).await {
-            Outcome::Delivered => outbox.done(&deployment, &op),
-            Outcome::Never(e) | Outcome::Later(e) => outbox.retry_later(&deployment, &e),
-        }
-    }
-}
-
-/// Publishes what the outbox holds until `stop` turns true and the outbox
-/// is empty (or the stop's deadline passes: the caller spools the rest).
-pub async fn publisher(
-    js: jetstream::Context,
-    outbox: Arc<Outbox>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
-    loop {
-        let (next, ready_at) = outbox.next();
-        let Some((deployment, op)) = next else {
-            if *stop.borrow() && outbox.is_empty() {
-                return;
-            }
-            let wait = ready_at.map_or(Duration::from_secs(3600), |t| {
-                t.saturating_duration_since(Instant::now())
-            });
-            tokio::select! {
-                () = outbox.wake.notified() => {}
-                () = tokio::time::sleep(wait) => {}
-                _ = stop.changed() => {}
-            }
-            continue;
-        };
-        match deliver(&js, &op).await {
-            Outcome::Delivered => {
-                outbox.published.fetch_add(1, Ordering::Relaxed);
-                outbox.done(&deployment, &op);
-            }
-            Outcome::Never(e) => {
-                outbox.too_large.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(what = %op.describe(), error = %e, "the bus can never take this message: dropped");
-                outbox.done(&deployment, &op);
-            }
-            Outcome::Later(e) => outbox.retry_later(&deployment, &e),
-        }
-    }
 }
 
 #[cfg(test)]
