@@ -1,4 +1,4 @@
-//! The seed's lifecycle S1–S8 driven by the `link-load` mgmt app in a real
+//! The lifecycle S1–S8 (ARCHITECTURE.md) driven by the `link-load` mgmt app in a real
 //! `tm-manager`, against three real monitors replaying the figure-5
 //! network's traffic; every per-link figure and the traffic matrix are
 //! checked against the generated captures.

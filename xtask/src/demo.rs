@@ -1,8 +1,8 @@
 //! `xtask/run demo`: the whole system on one machine, no root.
 //!
 //! Builds the binaries and guests, starts a nats-server with JetStream in a
-//! temp dir, three monitors replaying generated captures as the seed's
-//! figure-1 network (the six tapped directions of figure 5), and a manager;
+//! temp dir, three monitors replaying generated captures as the
+//! reference network (the six tapped directions of its link table, docs/lab.md), and a manager;
 //! runs `link-load` through S1–S8 with `proto-id` beside it, prints the
 //! figure-5 table with each link's traffic and the protocol mix, and shuts
 //! everything down (also on Ctrl-C).

@@ -1,4 +1,4 @@
-//! `xtask/run lab`: the seed's figure-1 network in network namespaces
+//! `xtask/run lab`: the reference network (four routers in a ring, docs/lab.md) in network namespaces
 //! (root), with real traffic.
 //!
 //! Builds the binaries and guests, creates the lab (`harness::lab`: four

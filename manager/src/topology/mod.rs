@@ -2,7 +2,7 @@
 //!
 //! One direction of a physical line is identified by the monitor that taps
 //! it and that monitor's link id, and described by the routers it goes from
-//! and to: the seed's figure-5 table. The same table is imported from a file,
+//! and to: the reference link table (figure 5). The same table is imported from a file,
 //! stored in KV (`tm_topology`, key `current`, as a [`TopologyRecord`](bus_schema::TopologyRecord)) so
 //! every manager sees one topology, and held here as a petgraph [`DiGraph`](petgraph::graph::DiGraph)
 //! for the queries management apps and `tmctl` ask.
@@ -80,7 +80,7 @@ pub use graph::{Link, Neighbours, Path, QueryError, Tap, Topology};
 pub use import::CSV_HEADER;
 pub use store::{KvError, Stored, load, open_bucket, save};
 
-/// Shared by the tests of every part: the seed's figure-5 table.
+/// Shared by the tests of every part: the reference link table (figure 5).
 #[cfg(test)]
 mod fixtures {
     use std::net::IpAddr;
@@ -90,7 +90,7 @@ mod fixtures {
     pub(super) const FIGURE5_TOML: &str = include_str!("../../../examples/topology/figure5.toml");
     pub(super) const FIGURE5_CSV: &str = include_str!("../../../examples/topology/figure5.csv");
 
-    // The seed's figure-1 network: a ring R1 - R2 - R3 - R4 - R1.
+    // The reference network: a ring R1 - R2 - R3 - R4 - R1.
     //
     //   R1 --L12-- R2
     //   |           |

@@ -1,4 +1,4 @@
-//! The seed's figure-1 network in Linux network namespaces, tapped like
+//! The reference network (four routers in a ring, docs/lab.md) in Linux network namespaces, tapped like
 //! optical taps, for end-to-end tests and `cargo xtask lab`.
 //!
 //! ```text
