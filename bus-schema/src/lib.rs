@@ -119,7 +119,7 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
 
 fn short_type_name<T>() -> &'static str {
     let full = std::any::type_name::<T>();
-    // "bus_schema::message::LoadRequest" -> "LoadRequest"; keep generics readable.
+    // "bus_schema::message::commands::LoadRequest" -> "LoadRequest"; keep generics readable.
     match full
         .split('<')
         .next()
