@@ -151,7 +151,7 @@ pub struct Empty {}
 // Topology
 // ---------------------------------------------------------------------------
 
-/// One row of the topology table (the seed's figure 5).
+/// One row of the topology table (the reference link table, docs/lab.md).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TopologyRow {
     /// The monitor's address.

@@ -1,4 +1,4 @@
-//! Unit tests on the seed's figure-5 network
+//! Unit tests on the reference network and its link table (docs/lab.md)
 //! (examples/topology/figure5.toml): routers R1..R4 = 10.0.1.1..10.0.4.1;
 //! monitor 10.9.0.1 taps R1→R2 (link 0) and R2→R1 (1), 10.9.0.2 taps
 //! R2→R3 (0) and R3→R2 (1), 10.9.0.3 taps R3→R4 (0) and R1→R4 (1); R4→R1
@@ -6,11 +6,14 @@
 //! 10.N.0.0/16 sit behind router RN.
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::rc::Rc;
+
+use serde::{Deserialize, Serialize};
 
 use super::*;
 use tm_app_sdk::api::{self, Reply};
-use tm_app_sdk::{App, MonitorResults, Stats};
+use tm_app_sdk::{App, MonitorResults, Stats, TopologyView};
 
 use tm_app_sdk::testing::*;
 

@@ -579,7 +579,7 @@ pub mod lpm {
     }
 }
 
-/// Test support for apps' native unit tests: the seed's figure-5 network as
+/// Test support for apps' native unit tests: the reference network and its link table (docs/lab.md) as
 /// the host's `topology` op returns it, and the host's `flow_path` rule.
 ///
 /// Routers R1..R4 = 10.0.1.1..10.0.4.1; monitor 10.9.0.1 taps R1→R2 (link
