@@ -39,8 +39,15 @@ fn compose() -> serde_json::Value {
 fn every_service_command_passes_check_config() {
     let compose = compose();
     let services = compose["services"].as_object().expect("services");
+    // Named volumes: one temp dir each, shared by the services that mount
+    // them, so what `auth` writes is there for the others.
+    let volumes = tempfile::tempdir().unwrap();
+    let configs = tempfile::tempdir().unwrap();
+    // `tmctl auth init` first: the others read the seeds it writes.
+    let mut order: Vec<(&String, &serde_json::Value)> = services.iter().collect();
+    order.sort_by_key(|(_, s)| s["command"].get(1).and_then(|a| a.as_str()) != Some("auth"));
     let mut checked = Vec::new();
-    for (name, service) in services {
+    for (name, service) in order {
         let Some(command) = service["command"].as_array() else {
             continue;
         };
@@ -57,28 +64,48 @@ fn every_service_command_passes_check_config() {
             "tmctl" => PathBuf::from(env!("CARGO_BIN_EXE_tmctl")),
             _ => continue,
         };
-        // Bind mounts: container paths in the arguments become host paths.
-        let archive = tempfile::tempdir().unwrap();
+        // Mounts: container paths become host paths, in the arguments and
+        // in the config files they name.
+        let mut mounts = Vec::new();
         for volume in service["volumes"].as_array().into_iter().flatten() {
             let spec = volume.as_str().unwrap();
             let mut parts = spec.split(':');
             let (host, container) = (parts.next().unwrap(), parts.next().unwrap());
             let host = if host.starts_with("./") {
-                root().join(host).to_string_lossy().into_owned()
+                root().join(host)
             } else {
-                // A named volume: a temp dir stands in for it.
-                archive.path().to_string_lossy().into_owned()
+                let dir = volumes.path().join(host);
+                std::fs::create_dir_all(&dir).unwrap();
+                dir
             };
-            for a in &mut argv[1..] {
-                if let Some(rest) = a.strip_prefix(container) {
-                    *a = format!("{host}{rest}");
-                }
+            mounts.push((container.to_owned(), host.to_string_lossy().into_owned()));
+        }
+        let on_host = |a: &str| {
+            mounts
+                .iter()
+                .find_map(|(c, h)| a.strip_prefix(c.as_str()).map(|rest| format!("{h}{rest}")))
+        };
+        for a in &mut argv[1..] {
+            if let Some(host) = on_host(a) {
+                *a = host;
             }
         }
-        if argv[0] == "tmctl" {
+        if argv[0] == "tm-monitor" {
+            // The config's own paths (credentials) are container paths too.
+            let i = argv.iter().position(|a| a == "--config").unwrap() + 1;
+            let mut text = std::fs::read_to_string(&argv[i]).unwrap();
+            for (c, h) in &mounts {
+                text = text.replace(&format!("\"{c}/"), &format!("\"{h}/"));
+            }
+            let copy = configs.path().join(format!("{name}.toml"));
+            std::fs::write(&copy, text).unwrap();
+            argv[i] = copy.to_string_lossy().into_owned();
+        }
+        let auth_init = argv.get(1..3) == Some(&["auth".to_owned(), "init".to_owned()][..]);
+        if argv[0] == "tmctl" && !auth_init {
             // tmctl has no config to check: its usage must parse.
             argv.push("--help".into());
-        } else {
+        } else if argv[0] != "tmctl" {
             argv.push("--check-config".into());
         }
         let out = Command::new(&bin).args(&argv[1..]).output().unwrap();
@@ -93,7 +120,14 @@ fn every_service_command_passes_check_config() {
     checked.sort();
     assert_eq!(
         checked,
-        ["manager", "monitor-1", "monitor-2", "monitor-3", "tmctl"],
+        [
+            "auth",
+            "manager",
+            "monitor-1",
+            "monitor-2",
+            "monitor-3",
+            "tmctl"
+        ],
         "services running our binaries"
     );
 }

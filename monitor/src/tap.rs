@@ -130,7 +130,9 @@ impl Tap {
     }
 
     /// Takes one parsed packet: filters it, cuts it to the snap length and
-    /// appends its record, handing the batch over when full.
+    /// appends its record, handing the batch over when full. Inlined into
+    /// the link thread's loop (another module, so another codegen unit).
+    #[inline]
     pub fn offer(&mut self, h: &PacketHeader, data: &[u8]) {
         if !self.open
             && (!self.filter.matches(h) || self.bpf.as_ref().is_some_and(|b| !b.matches(data)))

@@ -3,6 +3,7 @@
 //! `xtask/run <command>` first runs `xtask/setup.sh` (installs what is
 //! missing), then this. See `cargo xtask --help`.
 
+mod compose_lab;
 mod demo;
 mod guests;
 mod lab;
@@ -58,6 +59,12 @@ enum Cmd {
     /// prints each link's figures next to its veth's counters, then tears
     /// everything down (also on Ctrl-C).
     Lab,
+    /// The compose lab (root): docker-compose.yml on this machine's Docker
+    /// engine (dockerd started if none runs), images made here without a
+    /// registry; prints each tapped direction's link-load bytes next to the
+    /// router interface counters, the traffic matrix and the protocol mix,
+    /// then `docker-compose down -v` (also on Ctrl-C).
+    ComposeLab,
 }
 
 fn main() -> Result<()> {
@@ -84,6 +91,7 @@ fn main() -> Result<()> {
         Cmd::Lint => lint(&root)?,
         Cmd::Demo => demo::run(&root)?,
         Cmd::Lab => lab::run(&root)?,
+        Cmd::ComposeLab => compose_lab::run(&root)?,
     }
     Ok(())
 }
