@@ -33,9 +33,11 @@ tap() {
     echo "tap$k ${line_dev} $hook" >> /run/tm-taps
 }
 : > /run/tm-taps
+# As in the netns lab, a line is tapped at one router: a direction entering
+# it at its ingress, one leaving it at its egress.
 case "$n" in
-    1) tap 0 10.1.12.1 egress; tap 1 10.1.12.1 ingress ;;   # L12 R1->R2, R2->R1
-    2) tap 0 10.1.23.2 egress; tap 1 10.1.23.2 ingress ;;   # L23 R2->R3, R3->R2
+    2) tap 0 10.1.12.2 ingress; tap 1 10.1.12.2 egress ;;   # L12 R1->R2, R2->R1
+    3) tap 0 10.1.23.3 ingress; tap 1 10.1.23.3 egress ;;   # L23 R2->R3, R3->R2
     4) tap 0 10.1.34.4 ingress; tap 1 10.1.14.4 ingress ;;  # L34 R3->R4, L14 R1->R4
 esac
 touch /run/tm-ready

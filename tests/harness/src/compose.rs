@@ -51,10 +51,10 @@ pub type Counters = BTreeMap<(String, u32), (u64, u64)>;
 /// The taps of the compose lab: (monitor address, link id, router service,
 /// tap in that router). `router.sh` makes them in this order.
 pub const TAPS: [(&str, u32, &str, &str); 6] = [
-    ("10.9.0.1", 0, "r1", "tap0"),
-    ("10.9.0.1", 1, "r1", "tap1"),
-    ("10.9.0.2", 0, "r2", "tap0"),
-    ("10.9.0.2", 1, "r2", "tap1"),
+    ("10.9.0.1", 0, "r2", "tap0"),
+    ("10.9.0.1", 1, "r2", "tap1"),
+    ("10.9.0.2", 0, "r3", "tap0"),
+    ("10.9.0.2", 1, "r3", "tap1"),
     ("10.9.0.3", 0, "r4", "tap0"),
     ("10.9.0.3", 1, "r4", "tap1"),
 ];
@@ -293,7 +293,7 @@ impl Lab {
         // What an earlier run left behind (a killed test) goes first.
         let _ = run(lab.compose().args(["down", "-v", "--remove-orphans"]));
         run(lab.compose().args(["up", "-d", "--no-build"]))?;
-        for r in ["r1", "r2", "r4"] {
+        for r in ["r2", "r3", "r4"] {
             let id = run(lab.compose().args(["ps", "-q", r]))?.trim().to_owned();
             let pid: u32 =
                 run(Command::new("docker").args(["inspect", "-f", "{{.State.Pid}}", &id]))?
