@@ -14,7 +14,7 @@ use bus_schema::{
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use crate::guest::{Analyzer, ConfigureError};
-use crate::inbox::{DepCounters, DepMsg};
+use crate::inbox::{DepCounters, DepMsg, UpgradeError};
 use crate::link::LinkShared;
 use crate::outbox::{Outbox, Outgoing, Refused};
 use crate::unix_ms;
@@ -356,6 +356,11 @@ pub fn run(mut analyzer: Analyzer, rx: Receiver<DepMsg>, shared: Arc<Shared>, ti
                     Err(why)
                 }
             },
+            Ok(DepMsg::Upgrade(new, blob, reply)) => {
+                let (outcome, answer) = upgrade(&mut analyzer, new, blob, &shared);
+                let _ = reply.send(answer);
+                outcome
+            }
             Ok(DepMsg::Unload(reply)) => {
                 let window = match analyzer.collect() {
                     Ok(results) => {
@@ -418,8 +423,46 @@ fn fail(shared: &Shared, rx: &Receiver<DepMsg>, why: String) {
             DepMsg::Unload(reply) => {
                 let _ = reply.send(shared.last_window(true));
             }
+            DepMsg::Upgrade(_, _, reply) => {
+                let _ = reply.send(Err(UpgradeError::Failed(why.clone())));
+            }
         }
     }
+}
+
+/// Swaps `analyzer` for `new` with the running one's state: the
+/// deployment's outcome (an `Err` only if the running analyzer failed) and
+/// the upgrade's answer. On any refusal the running analyzer stays.
+fn upgrade(
+    analyzer: &mut Analyzer,
+    mut new: Box<Analyzer>,
+    blob: BlobRef,
+    shared: &Shared,
+) -> (Result<bool, String>, Result<(), UpgradeError>) {
+    let (old, wants) = (analyzer.snap_len(), new.snap_len());
+    if wants > old {
+        return (Ok(true), Err(UpgradeError::SnapLen { old, new: wants }));
+    }
+    let state = match analyzer.snapshot() {
+        Ok(state) => state,
+        Err(f) => {
+            let why = f.to_string();
+            return (Err(why.clone()), Err(UpgradeError::Snapshot(why)));
+        }
+    };
+    if let Err(e) = new.restore(&state) {
+        let why = match e {
+            ConfigureError::BadParams(why) => why,
+            ConfigureError::Failed(f) => f.to_string(),
+        };
+        return (Ok(true), Err(UpgradeError::Restore(why)));
+    }
+    *analyzer = *new;
+    tracing::info!(deployment = %shared.info.deployment, analyzer = %blob.name, sha256 = %blob.sha256, "analyzer upgraded");
+    // Snapshots from now on name the new module: a recovery loads it.
+    shared.status().request.analyzer = blob;
+    let saved = analyzer.snapshot().map(|state| shared.save(state));
+    (saved.map(|()| true).map_err(|f| f.to_string()), Ok(()))
 }
 
 /// When a deployment's timers are due.

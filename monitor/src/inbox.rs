@@ -4,8 +4,10 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use bus_schema::{DeploymentStats, ErrorBody, ResultWindow, Value};
+use bus_schema::{BlobRef, DeploymentStats, ErrorBody, ResultWindow, Value};
 use tokio::sync::oneshot;
+
+use crate::guest::Analyzer;
 
 /// Packet records for one guest call.
 #[derive(Debug, Default)]
@@ -85,4 +87,38 @@ pub enum DepMsg {
     Configure(Value, Vec<u8>, oneshot::Sender<Result<u64, ErrorBody>>),
     /// Final results, then stop.
     Unload(oneshot::Sender<ResultWindow>),
+    /// Replace the analyzer by this instance of another module (`BlobRef`),
+    /// its state carried over; between two batches, so every packet is
+    /// analysed by exactly one of the two.
+    Upgrade(
+        Box<Analyzer>,
+        BlobRef,
+        oneshot::Sender<Result<(), UpgradeError>>,
+    ),
+}
+
+/// Why an upgrade was refused; the old analyzer keeps running unless its
+/// own snapshot failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UpgradeError {
+    /// The new module reads more of each packet than the taps keep for
+    /// the old one.
+    #[error(
+        "the new module reads {new} bytes of each packet, the running one {old}: load it as a new deployment"
+    )]
+    SnapLen {
+        /// The running module's `tm_snap_len`.
+        old: usize,
+        /// The new module's.
+        new: usize,
+    },
+    /// The running analyzer could not give its state (it has failed).
+    #[error("the running analyzer could not save its state: {0}")]
+    Snapshot(String),
+    /// The new module refused the state or trapped taking it.
+    #[error("the new module did not take the state: {0}")]
+    Restore(String),
+    /// The deployment had failed before the upgrade was its turn.
+    #[error("the deployment failed before the upgrade: {0}")]
+    Failed(String),
 }
