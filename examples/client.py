@@ -98,23 +98,29 @@ async def put_blob(js, path, name):
     return sha256, len(data)
 
 
-async def events_of(js, monitor, deployment):
-    """Every event of the deployment the stream holds (an ephemeral consumer)."""
+async def events_of(js, monitor, deployment, until_kind="unloaded", wait_s=10.0):
+    """Every event of the deployment the stream holds (an ephemeral consumer),
+    read until one of kind `until_kind` arrives (a deployment's events are
+    published in order, so the earlier ones are there by then) or `wait_s`
+    passes: the monitor publishes events asynchronously, after its reply."""
     sub = await js.pull_subscribe(
         f"tm.v1.events.{monitor}.{deployment}",
         stream=EVENTS,
         config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
     )
     out = []
+    deadline = time.monotonic() + wait_s
     try:
-        while True:
+        while time.monotonic() < deadline:
             try:
                 msgs = await sub.fetch(100, timeout=1)
             except NatsTimeout:
-                break
+                msgs = []
             for m in msgs:
                 out.append(unpack(m.data))
                 await m.ack()
+            if any(e.get("kind") == until_kind for e in out):
+                break
     finally:
         await sub.unsubscribe()
     return out

@@ -94,6 +94,10 @@ subjects! {
     /// New parameters for a running analyzer, applied between two batches.
     monitor_configure(monitor, requester) = "mon.{monitor}.configure.{requester}",
         Command, "ConfigureRequest", Some("ConfigureReply"), [Manager, Operator] -> [Monitor];
+    /// Replace a running analyzer's module, keeping its state (between two
+    /// batches; the old module keeps running on any refusal).
+    monitor_upgrade(monitor, requester) = "mon.{monitor}.upgrade.{requester}",
+        Command, "UpgradeRequest", Some("UpgradeReply"), [Manager, Operator] -> [Monitor];
     /// Links with counters and deployments with their figures.
     monitor_status(monitor, requester) = "mon.{monitor}.status.{requester}",
         Command, "StatusRequest", Some("MonitorStatus"), [Manager, Operator] -> [Monitor];

@@ -26,8 +26,6 @@ pub struct DeploymentInfo {
     pub monitor: String,
     /// Deployment id.
     pub deployment: String,
-    /// Analyzer blob.
-    pub analyzer: BlobRef,
     /// Links.
     pub links: Vec<u32>,
     /// Those links' counters, for the capture figures of each window.
@@ -79,6 +77,12 @@ impl Shared {
             }),
             outbox,
         })
+    }
+
+    /// The load request with the params and module in force.
+    #[must_use]
+    pub fn request(&self) -> LoadRequest {
+        self.status().request.clone()
     }
 
     /// The manager that owns the deployment now.
@@ -172,7 +176,7 @@ impl Shared {
         let s = self.status();
         DeploymentStatus {
             deployment: self.info.deployment.clone(),
-            analyzer: self.info.analyzer.clone(),
+            analyzer: s.request.analyzer.clone(),
             owner: s.request.owner.clone(),
             state: s.state,
             links: self.info.links.clone(),
@@ -193,7 +197,7 @@ impl Shared {
         ResultWindow {
             monitor: self.info.monitor.clone(),
             deployment: self.info.deployment.clone(),
-            analyzer: self.info.analyzer.name.clone(),
+            analyzer: s.request.analyzer.name.clone(),
             run: self.info.run.clone(),
             seq: s.published_seq,
             start_unix_ms: self.info.started_unix_ms,
@@ -451,11 +455,11 @@ fn upgrade(
         }
     };
     if let Err(e) = new.restore(&state) {
-        let why = match e {
-            ConfigureError::BadParams(why) => why,
-            ConfigureError::Failed(f) => f.to_string(),
+        let refused = match e {
+            ConfigureError::BadParams(why) => UpgradeError::RestoreRefused(why),
+            ConfigureError::Failed(f) => UpgradeError::RestoreTrapped(f.to_string()),
         };
-        return (Ok(true), Err(UpgradeError::Restore(why)));
+        return (Ok(true), Err(refused));
     }
     *analyzer = *new;
     tracing::info!(deployment = %shared.info.deployment, analyzer = %blob.name, sha256 = %blob.sha256, "analyzer upgraded");

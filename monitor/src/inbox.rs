@@ -115,9 +115,12 @@ pub enum UpgradeError {
     /// The running analyzer could not give its state (it has failed).
     #[error("the running analyzer could not save its state: {0}")]
     Snapshot(String),
-    /// The new module refused the state or trapped taking it.
-    #[error("the new module did not take the state: {0}")]
-    Restore(String),
+    /// The new module refused the state (`tm_restore` said no).
+    #[error("the new module refused the running analyzer's state: {0}")]
+    RestoreRefused(String),
+    /// The new module trapped or hit a limit taking the state.
+    #[error("the new module failed taking the running analyzer's state: {0}")]
+    RestoreTrapped(String),
     /// The deployment had failed before the upgrade was its turn.
     #[error("the deployment failed before the upgrade: {0}")]
     Failed(String),

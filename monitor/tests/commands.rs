@@ -296,15 +296,23 @@ async fn bad_requests_get_typed_errors() {
         subjects.contains(&subject::monitor_load("m1", "*").as_str()),
         "{subjects:?}"
     );
-    assert_eq!(subjects.len(), 5);
+    assert_eq!(subjects.len(), 6);
     let sub = |c: &str| match c {
         "load" => subject::monitor_load("m1", "mgr-a"),
         "collect" => subject::monitor_collect("m1", "mgr-a"),
         "unload" => subject::monitor_unload("m1", "mgr-a"),
         "configure" => subject::monitor_configure("m1", "mgr-a"),
+        "upgrade" => subject::monitor_upgrade("m1", "mgr-a"),
         _ => subject::monitor_status("m1", "mgr-a"),
     };
-    for command in ["load", "collect", "unload", "configure", "status"] {
+    for command in [
+        "load",
+        "collect",
+        "unload",
+        "configure",
+        "upgrade",
+        "status",
+    ] {
         let e =
             error_of(request_raw::<Value>(&s.client, sub(command), vec![0xc1, 0xff, 0x00]).await);
         assert_eq!(e.code, ErrorCode::BadRequest, "{command}: {e}");

@@ -83,7 +83,6 @@ fn run(frames: &[Vec<u8>], to: Option<&str>) -> Run {
         DeploymentInfo {
             monitor: "m".into(),
             deployment: "up".into(),
-            analyzer: blob,
             links: vec![0],
             link_stats: vec![],
             started_unix_ms: 0,
@@ -196,7 +195,10 @@ fn a_refused_upgrade_leaves_the_running_analyzer_counting() {
     let bytes: u64 = frames.iter().map(|f| f.len() as u64).sum();
     // packet-count reads whole packets, flow-stats' taps keep headers only;
     // dos-detect reads headers but takes no flow-stats state.
-    for (to, refused) in [("packet-count", "SnapLen"), ("dos-detect", "Restore")] {
+    for (to, refused) in [
+        ("packet-count", "SnapLen"),
+        ("dos-detect", "RestoreRefused"),
+    ] {
         let mut r = run(&frames, Some(to));
         let (answer, _) = r.upgrade.take().unwrap();
         let e = answer.expect_err("refused");
@@ -209,4 +211,153 @@ fn a_refused_upgrade_leaves_the_running_analyzer_counting() {
             "{to}: flow-stats still counting"
         );
     }
+}
+
+/// The `upgrade` command on a real monitor and nats-server: refused for a
+/// non-owner and for modules that cannot take over (each with its own
+/// code, the running analyzer counting on), accepted mid-replay for
+/// another blob of flow-stats, whose final results count every packet of
+/// the capture; an `upgraded` event names both modules.
+#[tokio::test]
+async fn the_upgrade_command_swaps_mid_replay_and_refuses_cleanly() {
+    use bus_schema::{
+        ErrorCode, LinkState, MonitorStatus, Reply, StatusRequest, UnloadReply, UnloadRequest,
+        UpgradeReply, UpgradeRequest, subject,
+    };
+    use common::{MonitorProc, put_blob, request};
+
+    let dir = tempfile::tempdir().unwrap();
+    // 400 packets 10 ms apart: a 4 s paced replay.
+    let frames = pcapgen::paced(400, START_NS, 10_000_000);
+    let bytes: u64 = frames.iter().map(|f| f.data.len() as u64).sum();
+    pcapgen::write_pcap(
+        &dir.path().join("l.pcap"),
+        pcapgen::linktype::ETHERNET,
+        &frames,
+    )
+    .unwrap();
+    let config = "address = \"10.9.9.9\"\n[[link]]\nid = 0\npcap = \"l.pcap\"\nreplay = \"recorded-pace\"\nfrom_router = \"10.0.0.1\"\nto_router = \"10.0.0.2\"\n";
+    let nats = harness::NatsServer::start().await.unwrap();
+    let client = nats.client().await;
+    let js = async_nats::jetstream::new(client.clone());
+    let _monitor = MonitorProc::start_in(&nats, &client, "a", config, dir).await;
+    let flow_stats = common::wasm("flow-stats");
+    let sha = put_blob(&js, "flow-stats", &flow_stats).await;
+    let sha2 = put_blob(&js, "flow-stats-2", &flow_stats).await;
+    let pc = put_blob(&js, "pc", &common::wasm("packet-count")).await;
+    let dd = put_blob(&js, "dd", &common::wasm("dos-detect")).await;
+    let load: Reply<bus_schema::LoadReply> = request(
+        &client,
+        subject::monitor_load("a", "t"),
+        &LoadRequest {
+            deployment: "d".into(),
+            analyzer: BlobRef {
+                name: "flow-stats".into(),
+                sha256: sha.clone(),
+            },
+            params: Value::Nil,
+            filter: Filter::default(),
+            links: vec![0],
+            owner: "t".into(),
+            report_every_ms: None,
+        },
+    )
+    .await;
+    assert!(matches!(load, Reply::Ok(_)), "{load:?}");
+    let upgrade = |who: &'static str, name: &'static str, sha256: String| {
+        let client = client.clone();
+        async move {
+            request::<_, UpgradeReply>(
+                &client,
+                subject::monitor_upgrade("a", who),
+                &UpgradeRequest {
+                    deployment: "d".into(),
+                    requester: who.into(),
+                    analyzer: BlobRef {
+                        name: name.into(),
+                        sha256,
+                    },
+                    force: false,
+                },
+            )
+            .await
+        }
+    };
+    let code = |r: Reply<UpgradeReply>| match r {
+        Reply::Err(e) => e.code,
+        Reply::Ok(ok) => panic!("accepted: {ok:?}"),
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        code(upgrade("x", "flow-stats-2", sha2.clone()).await),
+        ErrorCode::NotOwner
+    );
+    assert_eq!(code(upgrade("t", "pc", pc).await), ErrorCode::BadModule);
+    assert_eq!(
+        code(upgrade("t", "dd", dd).await),
+        ErrorCode::RestoreRefused
+    );
+    let status = |client: async_nats::Client| async move {
+        match request::<_, MonitorStatus>(
+            &client,
+            subject::monitor_status("a", "t"),
+            &StatusRequest::default(),
+        )
+        .await
+        {
+            Reply::Ok(s) => s,
+            Reply::Err(e) => panic!("status: {e}"),
+        }
+    };
+    assert_eq!(
+        status(client.clone()).await.links[0].state,
+        LinkState::Running,
+        "the swap falls mid-replay"
+    );
+    match upgrade("t", "flow-stats-2", sha2.clone()).await {
+        Reply::Ok(r) => {
+            assert_eq!(
+                (r.previous.name.as_str(), r.previous.sha256.as_str()),
+                ("flow-stats", sha.as_str())
+            );
+            assert_eq!(
+                (r.analyzer.name.as_str(), r.analyzer.sha256.as_str()),
+                ("flow-stats-2", sha2.as_str())
+            );
+        }
+        Reply::Err(e) => panic!("upgrade refused: {e}"),
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while status(client.clone()).await.links[0].state == LinkState::Running {
+        assert!(Instant::now() < deadline, "the replay did not finish");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let unload: Reply<UnloadReply> = request(
+        &client,
+        subject::monitor_unload("a", "t"),
+        &UnloadRequest {
+            deployment: "d".into(),
+            requester: "t".into(),
+            force: false,
+        },
+    )
+    .await;
+    let Reply::Ok(unload) = unload else {
+        panic!("unload: {unload:?}")
+    };
+    let results = &unload.final_results.results;
+    assert_eq!(field(results, "packets").as_u64(), Some(400));
+    assert_eq!(field(results, "bytes").as_u64(), Some(bytes));
+    assert_eq!(unload.final_results.analyzer, "flow-stats-2");
+    let events = common::stream_events(&client, "d").await;
+    let upgraded: Vec<_> = events
+        .iter()
+        .filter(|e| e.kind == bus_schema::EventKind::Upgraded)
+        .collect();
+    assert_eq!(upgraded.len(), 1, "{events:?}");
+    assert!(
+        upgraded[0].message.contains(&sha2),
+        "{}",
+        upgraded[0].message
+    );
 }

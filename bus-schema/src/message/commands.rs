@@ -120,6 +120,32 @@ pub struct ConfigureReply {
     pub config_revision: u64,
 }
 
+/// `upgrade`: another module for a running deployment, its state carried
+/// over.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpgradeRequest {
+    /// The deployment to upgrade.
+    pub deployment: String,
+    /// Who asks; must be the owner unless `force`.
+    pub requester: String,
+    /// The new module in `tm_blobs` (digest checked as for a load).
+    pub analyzer: BlobRef,
+    /// Upgrade even if `requester` is not the owner.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// Reply to `upgrade`: the module that ran before and the one running now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpgradeReply {
+    /// The deployment upgraded.
+    pub deployment: String,
+    /// The module it ran until the swap.
+    pub previous: BlobRef,
+    /// The module it runs now.
+    pub analyzer: BlobRef,
+}
+
 /// `status`: the monitor's links and deployments.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusRequest {

@@ -109,6 +109,9 @@ pub enum ErrorCode {
     BadSignature,
     /// The guest trapped.
     GuestTrap,
+    /// An upgrade's new module refused the running analyzer's state (its
+    /// `tm_restore` said no); the running analyzer is untouched.
+    RestoreRefused,
     /// The guest hit a memory, time or queue limit.
     ResourceLimit,
     /// No management app with that name on this manager.
@@ -127,7 +130,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, [`ErrorCode::Unknown`] last.
-    pub const ALL: [ErrorCode; 24] = [
+    pub const ALL: [ErrorCode; 25] = [
         ErrorCode::BadRequest,
         ErrorCode::UnknownDeployment,
         ErrorCode::DeploymentExists,
@@ -145,6 +148,7 @@ impl ErrorCode {
         ErrorCode::UntrustedSigner,
         ErrorCode::BadSignature,
         ErrorCode::GuestTrap,
+        ErrorCode::RestoreRefused,
         ErrorCode::ResourceLimit,
         ErrorCode::UnknownApp,
         ErrorCode::AppExists,
@@ -187,6 +191,7 @@ impl ErrorCode {
             ErrorCode::UntrustedSigner => "untrusted_signer",
             ErrorCode::BadSignature => "bad_signature",
             ErrorCode::GuestTrap => "guest_trap",
+            ErrorCode::RestoreRefused => "restore_refused",
             ErrorCode::ResourceLimit => "resource_limit",
             ErrorCode::UnknownApp => "unknown_app",
             ErrorCode::AppExists => "app_exists",

@@ -69,6 +69,9 @@ pub enum EventKind {
     Loaded,
     /// The deployment was re-configured.
     Configured,
+    /// The deployment's analyzer was replaced by another module, its state
+    /// carried over; `data` holds `previous` and `analyzer` (name, sha256).
+    Upgraded,
     /// The deployment was unloaded on request or at shutdown.
     Unloaded,
     /// The guest trapped or hit a limit and was unloaded.

@@ -139,7 +139,6 @@ pub fn monitor_run(
         DeploymentInfo {
             monitor: "bench".into(),
             deployment: "bench".into(),
-            analyzer: request.analyzer.clone(),
             links: vec![0],
             link_stats: vec![],
             started_unix_ms: 0,

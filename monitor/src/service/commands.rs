@@ -10,7 +10,7 @@ use bus_schema::subject::{self, SubjectKind, SubjectSpec};
 use bus_schema::{
     CollectRequest, ConfigureReply, ConfigureRequest, DeploymentState, ErrorBody, ErrorCode,
     EventKind, LoadReply, LoadRequest, MonitorStatus, Reply, ResultWindow, StatusRequest,
-    UnloadReply, UnloadRequest, Value, store,
+    UnloadReply, UnloadRequest, UpgradeReply, UpgradeRequest, Value, store,
 };
 use futures::StreamExt;
 use serde::Serialize;
@@ -20,7 +20,7 @@ use tracing::Instrument;
 
 use super::{DEPLOYMENT_REPLY_TIMEOUT, Monitor, err, token};
 use crate::deployment::Shared;
-use crate::inbox::DepMsg;
+use crate::inbox::{DepMsg, UpgradeError};
 
 /// The commands a monitor answers, one per command subject the catalogue
 /// has a monitor answer.
@@ -30,6 +30,7 @@ enum Command {
     Unload,
     Collect,
     Configure,
+    Upgrade,
     Status,
 }
 
@@ -40,6 +41,7 @@ impl Command {
             "unload" => Command::Unload,
             "collect" => Command::Collect,
             "configure" => Command::Configure,
+            "upgrade" => Command::Upgrade,
             "status" => Command::Status,
             _ => return None,
         })
@@ -51,6 +53,7 @@ impl Command {
             Command::Unload => "unload",
             Command::Collect => "collect",
             Command::Configure => "configure",
+            Command::Upgrade => "upgrade",
             Command::Status => "status",
         }
     }
@@ -196,6 +199,9 @@ impl Monitor {
                 Command::Configure => {
                     encode_reply(&Reply::from(self.configure(requester, payload).await))
                 }
+                Command::Upgrade => {
+                    encode_reply(&Reply::from(self.upgrade(requester, payload).await))
+                }
                 Command::Status => encode_reply(&Reply::from(self.status(payload))),
             };
             let reply = self.fits_the_bus(command, reply);
@@ -288,6 +294,67 @@ impl Monitor {
                     shared.state().1.unwrap_or_default()
                 ),
             ),
+        }
+    }
+
+    /// Another module for a running deployment, its state carried over;
+    /// on any refusal the running analyzer goes on.
+    async fn upgrade(
+        self: &Arc<Self>,
+        requester: &str,
+        payload: &[u8],
+    ) -> Result<UpgradeReply, ErrorBody> {
+        let req: UpgradeRequest = decode_required(payload)?;
+        proven("requester", &req.requester, requester)?;
+        let (shared, tx) = self.find(&req.deployment)?;
+        self.check_owner(&shared, &req.requester, req.force).await?;
+        let failed = |why: Option<String>| {
+            err(
+                ErrorCode::GuestTrap,
+                format!(
+                    "deployment {:?} failed: {}",
+                    req.deployment,
+                    why.unwrap_or_default()
+                ),
+            )
+        };
+        if let (DeploymentState::Failed, why) = shared.state() {
+            return failed(why);
+        }
+        let previous = shared.request().analyzer;
+        let (instance, analyzer) = self.upgrade_instance(&shared, &req.analyzer).await?;
+        self.flush_links(&shared.info.links).await;
+        let to = analyzer.clone();
+        match Self::ask(&tx, |r| DepMsg::Upgrade(instance, to, r)).await {
+            Some(Ok(())) => {
+                shared.event(
+                    EventKind::Upgraded,
+                    format!(
+                        "{} ({}) took over from {} ({})",
+                        analyzer.name, analyzer.sha256, previous.name, previous.sha256
+                    ),
+                    Value::Map(vec![
+                        ("previous".into(), blob_value(&previous)),
+                        ("analyzer".into(), blob_value(&analyzer)),
+                    ]),
+                );
+                Ok(UpgradeReply {
+                    deployment: req.deployment,
+                    previous,
+                    analyzer,
+                })
+            }
+            Some(Err(e)) => {
+                let code = match &e {
+                    UpgradeError::SnapLen { .. } => ErrorCode::BadModule,
+                    UpgradeError::RestoreRefused(_) => ErrorCode::RestoreRefused,
+                    UpgradeError::RestoreTrapped(_)
+                    | UpgradeError::Snapshot(_)
+                    | UpgradeError::Failed(_) => ErrorCode::GuestTrap,
+                };
+                err(code, format!("analyzer = {:?}: {e}", req.analyzer.name))
+            }
+            None => failed(shared.state().1),
         }
     }
 
@@ -458,6 +525,14 @@ impl Monitor {
     }
 }
 
+/// A blob reference as an event's data carries it.
+fn blob_value(blob: &bus_schema::BlobRef) -> Value {
+    Value::Map(vec![
+        ("name".into(), blob.name.clone().into()),
+        ("sha256".into(), blob.sha256.clone().into()),
+    ])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -465,7 +540,7 @@ mod tests {
     #[test]
     fn every_monitor_command_of_the_catalogue_has_a_handler() {
         let commands = monitor_commands();
-        assert_eq!(commands.len(), 5, "{commands:?}");
+        assert_eq!(commands.len(), 6, "{commands:?}");
         for spec in commands {
             let name = subject::command_of(&spec.pattern).unwrap();
             let command = Command::from_name(name)

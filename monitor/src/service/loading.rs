@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bus_schema::{
-    DeploymentSnapshot, ErrorBody, ErrorCode, EventKind, LoadReply, LoadRequest, Value, store,
+    BlobRef, DeploymentSnapshot, ErrorBody, ErrorCode, EventKind, LoadReply, LoadRequest, Value,
+    store,
 };
 use futures::StreamExt;
 
@@ -32,6 +33,18 @@ struct Checked {
 struct VerifiedBlob {
     sha256: String,
     bytes: Vec<u8>,
+}
+
+/// A request's `analyzer.sha256` must be 64 hex digits.
+fn digest_form(analyzer: &BlobRef) -> Result<(), ErrorBody> {
+    let want = &analyzer.sha256;
+    if want.len() != 64 || !want.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return err(
+            ErrorCode::BadRequest,
+            format!("analyzer.sha256 = {want:?}: expected 64 hex digits"),
+        );
+    }
+    Ok(())
 }
 
 impl Monitor {
@@ -92,7 +105,7 @@ impl Monitor {
         restore: Option<DeploymentSnapshot>,
     ) -> Result<LoadReply, ErrorBody> {
         let checked = self.check_request(req)?;
-        let blob = self.verified_blob(&checked.req).await?;
+        let blob = self.verified_blob(&checked.req.analyzer).await?;
         // Compiling and instantiating are CPU work: keep them off the runtime.
         let monitor = self.clone();
         tokio::task::spawn_blocking(move || monitor.start_deployment(checked, &blob, restore))
@@ -134,13 +147,7 @@ impl Monitor {
                 format!("report_every_ms = {every}: must be at least 100"),
             );
         }
-        let want = &req.analyzer.sha256;
-        if want.len() != 64 || !want.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return err(
-                ErrorCode::BadRequest,
-                format!("analyzer.sha256 = {want:?}: expected 64 hex digits"),
-            );
-        }
+        digest_form(&req.analyzer)?;
         let params = bus_schema::encode(&req.params)
             .map_err(|e| ErrorBody::new(ErrorCode::BadParams, e.to_string()))?;
         self.params_fit(&params)?;
@@ -185,9 +192,9 @@ impl Monitor {
     /// most [`MAX_BLOB_BYTES`]), its digest the request's and its signature
     /// trusted, stored for this monitor's ABI: checked before anything is
     /// compiled.
-    async fn verified_blob(&self, req: &LoadRequest) -> Result<VerifiedBlob, ErrorBody> {
-        let name = &req.analyzer.name;
-        let want = req.analyzer.sha256.to_ascii_lowercase();
+    async fn verified_blob(&self, analyzer: &BlobRef) -> Result<VerifiedBlob, ErrorBody> {
+        let name = &analyzer.name;
+        let want = analyzer.sha256.to_ascii_lowercase();
         let blob = wasm_host::blob::fetch_verified(
             &self.js,
             &self.trusted,
@@ -301,10 +308,6 @@ impl Monitor {
             DeploymentInfo {
                 monitor: self.id.clone(),
                 deployment: req.deployment.clone(),
-                analyzer: bus_schema::BlobRef {
-                    name: req.analyzer.name.clone(),
-                    sha256: sha256.to_owned(),
-                },
                 links: links.clone(),
                 link_stats: links.iter().map(|l| self.links[l].shared.clone()).collect(),
                 started_unix_ms: unix_ms(),
@@ -312,8 +315,13 @@ impl Monitor {
                     .map(|snap| snap.run.clone())
                     .unwrap_or_else(|| nuid::next().to_string()),
             },
+            // The module as verified: status and windows name it.
             LoadRequest {
                 links: links.clone(),
+                analyzer: BlobRef {
+                    name: req.analyzer.name.clone(),
+                    sha256: sha256.to_owned(),
+                },
                 ..req.clone()
             },
             self.outbox.clone(),
@@ -330,41 +338,14 @@ impl Monitor {
         restore: Option<&DeploymentSnapshot>,
     ) -> Result<Analyzer, ErrorBody> {
         let req = &checked.req;
-        let module = self
-            .sandbox
-            .module(&blob.sha256, &blob.bytes)
-            .map_err(|e| {
-                ErrorBody::new(
-                    ErrorCode::BadModule,
-                    format!("blob {:?}: {e}", req.analyzer.name),
-                )
-            })?;
-        let limits = &self.config.limits;
-        let snaplen = checked
-            .links
-            .iter()
-            .map(|l| self.links[l].shared.config.snaplen)
-            .max()
-            .unwrap_or(65535);
-        let emit_shared = Arc::downgrade(shared);
-        let mut analyzer = Analyzer::new(
-            &self.sandbox,
-            &module,
-            &InstanceConfig {
-                memory_bytes: (limits.memory_mb as usize) << 20,
-                call_timeout: Duration::from_millis(limits.call_timeout_ms),
-                batch_bytes: guest_batch_bytes(snaplen),
-                deployment: req.deployment.clone(),
-            },
+        let mut analyzer = self.new_analyzer(
+            &req.deployment,
+            &req.analyzer.name,
+            &checked.links,
+            blob,
             &checked.params,
-            Box::new(move |value: Value| {
-                if let Some(shared) = emit_shared.upgrade() {
-                    let message = value["message"].as_str().unwrap_or("alert").to_owned();
-                    shared.event(EventKind::Alert, message, value);
-                }
-            }),
-        )
-        .map_err(|e| ErrorBody::new(e.code, e.message))?;
+            shared,
+        )?;
         if let Some(snap) = restore {
             if snap.state != Value::Nil
                 && let Err(e) = analyzer.restore(&snap.state)
@@ -374,6 +355,85 @@ impl Monitor {
             shared.restore_from(snap);
         }
         Ok(analyzer)
+    }
+
+    /// A fresh instance of `blob` for a deployment on `links` with `params`,
+    /// under the monitor's limits, its alerts the deployment's events.
+    fn new_analyzer(
+        &self,
+        deployment: &str,
+        name: &str,
+        links: &[u32],
+        blob: &VerifiedBlob,
+        params: &[u8],
+        shared: &Arc<Shared>,
+    ) -> Result<Analyzer, ErrorBody> {
+        let module = self
+            .sandbox
+            .module(&blob.sha256, &blob.bytes)
+            .map_err(|e| ErrorBody::new(ErrorCode::BadModule, format!("blob {name:?}: {e}")))?;
+        let limits = &self.config.limits;
+        let snaplen = links
+            .iter()
+            .map(|l| self.links[l].shared.config.snaplen)
+            .max()
+            .unwrap_or(65535);
+        let emit_shared = Arc::downgrade(shared);
+        Analyzer::new(
+            &self.sandbox,
+            &module,
+            &InstanceConfig {
+                memory_bytes: (limits.memory_mb as usize) << 20,
+                call_timeout: Duration::from_millis(limits.call_timeout_ms),
+                batch_bytes: guest_batch_bytes(snaplen),
+                deployment: deployment.to_owned(),
+            },
+            params,
+            Box::new(move |value: Value| {
+                if let Some(shared) = emit_shared.upgrade() {
+                    let message = value["message"].as_str().unwrap_or("alert").to_owned();
+                    shared.event(EventKind::Alert, message, value);
+                }
+            }),
+        )
+        .map_err(|e| ErrorBody::new(e.code, e.message))
+    }
+
+    /// An instance of `analyzer` to take over `shared`'s deployment: the
+    /// blob checked as for a load, compiled and instantiated with the
+    /// deployment's current params off the runtime. Returns it with the
+    /// blob's verified reference.
+    pub(super) async fn upgrade_instance(
+        self: &Arc<Self>,
+        shared: &Arc<Shared>,
+        analyzer: &BlobRef,
+    ) -> Result<(Box<Analyzer>, BlobRef), ErrorBody> {
+        digest_form(analyzer)?;
+        let blob = self.verified_blob(analyzer).await?;
+        let request = shared.request();
+        let params = bus_schema::encode(&request.params)
+            .map_err(|e| ErrorBody::new(ErrorCode::BadParams, e.to_string()))?;
+        let (monitor, shared, name) = (self.clone(), shared.clone(), analyzer.name.clone());
+        let sha256 = blob.sha256.clone();
+        let instance = tokio::task::spawn_blocking(move || {
+            monitor.new_analyzer(
+                &request.deployment,
+                &name,
+                &shared.info.links,
+                &blob,
+                &params,
+                &shared,
+            )
+        })
+        .await
+        .map_err(|e| ErrorBody::new(ErrorCode::Internal, format!("upgrade task: {e}")))??;
+        Ok((
+            Box::new(instance),
+            BlobRef {
+                name: analyzer.name.clone(),
+                sha256,
+            },
+        ))
     }
 
     /// Compiles, instantiates and starts the deployment, then attaches it
