@@ -520,6 +520,54 @@ async fn deployments_from_the_command_line() {
         "{text}"
     );
 
+    // Upgrade to another blob of flow-stats: every monitor swaps, keeping
+    // its flows; the record and status name the new module.
+    let (code, msg) = err(&tmctl(nats, &["upgrade", "f1", "--blob", "nope"]));
+    assert_eq!(code, 3, "{msg}");
+    let flow = wasm("flow-stats");
+    ok(&tmctl(
+        nats,
+        &[
+            "analyzer",
+            "put",
+            flow.to_str().unwrap(),
+            "--name",
+            "flow-stats-2",
+        ],
+    ));
+    let before = json_out(&tmctl(nats, &["--json", "collect", "f1"]));
+    let u = json_out(&tmctl(
+        nats,
+        &["--json", "upgrade", "f1", "--blob", "flow-stats-2"],
+    ));
+    assert_eq!(u["analyzer"]["name"], "flow-stats-2");
+    assert_eq!(u["done"].as_array().unwrap().len(), 2, "{u}");
+    assert!(
+        u["done"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["previous"]["name"] == "flow-stats")
+    );
+    let after = json_out(&tmctl(nats, &["--json", "collect", "f1"]));
+    for (b, a) in before["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(after["results"].as_array().unwrap())
+    {
+        assert_eq!(a["monitor"], b["monitor"]);
+        assert!(
+            a["results"]["packets"].as_u64() >= b["results"]["packets"].as_u64()
+                && b["results"]["packets"].as_u64() > Some(0),
+            "the flows counted before the upgrade stay: {b} then {a}"
+        );
+    }
+    let text = ok(&tmctl(nats, &["status", "10-9-0-1"]));
+    assert!(text.contains("deployment f1 (flow-stats-2)"), "{text}");
+    let records = json_out(&tmctl(nats, &["--json", "deployments"]));
+    assert!(records.to_string().contains("flow-stats-2"), "{records}");
+
     // tmctl as such is no manager, so its deployments may be adopted.
     let a = json_out(&tmctl(nats, &["--json", "--as", "ops", "adopt", "f1"]));
     assert_eq!(a["previous_owner"], "tmctl");

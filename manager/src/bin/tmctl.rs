@@ -125,6 +125,20 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Replaces a running deployment's analyzer by another module, keeping
+    /// its state, on its monitors one after another; stops at the first
+    /// monitor that refuses (the others keep the module they run).
+    Upgrade {
+        /// Deployment id.
+        #[arg(value_parser = id_arg)]
+        deployment: String,
+        /// The new module's blob name in tm_blobs (`tmctl analyzer put`).
+        #[arg(long)]
+        blob: String,
+        /// Even if another identity owns it.
+        #[arg(long)]
+        force: bool,
+    },
     /// Collects a deployment's results from every monitor it runs on.
     Collect {
         /// Deployment id.

@@ -11,7 +11,7 @@ use bus_schema::store::{self, BlobKind, BlobMeta};
 use bus_schema::{
     BlobRef, ConfigureReply, ConfigureRequest, DeploymentRecord, DeploymentTarget, DesiredState,
     ErrorBody, ErrorCode, Filter, LoadReply, LoadRequest, MonitorRecord, UnloadReply,
-    UnloadRequest, Value, subject,
+    UnloadRequest, UpgradeReply, UpgradeRequest, Value, subject,
 };
 use futures::future::join_all;
 
@@ -83,6 +83,19 @@ pub struct Configured {
     pub done: Vec<(String, u64)>,
     /// Monitors that did not.
     pub failed: Vec<Missing>,
+}
+
+/// Outcome of an upgrade, monitor after monitor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upgraded {
+    /// The module asked for.
+    pub analyzer: BlobRef,
+    /// Monitors that run it now, with their replies.
+    pub done: Vec<(String, UpgradeReply)>,
+    /// The monitor that refused (the upgrade stopped there).
+    pub failed: Vec<Missing>,
+    /// Monitors not asked because one before them refused.
+    pub skipped: Vec<String>,
 }
 
 impl Control {
@@ -466,6 +479,59 @@ impl Control {
                 Ok(r) => out.done.push((monitor, r.config_revision)),
                 Err(error) => out.failed.push(Missing { monitor, error }),
             }
+        }
+        Ok(out)
+    }
+
+    /// Replaces the deployment's analyzer by the blob `blob` on its
+    /// monitors one after another, each keeping its state; stops at the
+    /// first refusal (the monitors before it run the new module, the
+    /// others the old one). Once every monitor took it, the record's
+    /// analyzer is the new one.
+    ///
+    /// # Errors
+    /// `unknown_deployment`, `not_owner` (without `force`), an unknown or
+    /// wrong blob, a concurrent change of the record, or a bus error.
+    pub async fn upgrade(&self, id: &str, blob: &str, force: bool) -> Result<Upgraded, ErrorBody> {
+        let (mut record, revision) = self.existing(id).await?;
+        self.check_owner(&record, force)?;
+        let analyzer = self.analyzer_blob(blob, None).await?;
+        let request = UpgradeRequest {
+            deployment: id.to_owned(),
+            requester: self.id.clone(),
+            analyzer: analyzer.clone(),
+            force,
+        };
+        let mut out = Upgraded {
+            analyzer: analyzer.clone(),
+            done: Vec::new(),
+            failed: Vec::new(),
+            skipped: Vec::new(),
+        };
+        for t in &record.targets {
+            if !out.failed.is_empty() {
+                out.skipped.push(t.monitor.clone());
+                continue;
+            }
+            let reply: Result<UpgradeReply, ErrorBody> = self
+                .request(
+                    subject::monitor_upgrade(&t.monitor, &self.id),
+                    &request,
+                    LOAD_TIMEOUT,
+                )
+                .await;
+            match reply {
+                Ok(r) => out.done.push((t.monitor.clone(), r)),
+                Err(error) => out.failed.push(Missing {
+                    monitor: t.monitor.clone(),
+                    error,
+                }),
+            }
+        }
+        if out.failed.is_empty() {
+            record.analyzer = analyzer;
+            record.updated_unix_ms = now_ms();
+            self.write(&record, revision).await?;
         }
         Ok(out)
     }

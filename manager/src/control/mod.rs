@@ -11,7 +11,7 @@
 mod deployments;
 mod gather;
 
-pub use deployments::{Configured, DeploySpec, Deployed, Placed, Targets};
+pub use deployments::{Configured, DeploySpec, Deployed, Placed, Targets, Upgraded};
 pub use gather::{Collected, Missing, MonitorResults};
 
 use std::collections::{BTreeMap, HashMap};

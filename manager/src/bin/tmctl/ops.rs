@@ -189,6 +189,11 @@ pub(crate) async fn run(control: &Control, command: Command, json: bool) -> Resu
             params,
             force,
         } => configure(control, &deployment, &params, force, json).await,
+        Command::Upgrade {
+            deployment,
+            blob,
+            force,
+        } => upgrade(control, &deployment, &blob, force, json).await,
         Command::Collect {
             deployment,
             timeout_ms,
@@ -315,6 +320,56 @@ async fn configure(
         Err(fail(
             1,
             anyhow!("{} monitor(s) refused the new params", c.failed.len()),
+        ))
+    }
+}
+
+async fn upgrade(
+    control: &Control,
+    deployment: &str,
+    blob: &str,
+    force: bool,
+    json: bool,
+) -> Result<(), Failure> {
+    let u = control
+        .upgrade(deployment, blob, force)
+        .await
+        .map_err(refused)?;
+    if json {
+        println!(
+            "{}",
+            json!({"deployment": deployment,
+                "analyzer": {"name": u.analyzer.name, "sha256": u.analyzer.sha256},
+                "done": u.done.iter().map(|(m, r)| json!({"monitor": m,
+                    "previous": {"name": r.previous.name, "sha256": r.previous.sha256}})).collect::<Vec<_>>(),
+                "failed": u.failed.iter().map(missing_json).collect::<Vec<_>>(),
+                "skipped": u.skipped})
+        );
+    } else {
+        for (m, r) in &u.done {
+            println!(
+                "{m}: upgraded from {} ({}) to {} ({})",
+                r.previous.name, r.previous.sha256, r.analyzer.name, r.analyzer.sha256
+            );
+        }
+        for f in &u.failed {
+            println!("{}: REFUSED: {}", f.monitor, f.error);
+        }
+        for m in &u.skipped {
+            println!("{m}: not asked (stopped at the refusal)");
+        }
+    }
+    if u.failed.is_empty() {
+        Ok(())
+    } else {
+        Err(fail(
+            1,
+            anyhow!(
+                "{} refused the upgrade; {} monitor(s) run {blob}, {} the previous module",
+                u.failed[0].monitor,
+                u.done.len(),
+                u.failed.len() + u.skipped.len()
+            ),
         ))
     }
 }
