@@ -86,7 +86,7 @@ fn found(program: &str) -> bool {
 #[must_use]
 pub fn unavailable() -> Option<String> {
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc_geteuid() } != 0 {
+    if unsafe { libc::geteuid() } != 0 {
         return Some("not root (dockerd and the lab's images need root)".into());
     }
     for p in ["docker", "docker-compose", "debootstrap"] {
@@ -97,11 +97,6 @@ pub fn unavailable() -> Option<String> {
         }
     }
     None
-}
-
-unsafe extern "C" {
-    #[link_name = "geteuid"]
-    fn libc_geteuid() -> u32;
 }
 
 /// A Docker engine: the running one, or one started here.

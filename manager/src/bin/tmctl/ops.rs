@@ -213,14 +213,9 @@ async fn deploy(control: &Control, args: DeployArgs, json: bool) -> Result<(), F
     let spec = deploy_spec(args)?;
     let d = control.deploy(&spec).await.map_err(refused)?;
     print_deployed(&d, json);
-    if d.failed.is_empty() {
-        Ok(())
-    } else {
-        Err(fail(
-            1,
-            anyhow!("{} monitor(s) refused the deployment", d.failed.len()),
-        ))
-    }
+    unless_refused(&d.failed, || {
+        format!("{} monitor(s) refused the deployment", d.failed.len())
+    })
 }
 
 fn print_deployed(d: &Deployed, json: bool) {
@@ -314,14 +309,9 @@ async fn configure(
             println!("{}: FAILED: {}", f.monitor, f.error);
         }
     }
-    if c.failed.is_empty() {
-        Ok(())
-    } else {
-        Err(fail(
-            1,
-            anyhow!("{} monitor(s) refused the new params", c.failed.len()),
-        ))
-    }
+    unless_refused(&c.failed, || {
+        format!("{} monitor(s) refused the new params", c.failed.len())
+    })
 }
 
 async fn upgrade(
@@ -359,19 +349,14 @@ async fn upgrade(
             println!("{m}: not asked (stopped at the refusal)");
         }
     }
-    if u.failed.is_empty() {
-        Ok(())
-    } else {
-        Err(fail(
-            1,
-            anyhow!(
-                "{} refused the upgrade; {} monitor(s) run {blob}, {} the previous module",
-                u.failed[0].monitor,
-                u.done.len(),
-                u.failed.len() + u.skipped.len()
-            ),
-        ))
-    }
+    unless_refused(&u.failed, || {
+        format!(
+            "{} refused the upgrade; {} monitor(s) run {blob}, {} the previous module",
+            u.failed[0].monitor,
+            u.done.len(),
+            u.failed.len() + u.skipped.len()
+        )
+    })
 }
 
 async fn collect(
@@ -579,5 +564,17 @@ fn print_status(s: &MonitorStatus) {
             d.stats.dropped,
             because(&d.last_error)
         );
+    }
+}
+
+/// Exit code 1 with `why` when any monitor refused; done otherwise.
+fn unless_refused(
+    failed: &[manager::control::Missing],
+    why: impl FnOnce() -> String,
+) -> Result<(), Failure> {
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(fail(1, anyhow!(why())))
     }
 }
