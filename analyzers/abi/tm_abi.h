@@ -42,6 +42,8 @@
 #define TM_STATUS_OK 0
 #define TM_STATUS_BAD_PARAMS 1
 #define TM_STATUS_FAILED 2
+/* tm_restore only: the saved state's version is one this module does not take. */
+#define TM_STATUS_STATE_VERSION 3
 
 /* Packs a guest pointer and a length into the int64 some exports return. */
 #define TM_PACK(ptr, len) ((int64_t)(((uint64_t)(uint32_t)(ptr) << 32) | (uint32_t)(len)))

@@ -288,6 +288,7 @@ mod tests {
             monitor: "mon-a".into(),
             deployment: "d1".into(),
             analyzer: "flow-stats".into(),
+            sha256: String::new(),
             run: "r1".into(),
             seq: 3,
             start_unix_ms: 1_764_115_200_000,

@@ -75,6 +75,7 @@ async fn results_are_archived_to_s3() {
         monitor: "mon-a".into(),
         deployment: "d1".into(),
         analyzer: "flow-stats".into(),
+        sha256: String::new(),
         seq: 1,
         start_unix_ms: 1_764_115_200_000,
         end_unix_ms: 1_764_115_201_000,

@@ -8,13 +8,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bus_schema::{
-    BlobRef, DeploymentSnapshot, DeploymentState, DeploymentStatus, ErrorBody, ErrorCode, Event,
-    EventKind, LoadRequest, ResultWindow, Value,
+    DeploymentSnapshot, DeploymentState, DeploymentStatus, ErrorBody, ErrorCode, Event, EventKind,
+    LoadRequest, ResultWindow, Value,
 };
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
-use crate::guest::{Analyzer, ConfigureError};
-use crate::inbox::{DepCounters, DepMsg, UpgradeError};
+use crate::guest::{Analyzer, ConfigureError, RestoreError};
+use crate::inbox::{DepCounters, DepMsg, Upgrade, UpgradeError};
 use crate::link::LinkShared;
 use crate::outbox::{Outbox, Outgoing, Refused};
 use crate::unix_ms;
@@ -198,6 +198,7 @@ impl Shared {
             monitor: self.info.monitor.clone(),
             deployment: self.info.deployment.clone(),
             analyzer: s.request.analyzer.name.clone(),
+            sha256: s.request.analyzer.sha256.clone(),
             run: self.info.run.clone(),
             seq: s.published_seq,
             start_unix_ms: self.info.started_unix_ms,
@@ -360,8 +361,8 @@ pub fn run(mut analyzer: Analyzer, rx: Receiver<DepMsg>, shared: Arc<Shared>, ti
                     Err(why)
                 }
             },
-            Ok(DepMsg::Upgrade(new, blob, reply)) => {
-                let (outcome, answer) = upgrade(&mut analyzer, new, blob, &shared);
+            Ok(DepMsg::Upgrade(to, reply)) => {
+                let (outcome, answer) = upgrade(&mut analyzer, *to, &shared);
                 let _ = reply.send(answer);
                 outcome
             }
@@ -427,22 +428,28 @@ fn fail(shared: &Shared, rx: &Receiver<DepMsg>, why: String) {
             DepMsg::Unload(reply) => {
                 let _ = reply.send(shared.last_window(true));
             }
-            DepMsg::Upgrade(_, _, reply) => {
+            DepMsg::Upgrade(_, reply) => {
                 let _ = reply.send(Err(UpgradeError::Failed(why.clone())));
             }
         }
     }
 }
 
-/// Swaps `analyzer` for `new` with the running one's state: the
-/// deployment's outcome (an `Err` only if the running analyzer failed) and
-/// the upgrade's answer. On any refusal the running analyzer stays.
+/// Swaps `analyzer` for the upgrade's instance with the running one's
+/// state: the deployment's outcome (an `Err` only if the running analyzer
+/// failed) and the upgrade's answer, how long packets waited for the swap.
+/// On any refusal the running analyzer stays.
 fn upgrade(
     analyzer: &mut Analyzer,
-    mut new: Box<Analyzer>,
-    blob: BlobRef,
+    to: Upgrade,
     shared: &Shared,
-) -> (Result<bool, String>, Result<(), UpgradeError>) {
+) -> (Result<bool, String>, Result<Duration, UpgradeError>) {
+    let began = Instant::now();
+    let Upgrade {
+        analyzer: mut new,
+        blob,
+        params,
+    } = to;
     let (old, wants) = (analyzer.snap_len(), new.snap_len());
     if wants > old {
         return (Ok(true), Err(UpgradeError::SnapLen { old, new: wants }));
@@ -456,17 +463,28 @@ fn upgrade(
     };
     if let Err(e) = new.restore(&state) {
         let refused = match e {
-            ConfigureError::BadParams(why) => UpgradeError::RestoreRefused(why),
-            ConfigureError::Failed(f) => UpgradeError::RestoreTrapped(f.to_string()),
+            RestoreError::Refused(why) => UpgradeError::RestoreRefused(why),
+            RestoreError::StateVersion(why) => UpgradeError::StateVersion(why),
+            RestoreError::Failed(f) => UpgradeError::RestoreTrapped(f.to_string()),
         };
         return (Ok(true), Err(refused));
     }
     *analyzer = *new;
-    tracing::info!(deployment = %shared.info.deployment, analyzer = %blob.name, sha256 = %blob.sha256, "analyzer upgraded");
-    // Snapshots from now on name the new module: a recovery loads it.
-    shared.status().request.analyzer = blob;
+    // Snapshots from now on name the new module (and params): a recovery
+    // loads it.
+    {
+        let mut s = shared.status();
+        s.request.analyzer = blob;
+        if let Some(params) = params {
+            s.request.params = params;
+            s.config_revision += 1;
+        }
+    }
     let saved = analyzer.snapshot().map(|state| shared.save(state));
-    (saved.map(|()| true).map_err(|f| f.to_string()), Ok(()))
+    // Until here no batch was taken: this is how long packets waited.
+    let held = began.elapsed();
+    tracing::info!(deployment = %shared.info.deployment, sha256 = %shared.status().request.analyzer.sha256, held_us = held.as_micros() as u64, "analyzer upgraded");
+    (saved.map(|()| true).map_err(|f| f.to_string()), Ok(held))
 }
 
 /// When a deployment's timers are due.

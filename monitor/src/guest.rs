@@ -87,6 +87,17 @@ pub enum ConfigureError {
     Failed(Failure),
 }
 
+/// Why [`Analyzer::restore`] did not take a state.
+#[derive(Debug)]
+pub enum RestoreError {
+    /// The analyzer refused it (its reason); the instance is still good.
+    Refused(String),
+    /// The state's version is one the module does not take.
+    StateVersion(String),
+    /// The call failed; the instance is dead.
+    Failed(Failure),
+}
+
 /// A running analyzer.
 pub struct Analyzer {
     store: Store<GuestState>,
@@ -383,7 +394,7 @@ impl Analyzer {
                 Ok(a)
             }
             Status::BadParams => Err(load_err(ErrorCode::BadParams, a.guest_error())),
-            Status::Failed => Err(load_err(
+            Status::Failed | Status::StateVersion => Err(load_err(
                 ErrorCode::BadParams,
                 format!("init failed: {}", a.guest_error()),
             )),
@@ -511,7 +522,7 @@ impl Analyzer {
             .map_err(ConfigureError::Failed)?
         {
             Status::Ok => Ok(()),
-            Status::BadParams | Status::Failed => {
+            Status::BadParams | Status::Failed | Status::StateVersion => {
                 Err(ConfigureError::BadParams(self.guest_error()))
             }
         }
@@ -563,22 +574,20 @@ impl Analyzer {
     ///
     /// # Errors
     /// Refused state (instance still good) or a failure (instance dead).
-    pub fn restore(&mut self, state: &bus_schema::Value) -> Result<(), ConfigureError> {
+    pub fn restore(&mut self, state: &bus_schema::Value) -> Result<(), RestoreError> {
         if self.restore.is_none() {
-            return Err(ConfigureError::BadParams(
+            return Err(RestoreError::Refused(
                 "the analyzer does not export tm_restore".into(),
             ));
         }
-        let bytes =
-            bus_schema::encode(state).map_err(|e| ConfigureError::BadParams(e.to_string()))?;
+        let bytes = bus_schema::encode(state).map_err(|e| RestoreError::Refused(e.to_string()))?;
         match self
             .call_with_buffer(export::RESTORE, &bytes)
-            .map_err(ConfigureError::Failed)?
+            .map_err(RestoreError::Failed)?
         {
             Status::Ok => Ok(()),
-            Status::BadParams | Status::Failed => {
-                Err(ConfigureError::BadParams(self.guest_error()))
-            }
+            Status::StateVersion => Err(RestoreError::StateVersion(self.guest_error())),
+            Status::BadParams | Status::Failed => Err(RestoreError::Refused(self.guest_error())),
         }
     }
 

@@ -3,6 +3,7 @@
 //! between batches in capture order; and the counters both sides update.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use bus_schema::{BlobRef, DeploymentStats, ErrorBody, ResultWindow, Value};
 use tokio::sync::oneshot;
@@ -91,10 +92,20 @@ pub enum DepMsg {
     /// its state carried over; between two batches, so every packet is
     /// analysed by exactly one of the two.
     Upgrade(
-        Box<Analyzer>,
-        BlobRef,
-        oneshot::Sender<Result<(), UpgradeError>>,
+        Box<Upgrade>,
+        oneshot::Sender<Result<Duration, UpgradeError>>,
     ),
+}
+
+/// What an upgrade hands the deployment thread.
+pub struct Upgrade {
+    /// The new module's instance, initialised with the deployment's params
+    /// (or `params`).
+    pub analyzer: Box<Analyzer>,
+    /// The new module.
+    pub blob: BlobRef,
+    /// New params the instance was given, to record; `None`: unchanged.
+    pub params: Option<Value>,
 }
 
 /// Why an upgrade was refused; the old analyzer keeps running unless its
@@ -118,6 +129,9 @@ pub enum UpgradeError {
     /// The new module refused the state (`tm_restore` said no).
     #[error("the new module refused the running analyzer's state: {0}")]
     RestoreRefused(String),
+    /// The new module does not take the state's version.
+    #[error("the new module does not take the running analyzer's state: {0}")]
+    StateVersion(String),
     /// The new module trapped or hit a limit taking the state.
     #[error("the new module failed taking the running analyzer's state: {0}")]
     RestoreTrapped(String),

@@ -819,7 +819,10 @@ async fn a_crashed_monitor_recovers_its_deployments_from_snapshots() {
         saved.stats.packets_in < all,
         "the replay ended before the crash"
     );
-    let saved_packets = field(&saved.state, "packets").as_u64().unwrap();
+    // The SDK saves `{"tm_state_version": 1, "state": the analyzer's}`.
+    assert_eq!(field(&saved.state, "tm_state_version").as_u64(), Some(1));
+    let state = field(&saved.state, "state");
+    let saved_packets = field(state, "packets").as_u64().unwrap();
     assert_eq!(saved.config_revision, 1);
 
     s.monitor.crash_and_restart(&s.client).await;
@@ -853,7 +856,7 @@ async fn a_crashed_monitor_recovers_its_deployments_from_snapshots() {
         s.monitor.log()
     );
     assert_eq!(field(&w.results, "label").as_str(), Some("second"));
-    let saved_bytes = field(&saved.state, "bytes").as_u64().unwrap();
+    let saved_bytes = field(state, "bytes").as_u64().unwrap();
     assert_eq!(
         field(&w.results, "bytes").as_u64(),
         Some(saved_bytes + all_bytes)

@@ -14,7 +14,7 @@ use monitor::config::{LinkConfig, Replay};
 use monitor::deployment::{self, DeploymentInfo, Shared, Timers};
 use monitor::filter::CompiledFilter;
 use monitor::guest::{Analyzer, InstanceConfig};
-use monitor::inbox::{DepMsg, UpgradeError};
+use monitor::inbox::{DepMsg, Upgrade, UpgradeError};
 use monitor::link::{LinkCtl, LinkHandle};
 use monitor::source::MemorySource;
 use monitor::tap::{Tap, guest_batch_bytes};
@@ -126,8 +126,13 @@ fn run(frames: &[Vec<u8>], to: Option<&str>) -> Run {
         }
         let (new, blob) = instance(&sandbox, name);
         let (reply, answer) = tokio::sync::oneshot::channel();
-        tx.send(DepMsg::Upgrade(new, blob, reply)).unwrap();
-        let answer = answer.blocking_recv().unwrap();
+        let to = Upgrade {
+            analyzer: new,
+            blob,
+            params: None,
+        };
+        tx.send(DepMsg::Upgrade(Box::new(to), reply)).unwrap();
+        let answer = answer.blocking_recv().unwrap().map(|_held| ());
         (answer, counters.packets_in.load(Ordering::Relaxed))
     });
     assert_eq!(
@@ -213,22 +218,26 @@ fn a_refused_upgrade_leaves_the_running_analyzer_counting() {
     }
 }
 
-/// The `upgrade` command on a real monitor and nats-server: refused for a
-/// non-owner and for modules that cannot take over (each with its own
-/// code, the running analyzer counting on), accepted mid-replay for
-/// another blob of flow-stats, whose final results count every packet of
-/// the capture; an `upgraded` event names both modules.
+/// The `upgrade` command on a real monitor and nats-server, mid-way
+/// through a paced replay: refused for a non-owner and for every module
+/// that cannot take over, each with its own code, the running analyzer
+/// counting on; accepted for the next build of flow-stats (state version
+/// 2, converting version 1), after which the old build is refused the
+/// newer state. The final results count the capture exactly, its flows
+/// kept from before the swap; the windows run 1, 2, 3… with the digest
+/// changing once; a monitor killed afterwards comes back running the new
+/// module.
 #[tokio::test]
-async fn the_upgrade_command_swaps_mid_replay_and_refuses_cleanly() {
+async fn the_upgrade_command_swaps_mid_replay_refuses_cleanly_and_survives_a_crash() {
     use bus_schema::{
-        ErrorCode, LinkState, MonitorStatus, Reply, StatusRequest, UnloadReply, UnloadRequest,
-        UpgradeReply, UpgradeRequest, subject,
+        DeploymentSnapshot, ErrorCode, LinkState, Reply, StatusRequest, UnloadReply, UnloadRequest,
+        UpgradeReply, UpgradeRequest, store, subject,
     };
     use common::{MonitorProc, put_blob, request};
 
     let dir = tempfile::tempdir().unwrap();
-    // 400 packets 10 ms apart: a 4 s paced replay.
-    let frames = pcapgen::paced(400, START_NS, 10_000_000);
+    // 800 packets 10 ms apart: an 8 s paced replay of three flows.
+    let frames = pcapgen::paced(800, START_NS, 10_000_000);
     let bytes: u64 = frames.iter().map(|f| f.data.len() as u64).sum();
     pcapgen::write_pcap(
         &dir.path().join("l.pcap"),
@@ -236,16 +245,25 @@ async fn the_upgrade_command_swaps_mid_replay_and_refuses_cleanly() {
         &frames,
     )
     .unwrap();
-    let config = "address = \"10.9.9.9\"\n[[link]]\nid = 0\npcap = \"l.pcap\"\nreplay = \"recorded-pace\"\nfrom_router = \"10.0.0.1\"\nto_router = \"10.0.0.2\"\n";
+    // Snapshots only when the deployment changes (the upgrade's), so the
+    // one read before the crash is the one the monitor comes back from.
+    let config = "address = \"10.9.9.9\"\n[limits]\nsnapshot_ms = 3600000\n[[link]]\nid = 0\npcap = \"l.pcap\"\nreplay = \"recorded-pace\"\nfrom_router = \"10.0.0.1\"\nto_router = \"10.0.0.2\"\n";
     let nats = harness::NatsServer::start().await.unwrap();
     let client = nats.client().await;
     let js = async_nats::jetstream::new(client.clone());
-    let _monitor = MonitorProc::start_in(&nats, &client, "a", config, dir).await;
-    let flow_stats = common::wasm("flow-stats");
-    let sha = put_blob(&js, "flow-stats", &flow_stats).await;
-    let sha2 = put_blob(&js, "flow-stats-2", &flow_stats).await;
-    let pc = put_blob(&js, "pc", &common::wasm("packet-count")).await;
-    let dd = put_blob(&js, "dd", &common::wasm("dos-detect")).await;
+    let mut monitor = MonitorProc::start_in(&nats, &client, "a", config, dir).await;
+    let sha = put_blob(&js, "flow-stats", &common::wasm("flow-stats")).await;
+    let next = put_blob(&js, "flow-stats-next", &common::wasm("flow-stats-next")).await;
+    let modules = [
+        ("pc", common::wasm("packet-count")),
+        ("dd", common::wasm("dos-detect")),
+        ("trap", common::wasm("flow-stats-trap-restore")),
+        ("abi2", common::wat_analyzer(2, "")),
+    ];
+    let mut shas = std::collections::HashMap::new();
+    for (name, bytes) in &modules {
+        shas.insert(*name, put_blob(&js, name, bytes).await);
+    }
     let load: Reply<bus_schema::LoadReply> = request(
         &client,
         subject::monitor_load("a", "t"),
@@ -259,7 +277,7 @@ async fn the_upgrade_command_swaps_mid_replay_and_refuses_cleanly() {
             filter: Filter::default(),
             links: vec![0],
             owner: "t".into(),
-            report_every_ms: None,
+            report_every_ms: Some(250),
         },
     )
     .await;
@@ -277,6 +295,7 @@ async fn the_upgrade_command_swaps_mid_replay_and_refuses_cleanly() {
                         name: name.into(),
                         sha256,
                     },
+                    params: None,
                     force: false,
                 },
             )
@@ -284,21 +303,25 @@ async fn the_upgrade_command_swaps_mid_replay_and_refuses_cleanly() {
         }
     };
     let code = |r: Reply<UpgradeReply>| match r {
-        Reply::Err(e) => e.code,
+        Reply::Err(e) => (e.code, e.message),
         Reply::Ok(ok) => panic!("accepted: {ok:?}"),
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
-        code(upgrade("x", "flow-stats-2", sha2.clone()).await),
+        code(upgrade("x", "flow-stats-next", next.clone()).await).0,
         ErrorCode::NotOwner
     );
-    assert_eq!(code(upgrade("t", "pc", pc).await), ErrorCode::BadModule);
-    assert_eq!(
-        code(upgrade("t", "dd", dd).await),
-        ErrorCode::RestoreRefused
-    );
+    for (name, want) in [
+        ("pc", ErrorCode::BadModule),
+        ("dd", ErrorCode::RestoreRefused),
+        ("trap", ErrorCode::GuestTrap),
+        ("abi2", ErrorCode::AbiMismatch),
+    ] {
+        let (got, message) = code(upgrade("t", name, shas[name].clone()).await);
+        assert_eq!(got, want, "{name}: {message}");
+    }
     let status = |client: async_nats::Client| async move {
-        match request::<_, MonitorStatus>(
+        match request::<_, bus_schema::MonitorStatus>(
             &client,
             subject::monitor_status("a", "t"),
             &StatusRequest::default(),
@@ -309,12 +332,14 @@ async fn the_upgrade_command_swaps_mid_replay_and_refuses_cleanly() {
             Reply::Err(e) => panic!("status: {e}"),
         }
     };
+    let before = status(client.clone()).await;
     assert_eq!(
-        status(client.clone()).await.links[0].state,
+        before.links[0].state,
         LinkState::Running,
         "the swap falls mid-replay"
     );
-    match upgrade("t", "flow-stats-2", sha2.clone()).await {
+    assert_eq!(before.deployments[0].analyzer.sha256, sha);
+    match upgrade("t", "flow-stats-next", next.clone()).await {
         Reply::Ok(r) => {
             assert_eq!(
                 (r.previous.name.as_str(), r.previous.sha256.as_str()),
@@ -322,16 +347,127 @@ async fn the_upgrade_command_swaps_mid_replay_and_refuses_cleanly() {
             );
             assert_eq!(
                 (r.analyzer.name.as_str(), r.analyzer.sha256.as_str()),
-                ("flow-stats-2", sha2.as_str())
+                ("flow-stats-next", next.as_str())
             );
         }
         Reply::Err(e) => panic!("upgrade refused: {e}"),
     }
+    // Back to the first build: it does not take version 2 states.
+    let (got, message) = code(upgrade("t", "flow-stats", sha.clone()).await);
+    assert_eq!(got, ErrorCode::StateVersion, "{message}");
+    assert!(message.contains("version 2"), "{message}");
+    let after = status(client.clone()).await;
+    assert_eq!(after.deployments[0].analyzer.sha256, next);
+    assert_eq!(
+        after.links[0].state,
+        LinkState::Running,
+        "every upgrade fell mid-replay"
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     while status(client.clone()).await.links[0].state == LinkState::Running {
         assert!(Instant::now() < deadline, "the replay did not finish");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let collect = || async {
+        match request::<_, bus_schema::ResultWindow>(
+            &client,
+            subject::monitor_collect("a", "t"),
+            &bus_schema::CollectRequest {
+                deployment: "d".into(),
+            },
+        )
+        .await
+        {
+            Reply::Ok(w) => w,
+            Reply::Err(e) => panic!("collect: {e}"),
+        }
+    };
+    let w = collect().await;
+    let results = &w.results;
+    assert_eq!(field(results, "packets").as_u64(), Some(800));
+    assert_eq!(field(results, "bytes").as_u64(), Some(bytes));
+    assert_eq!(field(results, "generation").as_u64(), Some(2));
+    // One table: the three flows, each first seen at the start of the
+    // capture (before the swap), with every packet.
+    let top = field(results, "top").as_array().unwrap();
+    assert_eq!(top.len(), 3, "{results}");
+    let firsts: Vec<u64> = frames[..4].iter().map(|f| f.ts_ns).collect();
+    for flow in top {
+        let first = field(flow, "first_ns").as_u64().unwrap();
+        assert!(firsts.contains(&first), "{flow}");
+    }
+    let in_top: u64 = top
+        .iter()
+        .map(|f| field(f, "packets").as_u64().unwrap())
+        .sum();
+    assert_eq!(in_top, 800);
+    // The windows: seq 1, 2, 3… of one run; the first build's digest, then
+    // the next's, changing once.
+    let windows: Vec<bus_schema::ResultWindow> = harness::stream_windows(&js, "d")
+        .await
+        .into_iter()
+        .map(|(_, w)| w)
+        .collect();
+    assert!(windows.len() >= 8, "{} windows", windows.len());
+    for (i, w) in windows.iter().enumerate() {
+        assert_eq!(w.seq, i as u64 + 1, "windows in order, none missing");
+        assert_eq!(w.run, windows[0].run);
+    }
+    let digests: Vec<&str> = windows.iter().map(|w| w.sha256.as_str()).collect();
+    let swap = digests
+        .iter()
+        .position(|d| *d == next)
+        .expect("a window of the next build");
+    assert!(swap > 0, "a window of the first build: {digests:?}");
+    assert!(digests[..swap].iter().all(|d| *d == sha), "{digests:?}");
+    assert!(digests[swap..].iter().all(|d| *d == next), "{digests:?}");
+    let packets = |w: &bus_schema::ResultWindow| field(&w.results, "packets").as_u64().unwrap();
+    assert!(packets(&windows[swap - 1]) <= packets(&windows[swap]));
+    assert!(packets(&windows[swap - 1]) > 0);
+    let events = common::stream_events(&client, "d").await;
+    let upgraded: Vec<_> = events
+        .iter()
+        .filter(|e| e.kind == bus_schema::EventKind::Upgraded)
+        .collect();
+    assert_eq!(upgraded.len(), 1, "{events:?}");
+    assert!(
+        upgraded[0].message.contains(&next),
+        "{}",
+        upgraded[0].message
+    );
+
+    // Killed after the upgrade: it comes back with the new module and its
+    // version 2 state (one generation more), the replay counted again.
+    let kv = js.get_key_value(store::SNAPSHOTS_BUCKET).await.unwrap();
+    let key = store::snapshot_key("a", "d");
+    common::kv_until(&kv, &key, |v| {
+        v.map(|v| bus_schema::decode::<DeploymentSnapshot>(v).unwrap())
+            .is_some_and(|s| s.request.analyzer.sha256 == next)
+    })
+    .await
+    .expect("a snapshot naming the new module");
+    let saved = kv.get(&key).await.unwrap().unwrap();
+    let saved = bus_schema::decode::<DeploymentSnapshot>(&saved).unwrap();
+    assert_eq!(saved.request.analyzer.sha256, next);
+    assert_eq!(field(&saved.state, "tm_state_version").as_u64(), Some(2));
+    // The next build saves `[flow-stats' state, generation]`.
+    let state = &field(&saved.state, "state").as_array().unwrap()[0];
+    let saved_packets = field(field(state, "totals"), "packets").as_u64().unwrap();
+    monitor.crash_and_restart(&client).await;
+    let st = monitor
+        .wait_status(&client, "the deployment recovered and fed again", |st| {
+            st.links[0].state == LinkState::Finished
+                && st.deployments.iter().any(|d| d.stats.packets_in >= 800)
+        })
+        .await;
+    assert_eq!(st.deployments[0].analyzer.sha256, next, "{}", monitor.log());
+    let w = collect().await;
+    assert_eq!(w.sha256, next);
+    assert_eq!(field(&w.results, "generation").as_u64(), Some(3));
+    assert_eq!(
+        field(&w.results, "packets").as_u64(),
+        Some(saved_packets + 800)
+    );
     let unload: Reply<UnloadReply> = request(
         &client,
         subject::monitor_unload("a", "t"),
@@ -345,19 +481,5 @@ async fn the_upgrade_command_swaps_mid_replay_and_refuses_cleanly() {
     let Reply::Ok(unload) = unload else {
         panic!("unload: {unload:?}")
     };
-    let results = &unload.final_results.results;
-    assert_eq!(field(results, "packets").as_u64(), Some(400));
-    assert_eq!(field(results, "bytes").as_u64(), Some(bytes));
-    assert_eq!(unload.final_results.analyzer, "flow-stats-2");
-    let events = common::stream_events(&client, "d").await;
-    let upgraded: Vec<_> = events
-        .iter()
-        .filter(|e| e.kind == bus_schema::EventKind::Upgraded)
-        .collect();
-    assert_eq!(upgraded.len(), 1, "{events:?}");
-    assert!(
-        upgraded[0].message.contains(&sha2),
-        "{}",
-        upgraded[0].message
-    );
+    assert_eq!(unload.final_results.analyzer, "flow-stats-next");
 }

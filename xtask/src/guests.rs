@@ -103,7 +103,7 @@ pub fn build_all(root: &Path, toolchain: Toolchain) -> Result<PathBuf> {
                     "--target-dir",
                 ])
                 .arg(&target_dir))?,
-            Toolchain::Debian => build_debian(root, &ws, &name, &target_dir)?,
+            Toolchain::Debian => build_debian(root, &ws, &name, &target_dir, &[])?,
             Toolchain::Auto => unreachable!("resolved above"),
         }
         let release = target_dir.join(TARGET).join("release");
@@ -124,6 +124,7 @@ pub fn build_all(root: &Path, toolchain: Toolchain) -> Result<PathBuf> {
             }
         }
     }
+    built.extend(build_variants(root, toolchain, &out)?);
     built.extend(build_c(root, &out)?);
     if built.is_empty() {
         bail!("no guest modules were built");
@@ -145,9 +146,63 @@ pub fn build_all(root: &Path, toolchain: Toolchain) -> Result<PathBuf> {
     Ok(out)
 }
 
+/// Other builds of a guest, made with a cargo feature, for the upgrade
+/// tests: (workspace, crate, feature, module name).
+pub const VARIANTS: &[(&str, &str, &str, &str)] = &[
+    ("analyzers", "flow-stats", "next-state", "flow-stats-next"),
+    (
+        "analyzers",
+        "flow-stats",
+        "trap-restore",
+        "flow-stats-trap-restore",
+    ),
+];
+
+/// Builds each of [`VARIANTS`] in a target directory of its own (so the
+/// default build is not rebuilt) and copies it to `out` under its name.
+fn build_variants(root: &Path, toolchain: Toolchain, out: &Path) -> Result<Vec<PathBuf>> {
+    let mut built = Vec::new();
+    for (ws, krate, feature, module) in VARIANTS {
+        let ws = root.join(ws);
+        let name = ws.file_name().unwrap().to_string_lossy().into_owned();
+        let target_dir = root
+            .join("target/guests")
+            .join(format!("{module}-{toolchain:?}").to_lowercase());
+        let args = ["-p", krate, "--features", feature];
+        match toolchain {
+            Toolchain::Rustup => run(Command::new("cargo")
+                .current_dir(&ws)
+                .args([
+                    "build",
+                    "--release",
+                    "--locked",
+                    "--target",
+                    TARGET,
+                    "--target-dir",
+                ])
+                .arg(&target_dir)
+                .args(args))?,
+            Toolchain::Debian => build_debian(root, &ws, &name, &target_dir, &args)?,
+            Toolchain::Auto => unreachable!("resolved above"),
+        }
+        let file = format!("{}.wasm", krate.replace('-', "_"));
+        let from = target_dir.join(TARGET).join("release").join(file);
+        let dest = out.join(format!("{module}.wasm"));
+        std::fs::copy(&from, &dest).with_context(|| format!("copy {}", from.display()))?;
+        built.push(dest);
+    }
+    Ok(built)
+}
+
 /// Debian's cargo cannot reach the crates.io index, and rustup's cargo cannot
 /// drive rustc 1.63: vendor with the one, compile offline with the other.
-fn build_debian(root: &Path, ws: &Path, name: &str, target_dir: &Path) -> Result<()> {
+fn build_debian(
+    root: &Path,
+    ws: &Path,
+    name: &str,
+    target_dir: &Path,
+    extra: &[&str],
+) -> Result<()> {
     let vendor = root.join("target/guests/vendor").join(name);
     run(Command::new("cargo")
         .current_dir(ws)
@@ -175,7 +230,8 @@ fn build_debian(root: &Path, ws: &Path, name: &str, target_dir: &Path) -> Result
         .arg(format!(
             "source.vendored.directory=\"{}\"",
             vendor.display()
-        )))
+        ))
+        .args(extra))
 }
 
 /// A clang that can target wasm32: on PATH, else Debian's LLVM install.

@@ -189,6 +189,17 @@ fn test(root: &Path, wasm_dir: &Path, runner_args: &[String]) -> Result<()> {
     for guest in guests::workspaces(root) {
         run(cargo().current_dir(&guest).args(["test", "--quiet"]))?;
     }
+    // And those of the feature builds.
+    for (ws, krate, feature, _) in guests::VARIANTS {
+        run(cargo().current_dir(root.join(ws)).args([
+            "test",
+            "--quiet",
+            "-p",
+            krate,
+            "--features",
+            feature,
+        ]))?;
+    }
     let nats = nats_server().context("nats-server not found: run xtask/setup.sh")?;
     let nextest = Command::new(cargo_bin("cargo-nextest"))
         .arg("--version")

@@ -508,6 +508,10 @@ mod tests {
         assert_eq!(define("TM_STATUS_OK"), Status::Ok as u64);
         assert_eq!(define("TM_STATUS_BAD_PARAMS"), Status::BadParams as u64);
         assert_eq!(define("TM_STATUS_FAILED"), Status::Failed as u64);
+        assert_eq!(
+            define("TM_STATUS_STATE_VERSION"),
+            Status::StateVersion as u64
+        );
         assert_eq!(define("TM_FLAG_PARSE_ERROR"), u64::from(flag::PARSE_ERROR));
         assert_eq!(define("TM_FLAG_TRUNCATED"), u64::from(flag::TRUNCATED));
         assert_eq!(define("TM_FLAG_FRAGMENT"), u64::from(flag::FRAGMENT));

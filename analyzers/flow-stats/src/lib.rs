@@ -18,6 +18,12 @@
 //! "dport", "proto", "packets", "bytes", "first_ns", "last_ns", "tcp_flags"}]}`
 //! — `top` sorted by bytes, then packets, descending; `bytes` are wire
 //! lengths; `tcp_flags` is the OR of every packet's flags.
+//!
+//! Two builds exist for testing upgrades (`cargo xtask guests` makes both;
+//! docs/guests.md): with the `next-state` feature the module saves state
+//! version 2 (version 1's form plus `generation`, how many modules the flow
+//! table has lived in, also in the results) and converts version 1; with
+//! `trap-restore` its `tm_restore` traps.
 
 use std::collections::BTreeMap;
 
@@ -150,6 +156,11 @@ pub struct Results {
     pub links: BTreeMap<u32, LinkTotals>,
     /// The top flows by bytes.
     pub top: Vec<FlowOut>,
+    /// How many modules the flow table has lived in (the `next-state`
+    /// build only).
+    #[cfg(feature = "next-state")]
+    #[serde(default)]
+    pub generation: u64,
 }
 
 type Table = FlowTable<Counters>;
@@ -202,7 +213,11 @@ impl Analyzer for FlowStats {
         Ok(FlowStats {
             params: params.check()?,
             flows: Table::default(),
-            totals: Results::default(),
+            totals: Results {
+                #[cfg(feature = "next-state")]
+                generation: 1,
+                ..Results::default()
+            },
             links: Vec::new(),
             latest_ns: 0,
         })
@@ -325,24 +340,67 @@ impl Analyzer for FlowStats {
     }
 
     fn snapshot(&self) -> Option<Vec<u8>> {
-        tm_sdk::encode_state(&Saved {
+        let saved = Saved {
             totals: self.totals.clone(),
             links: self.links.clone(),
             flows: self.flows.iter().map(|(k, c)| (k, *c)).collect(),
             latest_ns: self.latest_ns,
-        })
+        };
+        #[cfg(feature = "next-state")]
+        return tm_sdk::encode_state(&(saved, self.totals.generation));
+        #[cfg(not(feature = "next-state"))]
+        tm_sdk::encode_state(&saved)
     }
 
     fn restore(&mut self, state: &[u8]) -> Result<(), String> {
-        let saved: Saved = tm_sdk::decode_state(state)?;
+        if cfg!(feature = "trap-restore") {
+            panic!("this build traps in tm_restore");
+        }
+        #[cfg(feature = "next-state")]
+        {
+            let (saved, generation): (Saved, u64) = tm_sdk::decode_state(state)?;
+            self.take(saved);
+            self.totals.generation = generation + 1;
+            Ok(())
+        }
+        #[cfg(not(feature = "next-state"))]
+        {
+            self.take(tm_sdk::decode_state(state)?);
+            Ok(())
+        }
+    }
+
+    #[cfg(feature = "next-state")]
+    const STATE_VERSION: u32 = 2;
+    #[cfg(feature = "next-state")]
+    const OLDEST_STATE_VERSION: u32 = 1;
+
+    /// Version 1 is version 2 without a generation: its table lived in one
+    /// module before this one.
+    #[cfg(feature = "next-state")]
+    fn restore_older(&mut self, _version: u32, state: &[u8]) -> Result<(), String> {
+        self.take(tm_sdk::decode_state(state)?);
+        self.totals.generation = 2;
+        Ok(())
+    }
+}
+
+impl FlowStats {
+    /// Puts a saved state in place of the fresh one.
+    fn take(&mut self, saved: Saved) {
+        #[cfg(feature = "next-state")]
+        let generation = self.totals.generation;
         self.totals = saved.totals;
+        #[cfg(feature = "next-state")]
+        {
+            self.totals.generation = generation;
+        }
         self.links = saved.links;
         self.flows.clear();
         for (k, c) in saved.flows {
             self.flows.insert(k, c);
         }
         self.latest_ns = saved.latest_ns;
-        Ok(())
     }
 }
 
@@ -450,7 +508,13 @@ mod tests {
         let saved = a.snapshot().unwrap();
         let mut b = FlowStats::init(Params::default()).unwrap();
         b.restore(&saved).unwrap();
-        assert_eq!(b.results(), a.results());
+        #[allow(unused_mut)]
+        let mut want = a.results();
+        #[cfg(feature = "next-state")]
+        {
+            want.generation = 2;
+        }
+        assert_eq!(b.results(), want);
         let err = FlowStats::init(Params {
             top_n: 20_000,
             ..Params::default()
@@ -458,5 +522,26 @@ mod tests {
         .err()
         .unwrap();
         assert!(err.contains("top_n = 20000"), "{}", err);
+    }
+
+    /// A version 1 state (the default build's form) taken by the
+    /// `next-state` build: the same table, one more generation.
+    #[cfg(feature = "next-state")]
+    #[test]
+    fn the_next_state_build_converts_version_1() {
+        let mut a = FlowStats::init(Params::default()).unwrap();
+        feed(&mut a, pkt(1, 2, 1, 1, 17, 100, 5));
+        let v1 = tm_sdk::encode_state(&Saved {
+            totals: a.totals.clone(),
+            links: a.links.clone(),
+            flows: a.flows.iter().map(|(k, c)| (k, *c)).collect(),
+            latest_ns: a.latest_ns,
+        })
+        .unwrap();
+        let mut b = FlowStats::init(Params::default()).unwrap();
+        b.restore_older(1, &v1).unwrap();
+        let mut want = a.results();
+        want.generation = 2;
+        assert_eq!(b.results(), want);
     }
 }

@@ -32,6 +32,9 @@ pub enum Status {
     /// Anything else went wrong; `tm_last_error` says what. A management
     /// app keeps running (a failed timer is reported, not fatal).
     Failed = 2,
+    /// `tm_restore` only: the saved state's version is one this module
+    /// does not take (newer than its own, or older than it converts).
+    StateVersion = 3,
 }
 
 impl Status {
@@ -40,6 +43,7 @@ impl Status {
         match raw {
             0 => Status::Ok,
             1 => Status::BadParams,
+            3 => Status::StateVersion,
             _ => Status::Failed,
         }
     }
@@ -71,7 +75,12 @@ mod tests {
 
     #[test]
     fn status_from_raw() {
-        for s in [Status::Ok, Status::BadParams, Status::Failed] {
+        for s in [
+            Status::Ok,
+            Status::BadParams,
+            Status::Failed,
+            Status::StateVersion,
+        ] {
             assert_eq!(Status::from_raw(s as u32), s);
         }
         assert_eq!(Status::from_raw(7), Status::Failed);

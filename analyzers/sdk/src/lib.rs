@@ -112,9 +112,26 @@ pub trait Analyzer: Sized {
         None
     }
     /// Takes back what [`Analyzer::snapshot`] saved, after `init` with the
-    /// same parameters.
+    /// same parameters: a state of [`Analyzer::STATE_VERSION`], saved by
+    /// this module or another build of it (a restart, or an upgrade from
+    /// the running module to this one).
     fn restore(&mut self, _state: &[u8]) -> Result<(), String> {
         Err("this analyzer does not restore state".into())
+    }
+    /// The version of the form [`Analyzer::snapshot`] saves; the SDK keeps
+    /// it beside the state. Raise it when that form changes: a module then
+    /// refuses a state newer than its own cleanly (the host answers
+    /// `state_version` and the running analyzer goes on), and takes older
+    /// ones only from [`Analyzer::OLDEST_STATE_VERSION`] on, through
+    /// [`Analyzer::restore_older`].
+    const STATE_VERSION: u32 = 1;
+    /// The oldest saved state version [`Analyzer::restore_older`] converts.
+    const OLDEST_STATE_VERSION: u32 = Self::STATE_VERSION;
+    /// Takes back a state saved by an older build, `version` between
+    /// [`Analyzer::OLDEST_STATE_VERSION`] and [`Analyzer::STATE_VERSION`]
+    /// (excluded). The default refuses.
+    fn restore_older(&mut self, version: u32, _state: &[u8]) -> Result<(), String> {
+        Err(format!("no conversion from state version {}", version))
     }
     /// The most captured bytes of each packet this analyzer reads, asked
     /// once right after `init`; the host cuts every packet to it, so
@@ -180,6 +197,43 @@ macro_rules! snapshot_from_serde {
             Ok(())
         }
     };
+}
+
+/// The saved form of a MessagePack `state` of `version`:
+/// `{"tm_state_version": version, "state": state}`, the state left as it
+/// is so the host (and a person reading a snapshot) sees its fields.
+pub fn save_versioned(version: u32, state: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(state.len() + 32);
+    rmp::encode::write_map_len(&mut out, 2).ok()?;
+    rmp::encode::write_str(&mut out, "tm_state_version").ok()?;
+    rmp::encode::write_uint(&mut out, u64::from(version)).ok()?;
+    rmp::encode::write_str(&mut out, "state").ok()?;
+    out.extend_from_slice(state);
+    Some(out)
+}
+
+/// A saved state's version and state; a state saved without a version (by
+/// an SDK before versions) is version 1.
+pub fn saved_version(saved: &[u8]) -> (u32, &[u8]) {
+    versioned(saved).unwrap_or((1, saved))
+}
+
+/// `{"tm_state_version": u32, "state": …}` in that order, taken apart.
+fn versioned(saved: &[u8]) -> Option<(u32, &[u8])> {
+    let mut rd = saved;
+    if rmp::decode::read_map_len(&mut rd).ok()? != 2 {
+        return None;
+    }
+    let (key, mut rd) = rmp::decode::read_str_from_slice(rd).ok()?;
+    if key != "tm_state_version" {
+        return None;
+    }
+    let version = rmp::decode::read_int::<u32, _>(&mut rd).ok()?;
+    let (key, rd) = rmp::decode::read_str_from_slice(rd).ok()?;
+    if key != "state" || rd.is_empty() {
+        return None;
+    }
+    Some((version, rd))
 }
 
 /// Encodes state for [`Analyzer::snapshot`].
@@ -320,7 +374,12 @@ pub mod rt {
         /// `tm_snapshot`: packed MessagePack state, or 0 for none.
         pub fn snapshot(&self) -> u64 {
             let state = self.0.get();
-            match state.guest.as_ref().and_then(|a| a.snapshot()) {
+            let saved = state
+                .guest
+                .as_ref()
+                .and_then(|a| a.snapshot())
+                .and_then(|bytes| save_versioned(A::STATE_VERSION, &bytes));
+            match saved {
                 Some(bytes) => state.output(bytes),
                 None => 0,
             }
@@ -330,8 +389,26 @@ pub mod rt {
         pub fn restore(&self, ptr: u32, len: u32) -> u32 {
             let bytes = take_buffer(ptr, len);
             let state = self.0.get();
+            let (version, saved) = saved_version(&bytes);
+            if version > A::STATE_VERSION || version < A::OLDEST_STATE_VERSION {
+                let why = if version > A::STATE_VERSION {
+                    format!(
+                        "the saved state's version {} is newer than this module's ({})",
+                        version,
+                        A::STATE_VERSION
+                    )
+                } else {
+                    format!(
+                        "the saved state's version {} is older than this module takes (from {})",
+                        version,
+                        A::OLDEST_STATE_VERSION
+                    )
+                };
+                return state.fail(Status::StateVersion, why);
+            }
             let result = match state.guest.as_mut() {
-                Some(a) => a.restore(&bytes),
+                Some(a) if version == A::STATE_VERSION => a.restore(saved),
+                Some(a) => a.restore_older(version, saved),
                 None => return state.fail(Status::Failed, "restore before init".into()),
             };
             state.status(result, Status::Failed)
@@ -474,6 +551,21 @@ mod tests {
                 assert_eq!(a.prepared.take(), want, "{n} records, count {count}");
             }
         }
+    }
+
+    #[test]
+    fn saved_states_carry_their_version_and_unversioned_ones_are_version_1() {
+        let state = encode_state(&(7u64, "flows")).unwrap();
+        let saved = save_versioned(3, &state).unwrap();
+        assert_eq!(saved_version(&saved), (3, &state[..]));
+        // One MessagePack map the host can hold, the state's fields in it.
+        assert_eq!(saved[0], 0x82);
+        assert!(saved.ends_with(&state));
+        // A state saved before versions (a plain MessagePack value).
+        assert_eq!(saved_version(&state), (1, &state[..]));
+        let (v, bytes) = saved_version(&saved);
+        let back: (u64, String) = decode_state(bytes).unwrap();
+        assert_eq!((v, back), (3, (7, "flows".to_string())));
     }
 
     #[test]

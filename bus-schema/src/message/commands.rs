@@ -122,7 +122,7 @@ pub struct ConfigureReply {
 
 /// `upgrade`: another module for a running deployment, its state carried
 /// over.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UpgradeRequest {
     /// The deployment to upgrade.
     pub deployment: String,
@@ -130,6 +130,10 @@ pub struct UpgradeRequest {
     pub requester: String,
     /// The new module in `tm_blobs` (digest checked as for a load).
     pub analyzer: BlobRef,
+    /// Parameters for the new module; absent: the deployment's current
+    /// ones. Given, they become the deployment's parameters.
+    #[serde(default)]
+    pub params: Option<Value>,
     /// Upgrade even if `requester` is not the owner.
     #[serde(default)]
     pub force: bool,
@@ -144,6 +148,10 @@ pub struct UpgradeReply {
     pub previous: BlobRef,
     /// The module it runs now.
     pub analyzer: BlobRef,
+    /// How long the deployment held its packets for the swap (snapshot,
+    /// restore, switch), in microseconds; they were queued, none lost.
+    #[serde(default)]
+    pub swap_us: u64,
 }
 
 /// `status`: the monitor's links and deployments.

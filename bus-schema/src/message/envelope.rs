@@ -112,6 +112,10 @@ pub enum ErrorCode {
     /// An upgrade's new module refused the running analyzer's state (its
     /// `tm_restore` said no); the running analyzer is untouched.
     RestoreRefused,
+    /// An upgrade's new module does not take the saved state's version
+    /// (newer than its own, or older than it converts); the running
+    /// analyzer is untouched.
+    StateVersion,
     /// The guest hit a memory, time or queue limit.
     ResourceLimit,
     /// No management app with that name on this manager.
@@ -130,7 +134,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, [`ErrorCode::Unknown`] last.
-    pub const ALL: [ErrorCode; 25] = [
+    pub const ALL: [ErrorCode; 26] = [
         ErrorCode::BadRequest,
         ErrorCode::UnknownDeployment,
         ErrorCode::DeploymentExists,
@@ -149,6 +153,7 @@ impl ErrorCode {
         ErrorCode::BadSignature,
         ErrorCode::GuestTrap,
         ErrorCode::RestoreRefused,
+        ErrorCode::StateVersion,
         ErrorCode::ResourceLimit,
         ErrorCode::UnknownApp,
         ErrorCode::AppExists,
@@ -192,6 +197,7 @@ impl ErrorCode {
             ErrorCode::BadSignature => "bad_signature",
             ErrorCode::GuestTrap => "guest_trap",
             ErrorCode::RestoreRefused => "restore_refused",
+            ErrorCode::StateVersion => "state_version",
             ErrorCode::ResourceLimit => "resource_limit",
             ErrorCode::UnknownApp => "unknown_app",
             ErrorCode::AppExists => "app_exists",

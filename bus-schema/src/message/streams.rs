@@ -15,6 +15,10 @@ pub struct ResultWindow {
     pub deployment: String,
     /// Name of the analyzer blob.
     pub analyzer: String,
+    /// SHA-256 of the module that made these results: it changes where an
+    /// upgrade swapped the module.
+    #[serde(default)]
+    pub sha256: String,
     /// The load this window belongs to (as in the load's reply): a later
     /// load of the same deployment id has another run and starts again at
     /// seq 1.

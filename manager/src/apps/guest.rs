@@ -221,7 +221,7 @@ impl Guest {
         match api::Status::from_raw(raw) {
             api::Status::Ok => Ok(guest),
             api::Status::BadParams => refuse(ErrorCode::BadParams, guest.last_error().await),
-            api::Status::Failed => refuse(
+            api::Status::Failed | api::Status::StateVersion => refuse(
                 ErrorCode::Internal,
                 format!("start failed: {}", guest.last_error().await),
             ),

@@ -135,6 +135,10 @@ enum Command {
         /// The new module's blob name in tm_blobs (`tmctl analyzer put`).
         #[arg(long)]
         blob: String,
+        /// Params for the new module, JSON (or `@FILE`); default: the
+        /// deployment's current params.
+        #[arg(long)]
+        params: Option<String>,
         /// Even if another identity owns it.
         #[arg(long)]
         force: bool,

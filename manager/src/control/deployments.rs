@@ -487,12 +487,18 @@ impl Control {
     /// monitors one after another, each keeping its state; stops at the
     /// first refusal (the monitors before it run the new module, the
     /// others the old one). Once every monitor took it, the record's
-    /// analyzer is the new one.
+    /// analyzer is the new one (and `params`, if given, its params).
     ///
     /// # Errors
     /// `unknown_deployment`, `not_owner` (without `force`), an unknown or
     /// wrong blob, a concurrent change of the record, or a bus error.
-    pub async fn upgrade(&self, id: &str, blob: &str, force: bool) -> Result<Upgraded, ErrorBody> {
+    pub async fn upgrade(
+        &self,
+        id: &str,
+        blob: &str,
+        params: Option<Value>,
+        force: bool,
+    ) -> Result<Upgraded, ErrorBody> {
         let (mut record, revision) = self.existing(id).await?;
         self.check_owner(&record, force)?;
         let analyzer = self.analyzer_blob(blob, None).await?;
@@ -500,6 +506,7 @@ impl Control {
             deployment: id.to_owned(),
             requester: self.id.clone(),
             analyzer: analyzer.clone(),
+            params: params.clone(),
             force,
         };
         let mut out = Upgraded {
@@ -530,6 +537,9 @@ impl Control {
         }
         if out.failed.is_empty() {
             record.analyzer = analyzer;
+            if let Some(params) = params {
+                record.params = params;
+            }
             record.updated_unix_ms = now_ms();
             self.write(&record, revision).await?;
         }

@@ -575,6 +575,7 @@ mod tests {
             monitor: "m".into(),
             deployment: deployment.into(),
             analyzer: "a".into(),
+            sha256: String::new(),
             run: "r".into(),
             seq,
             start_unix_ms: 0,

@@ -322,11 +322,13 @@ impl Monitor {
             return failed(why);
         }
         let previous = shared.request().analyzer;
-        let (instance, analyzer) = self.upgrade_instance(&shared, &req.analyzer).await?;
+        let to = self
+            .upgrade_instance(&shared, &req.analyzer, req.params)
+            .await?;
+        let analyzer = to.blob.clone();
         self.flush_links(&shared.info.links).await;
-        let to = analyzer.clone();
-        match Self::ask(&tx, |r| DepMsg::Upgrade(instance, to, r)).await {
-            Some(Ok(())) => {
+        match Self::ask(&tx, |r| DepMsg::Upgrade(Box::new(to), r)).await {
+            Some(Ok(held)) => {
                 shared.event(
                     EventKind::Upgraded,
                     format!(
@@ -342,12 +344,14 @@ impl Monitor {
                     deployment: req.deployment,
                     previous,
                     analyzer,
+                    swap_us: held.as_micros() as u64,
                 })
             }
             Some(Err(e)) => {
                 let code = match &e {
                     UpgradeError::SnapLen { .. } => ErrorCode::BadModule,
                     UpgradeError::RestoreRefused(_) => ErrorCode::RestoreRefused,
+                    UpgradeError::StateVersion(_) => ErrorCode::StateVersion,
                     UpgradeError::RestoreTrapped(_)
                     | UpgradeError::Snapshot(_)
                     | UpgradeError::Failed(_) => ErrorCode::GuestTrap,

@@ -16,6 +16,7 @@ use super::{Deployment, MAX_BLOB_BYTES, Monitor, err, token};
 use crate::deployment::{self, DeploymentInfo, Shared, Timers};
 use crate::filter::{Bpf, CompiledFilter, compile_bpf};
 use crate::guest::{Analyzer, InstanceConfig};
+use crate::inbox::Upgrade;
 use crate::link::LinkCtl;
 use crate::tap::{Tap, guest_batch_bytes};
 use crate::unix_ms;
@@ -400,18 +401,18 @@ impl Monitor {
     }
 
     /// An instance of `analyzer` to take over `shared`'s deployment: the
-    /// blob checked as for a load, compiled and instantiated with the
-    /// deployment's current params off the runtime. Returns it with the
-    /// blob's verified reference.
+    /// blob checked as for a load, compiled and instantiated with `params`
+    /// (default: the deployment's current ones) off the runtime.
     pub(super) async fn upgrade_instance(
         self: &Arc<Self>,
         shared: &Arc<Shared>,
         analyzer: &BlobRef,
-    ) -> Result<(Box<Analyzer>, BlobRef), ErrorBody> {
+        params: Option<Value>,
+    ) -> Result<Upgrade, ErrorBody> {
         digest_form(analyzer)?;
         let blob = self.verified_blob(analyzer).await?;
         let request = shared.request();
-        let params = bus_schema::encode(&request.params)
+        let encoded = bus_schema::encode(params.as_ref().unwrap_or(&request.params))
             .map_err(|e| ErrorBody::new(ErrorCode::BadParams, e.to_string()))?;
         let (monitor, shared, name) = (self.clone(), shared.clone(), analyzer.name.clone());
         let sha256 = blob.sha256.clone();
@@ -421,19 +422,20 @@ impl Monitor {
                 &name,
                 &shared.info.links,
                 &blob,
-                &params,
+                &encoded,
                 &shared,
             )
         })
         .await
         .map_err(|e| ErrorBody::new(ErrorCode::Internal, format!("upgrade task: {e}")))??;
-        Ok((
-            Box::new(instance),
-            BlobRef {
+        Ok(Upgrade {
+            analyzer: Box::new(instance),
+            blob: BlobRef {
                 name: analyzer.name.clone(),
                 sha256,
             },
-        ))
+            params,
+        })
     }
 
     /// Compiles, instantiates and starts the deployment, then attaches it

@@ -192,8 +192,9 @@ pub(crate) async fn run(control: &Control, command: Command, json: bool) -> Resu
         Command::Upgrade {
             deployment,
             blob,
+            params,
             force,
-        } => upgrade(control, &deployment, &blob, force, json).await,
+        } => upgrade(control, &deployment, &blob, params.as_deref(), force, json).await,
         Command::Collect {
             deployment,
             timeout_ms,
@@ -318,11 +319,13 @@ async fn upgrade(
     control: &Control,
     deployment: &str,
     blob: &str,
+    params: Option<&str>,
     force: bool,
     json: bool,
 ) -> Result<(), Failure> {
+    let params = params.map(|p| json_value("--params", p)).transpose()?;
     let u = control
-        .upgrade(deployment, blob, force)
+        .upgrade(deployment, blob, params, force)
         .await
         .map_err(refused)?;
     if json {
@@ -331,15 +334,16 @@ async fn upgrade(
             json!({"deployment": deployment,
                 "analyzer": {"name": u.analyzer.name, "sha256": u.analyzer.sha256},
                 "done": u.done.iter().map(|(m, r)| json!({"monitor": m,
-                    "previous": {"name": r.previous.name, "sha256": r.previous.sha256}})).collect::<Vec<_>>(),
+                    "previous": {"name": r.previous.name, "sha256": r.previous.sha256},
+                    "swap_us": r.swap_us})).collect::<Vec<_>>(),
                 "failed": u.failed.iter().map(missing_json).collect::<Vec<_>>(),
                 "skipped": u.skipped})
         );
     } else {
         for (m, r) in &u.done {
             println!(
-                "{m}: upgraded from {} ({}) to {} ({})",
-                r.previous.name, r.previous.sha256, r.analyzer.name, r.analyzer.sha256
+                "{m}: upgraded from {} ({}) to {} ({}); packets held {} µs",
+                r.previous.name, r.previous.sha256, r.analyzer.name, r.analyzer.sha256, r.swap_us
             );
         }
         for f in &u.failed {
