@@ -1,8 +1,8 @@
 //! The host operations an app reaches through its `call` import, one
 //! function per op (`tm-app-api::op`): the topology, the monitors, the
-//! deployments through [`Control`], reports, the
-//! archive, timers and event subscriptions. Each reply is an encoded
-//! `api::Reply` envelope.
+//! deployments through [`Control`] (deploy, configure, upgrade, collect,
+//! unload), reports, the archive, timers and event subscriptions. Each
+//! reply is an encoded `api::Reply` envelope.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use super::guest::Ctx;
 use super::views::{
     collected, deployed, event_view, filter, link_view, missing, monitor_view, status_view,
+    upgraded,
 };
 use super::{Msg, Shared, refuse};
 use crate::archive::Archive;
@@ -37,6 +38,7 @@ pub(super) async fn dispatch(ctx: &mut Ctx, op: &str, request: &[u8]) -> Vec<u8>
         api::op::STATUS => encode_reply(status(shared, request).await),
         api::op::DEPLOY => encode_reply(deploy(ctx, request).await),
         api::op::CONFIGURE => encode_reply(configure(shared, request).await),
+        api::op::UPGRADE => encode_reply(upgrade(shared, request).await),
         api::op::COLLECT => encode_reply(collect(shared, request).await),
         api::op::UNLOAD => encode_reply(unload(ctx, request).await),
         api::op::PUBLISH => encode_reply(publish(ctx, request).await),
@@ -241,6 +243,19 @@ async fn configure(shared: &Shared, request: &[u8]) -> Result<api::Outcome, Erro
         done: c.done.into_iter().map(|(m, _)| m).collect(),
         failed: c.failed.into_iter().map(missing).collect(),
     })
+}
+
+/// As `configure` and `unload`: the app's manager is the requester, and
+/// only a deployment it owns is upgraded (no `force`).
+async fn upgrade(shared: &Shared, request: &[u8]) -> Result<api::Upgraded, ErrorBody> {
+    let q: api::Upgrade<Value> = decode_request(api::op::UPGRADE, request)?;
+    bus_schema::validate_token("deployment", &q.deployment).map_err(bad_token)?;
+    bus_schema::validate_token("blob", &q.blob).map_err(bad_token)?;
+    let u = shared
+        .control
+        .upgrade(&q.deployment, &q.blob, q.params, false)
+        .await?;
+    Ok(upgraded(q.deployment, u))
 }
 
 async fn collect(shared: &Shared, request: &[u8]) -> Result<api::Collected<Value>, ErrorBody> {

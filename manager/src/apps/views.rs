@@ -127,6 +127,31 @@ pub(super) fn deployed(d: control::Deployed) -> api::Deployed {
     }
 }
 
+pub(super) fn module_ref(b: bus_schema::BlobRef) -> api::ModuleRef {
+    api::ModuleRef {
+        name: b.name,
+        sha256: b.sha256,
+    }
+}
+
+pub(super) fn upgraded(deployment: String, u: control::Upgraded) -> api::Upgraded {
+    api::Upgraded {
+        deployment,
+        analyzer: module_ref(u.analyzer),
+        done: u
+            .done
+            .into_iter()
+            .map(|(monitor, r)| api::Swapped {
+                monitor,
+                previous: module_ref(r.previous),
+                swap_us: r.swap_us,
+            })
+            .collect(),
+        failed: u.failed.into_iter().map(missing).collect(),
+        skipped: u.skipped,
+    }
+}
+
 pub(super) fn collected(c: control::Collected) -> api::Collected<Value> {
     api::Collected {
         deployment: c.deployment,

@@ -107,6 +107,12 @@ pub mod op {
     pub const DEPLOY: &str = "deploy";
     /// [`crate::Configure`] → [`crate::Outcome`]
     pub const CONFIGURE: &str = "configure";
+    /// [`crate::Upgrade`] → [`crate::Upgraded`]: the deployment's monitors
+    /// swap to another module one after another, each keeping its state;
+    /// the first refusal stops the roll (the monitors after it are
+    /// `skipped`). The deployment's record names the new module only once
+    /// every monitor runs it.
+    pub const UPGRADE: &str = "upgrade";
     /// [`crate::Collect`] → [`crate::Collected`] (S4/S5)
     pub const COLLECT: &str = "collect";
     /// [`crate::DeploymentRef`] → [`crate::Collected`] with each monitor's final results (S6/S7)
@@ -441,6 +447,62 @@ pub struct Outcome {
     pub done: Vec<String>,
     /// Monitors that did not.
     pub failed: Vec<Missing>,
+}
+
+/// Replace a running deployment's analyzer by another module, keeping its
+/// state (the new module restores the old one's snapshot). `P` is the new
+/// module's params type.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Upgrade<P> {
+    /// The deployment id.
+    pub deployment: String,
+    /// Name of the new module's blob in the object store (its stored
+    /// SHA-256 is the one the monitors check).
+    pub blob: String,
+    /// Params for the new module; none: the deployment's current ones.
+    /// Given, they become the deployment's params.
+    // A path, not `default`, so that `P` need not be `Default`.
+    #[serde(default = "Option::default")]
+    pub params: Option<P>,
+}
+
+/// A module in the object store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModuleRef {
+    /// Its blob name.
+    pub name: String,
+    /// Its SHA-256 (lower-case hex).
+    pub sha256: String,
+}
+
+/// A monitor that swapped to the new module.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Swapped {
+    /// Monitor id.
+    pub monitor: String,
+    /// The module it ran before.
+    pub previous: ModuleRef,
+    /// How long the deployment held its packets there for the swap, µs
+    /// (queued, none lost).
+    pub swap_us: u64,
+}
+
+/// Reply to [`op::UPGRADE`]: monitor after monitor, in the deployment's
+/// target order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Upgraded {
+    /// The deployment id.
+    pub deployment: String,
+    /// The module asked for.
+    pub analyzer: ModuleRef,
+    /// Monitors that run it now.
+    pub done: Vec<Swapped>,
+    /// The monitor that refused (the roll stopped there; it runs the old
+    /// module on). At most one.
+    pub failed: Vec<Missing>,
+    /// Monitors not asked because one before them refused: they run the
+    /// old module on.
+    pub skipped: Vec<String>,
 }
 
 /// Collect a deployment's results from every monitor it runs on (S4).

@@ -2,8 +2,9 @@
 //!
 //! Implement [`App`] and call [`export_app!`] once; the macro generates every
 //! ABI v1 export (see `tm-app-api`). The free functions of this crate are the
-//! host API: topology queries, monitors, deploy / configure / collect /
-//! unload analyzers, reports, archive, timers and event subscriptions.
+//! host API: topology queries, monitors, deploy / configure / upgrade /
+//! collect / unload analyzers, reports, archive, timers and event
+//! subscriptions.
 //! [`rounds`] runs the usual deploy / collect-and-report / unload cycle.
 //!
 //! ```ignore
@@ -38,8 +39,9 @@ pub use tm_app_api as api;
 use tm_app_api::{op, Empty, Reply, Status};
 pub use tm_app_api::{
     CallError, Collect, Collected, Configure, Deploy, Deployed, DeploymentRef, EventView, Filter,
-    LinkView, Missing, MonitorLink, MonitorResults, MonitorView, NeighboursView, Outcome,
-    Placement, PortRange, Stats, TapView, Targets, TopologyView,
+    LinkView, Missing, ModuleRef, MonitorLink, MonitorResults, MonitorView, NeighboursView,
+    Outcome, Placement, PortRange, Stats, Swapped, TapView, Targets, TopologyView, Upgrade,
+    Upgraded,
 };
 pub use tm_guest_rt::rt::{decode_params, Level};
 
@@ -225,6 +227,26 @@ pub fn configure<P: Serialize>(deployment: &str, params: &P) -> Result<Outcome, 
         op::CONFIGURE,
         &Configure {
             deployment: deployment.into(),
+            params,
+        },
+    )
+}
+
+/// Replaces a running deployment's analyzer by the module stored as `blob`,
+/// each monitor keeping the deployment's state: monitor after monitor,
+/// stopping at the first refusal (the rest are `skipped`). `params`: the
+/// new module's params (`None::<&()>`: the deployment's current ones). Only
+/// a deployment this app's manager owns.
+pub fn upgrade<P: Serialize>(
+    deployment: &str,
+    blob: &str,
+    params: Option<&P>,
+) -> Result<Upgraded, CallError> {
+    call(
+        op::UPGRADE,
+        &Upgrade {
+            deployment: deployment.into(),
+            blob: blob.into(),
             params,
         },
     )
