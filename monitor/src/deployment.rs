@@ -454,14 +454,16 @@ fn upgrade(
     if wants > old {
         return (Ok(true), Err(UpgradeError::SnapLen { old, new: wants }));
     }
-    let state = match analyzer.snapshot() {
-        Ok(state) => state,
+    let (bytes, state) = match analyzer.snapshot_raw() {
+        Ok(Some(saved)) => saved,
+        // No state: the new module is asked to take nil, as at a restart.
+        Ok(None) => (vec![0xc0], Value::Nil),
         Err(f) => {
             let why = f.to_string();
             return (Err(why.clone()), Err(UpgradeError::Snapshot(why)));
         }
     };
-    if let Err(e) = new.restore(&state) {
+    if let Err(e) = new.restore_raw(&bytes) {
         let refused = match e {
             RestoreError::Refused(why) => UpgradeError::RestoreRefused(why),
             RestoreError::StateVersion(why) => UpgradeError::StateVersion(why),
@@ -470,8 +472,9 @@ fn upgrade(
         return (Ok(true), Err(refused));
     }
     *analyzer = *new;
-    // Snapshots from now on name the new module (and params): a recovery
-    // loads it.
+    // The recovery snapshot names the new module (and params) from now on:
+    // a monitor restarted after a crash loads it, with the state it has
+    // just taken (no second snapshot holding the packets longer).
     {
         let mut s = shared.status();
         s.request.analyzer = blob;
@@ -480,11 +483,11 @@ fn upgrade(
             s.config_revision += 1;
         }
     }
-    let saved = analyzer.snapshot().map(|state| shared.save(state));
+    shared.save(state);
     // Until here no batch was taken: this is how long packets waited.
     let held = began.elapsed();
     tracing::info!(deployment = %shared.info.deployment, sha256 = %shared.status().request.analyzer.sha256, held_us = held.as_micros() as u64, "analyzer upgraded");
-    (saved.map(|()| true).map_err(|f| f.to_string()), Ok(held))
+    (Ok(true), Ok(held))
 }
 
 /// When a deployment's timers are due.

@@ -555,19 +555,32 @@ impl Analyzer {
     /// # Errors
     /// The failure; the instance is dead afterwards.
     pub fn snapshot(&mut self) -> Result<bus_schema::Value, Failure> {
+        Ok(self
+            .snapshot_raw()?
+            .map_or(bus_schema::Value::Nil, |(_, state)| state))
+    }
+
+    /// The guest's state as it gave it (one MessagePack value), with its
+    /// decoded form; `None` if it keeps none.
+    ///
+    /// # Errors
+    /// The guest trapped or gave something other than one value.
+    pub fn snapshot_raw(&mut self) -> Result<Option<(Vec<u8>, bus_schema::Value)>, Failure> {
         let Some(f) = self.snapshot.clone() else {
-            return Ok(bus_schema::Value::Nil);
+            return Ok(None);
         };
         let packed = self.call(export::SNAPSHOT, |s| f.call(s, ()))?;
         if packed == 0 {
-            return Ok(bus_schema::Value::Nil);
+            return Ok(None);
         }
         let (ptr, len) = tm_abi::unpack(packed as u64);
         let bytes = self
             .memory
             .read(&self.store, ptr, len, MAX_GUEST_OUTPUT)
             .map_err(|e| Self::abi(export::SNAPSHOT, e))?;
-        one_value(&bytes).map_err(|e| Self::abi(export::SNAPSHOT, format!("state: {e}")))
+        let state =
+            one_value(&bytes).map_err(|e| Self::abi(export::SNAPSHOT, format!("state: {e}")))?;
+        Ok(Some((bytes, state)))
     }
 
     /// Gives back saved state.
@@ -575,14 +588,23 @@ impl Analyzer {
     /// # Errors
     /// Refused state (instance still good) or a failure (instance dead).
     pub fn restore(&mut self, state: &bus_schema::Value) -> Result<(), RestoreError> {
+        let bytes = bus_schema::encode(state).map_err(|e| RestoreError::Refused(e.to_string()))?;
+        self.restore_raw(&bytes)
+    }
+
+    /// Gives back saved state as MessagePack bytes (as
+    /// [`Analyzer::snapshot_raw`] took them from a guest).
+    ///
+    /// # Errors
+    /// Refused state (instance still good) or a failure (instance dead).
+    pub fn restore_raw(&mut self, bytes: &[u8]) -> Result<(), RestoreError> {
         if self.restore.is_none() {
             return Err(RestoreError::Refused(
                 "the analyzer does not export tm_restore".into(),
             ));
         }
-        let bytes = bus_schema::encode(state).map_err(|e| RestoreError::Refused(e.to_string()))?;
         match self
-            .call_with_buffer(export::RESTORE, &bytes)
+            .call_with_buffer(export::RESTORE, bytes)
             .map_err(RestoreError::Failed)?
         {
             Status::Ok => Ok(()),

@@ -436,8 +436,9 @@ async fn the_upgrade_command_swaps_mid_replay_refuses_cleanly_and_survives_a_cra
         upgraded[0].message
     );
 
-    // Killed after the upgrade: it comes back with the new module and its
-    // version 2 state (one generation more), the replay counted again.
+    // Killed after the upgrade: it comes back with the new module, from
+    // the snapshot taken at the swap (the state the new module took there:
+    // version 1, which it converts again), the replay counted again.
     let kv = js.get_key_value(store::SNAPSHOTS_BUCKET).await.unwrap();
     let key = store::snapshot_key("a", "d");
     common::kv_until(&kv, &key, |v| {
@@ -449,10 +450,10 @@ async fn the_upgrade_command_swaps_mid_replay_refuses_cleanly_and_survives_a_cra
     let saved = kv.get(&key).await.unwrap().unwrap();
     let saved = bus_schema::decode::<DeploymentSnapshot>(&saved).unwrap();
     assert_eq!(saved.request.analyzer.sha256, next);
-    assert_eq!(field(&saved.state, "tm_state_version").as_u64(), Some(2));
-    // The next build saves `[flow-stats' state, generation]`.
-    let state = &field(&saved.state, "state").as_array().unwrap()[0];
-    let saved_packets = field(field(state, "totals"), "packets").as_u64().unwrap();
+    assert_eq!(field(&saved.state, "tm_state_version").as_u64(), Some(1));
+    let totals = field(field(&saved.state, "state"), "totals");
+    let saved_packets = field(totals, "packets").as_u64().unwrap();
+    assert!(saved_packets > 0 && saved_packets < 800, "{saved_packets}");
     monitor.crash_and_restart(&client).await;
     let st = monitor
         .wait_status(&client, "the deployment recovered and fed again", |st| {
@@ -463,7 +464,7 @@ async fn the_upgrade_command_swaps_mid_replay_refuses_cleanly_and_survives_a_cra
     assert_eq!(st.deployments[0].analyzer.sha256, next, "{}", monitor.log());
     let w = collect().await;
     assert_eq!(w.sha256, next);
-    assert_eq!(field(&w.results, "generation").as_u64(), Some(3));
+    assert_eq!(field(&w.results, "generation").as_u64(), Some(2));
     assert_eq!(
         field(&w.results, "packets").as_u64(),
         Some(saved_packets + 800)
