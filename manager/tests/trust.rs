@@ -2,7 +2,9 @@
 //! and `tmctl … put --sign-key`, monitors with `[trust] keys` and a manager
 //! with `--trusted-key`. Of an unsigned, a bit-flipped, an untrusted-key, a
 //! digest-less and a re-digested blob only the validly signed one loads,
-//! each refusal with its own error code, on monitors and managers alike.
+//! each refusal with its own error code, on monitors and managers alike;
+//! and a rolling upgrade stopped by the monitor that does not trust the
+//! new module's signer.
 
 mod common;
 
@@ -279,4 +281,132 @@ async fn bad_trusted_keys_are_named() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--trusted-key[0]"), "{err}");
+}
+
+/// A rolling upgrade stops at the first monitor that refuses: the second
+/// of three does not trust the new module's signer. The first runs the new
+/// module with its flows kept, the second and third the old one, and the
+/// record still names the old one; tmctl exits 1 naming the refusal.
+#[tokio::test]
+async fn a_rolling_upgrade_stops_at_the_monitor_that_refuses() {
+    let keys = tempfile::tempdir().unwrap();
+    let (ops_key, ops_public) = keygen(keys.path(), "ops.key");
+    let (new_key, new_public) = keygen(keys.path(), "new.key");
+    let topology = common::figure5();
+    let monitors = topology.monitors();
+    assert_eq!(monitors.len(), 3);
+    let refusing = monitors[1];
+    let traffic = common::traffic(&topology, &[(1, 3, 2, 10, 100)]);
+    let system = common::System::start_each(&traffic, |address| {
+        let keys = if address == refusing {
+            vec![ops_public.clone()]
+        } else {
+            vec![ops_public.clone(), new_public.clone()]
+        };
+        format!("[trust]\nkeys = {keys:?}\n")
+    })
+    .await;
+    let ids: Vec<String> = monitors
+        .iter()
+        .map(|a| common::monitor_id(&a.to_string()))
+        .collect();
+    let flow = common::wasm_path("flow-stats");
+    let flow = flow.to_str().unwrap();
+    tmctl(
+        &system,
+        &[
+            "analyzer",
+            "put",
+            flow,
+            "--name",
+            "fs",
+            "--sign-key",
+            &ops_key,
+        ],
+    );
+    tmctl(
+        &system,
+        &[
+            "analyzer",
+            "put",
+            flow,
+            "--name",
+            "fs-2",
+            "--sign-key",
+            &new_key,
+        ],
+    );
+    let mut deploy = vec!["deploy", "fs", "--id", "f1"];
+    for id in &ids {
+        deploy.extend(["--monitor", id]);
+    }
+    tmctl(&system, &deploy);
+    for m in &system.monitors {
+        m.wait_status(&system.client, "the replays over", |st| {
+            !st.deployments.is_empty()
+                && st
+                    .links
+                    .iter()
+                    .all(|l| l.state == bus_schema::LinkState::Finished)
+        })
+        .await;
+    }
+    let collected = || {
+        let c = tmctl(&system, &["--json", "collect", "f1"]);
+        let c: serde_json::Value = serde_json::from_str(c.trim()).unwrap();
+        let mut packets: Vec<(String, u64)> = c["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let m = r["monitor"].as_str().unwrap().to_owned();
+                (m, r["results"]["packets"].as_u64().unwrap())
+            })
+            .collect();
+        packets.sort();
+        packets
+    };
+    let before = collected();
+    assert!(before.iter().any(|(_, p)| *p > 0), "{before:?}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tmctl"))
+        .args([
+            "--nats",
+            &system.nats.url(),
+            "--json",
+            "upgrade",
+            "f1",
+            "--blob",
+            "fs-2",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let u: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let done: Vec<&str> = u["done"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["monitor"].as_str().unwrap())
+        .collect();
+    assert_eq!(done, [ids[0].as_str()], "{u}");
+    let failed = u["failed"].as_array().unwrap();
+    assert_eq!(failed.len(), 1, "{u}");
+    assert_eq!(failed[0]["monitor"], ids[1].as_str());
+    assert_eq!(failed[0]["code"], "untrusted_signer", "{u}");
+    assert_eq!(u["skipped"], serde_json::json!([ids[2]]));
+    // Who runs what: the first the new module, the others the old one,
+    // every one with the packets it counted; the record the old one.
+    let fs = wasm_host::sha256_hex(&std::fs::read(flow).unwrap());
+    for m in &system.monitors {
+        let st = m.status(&system.client).await;
+        let d = &st.deployments[0];
+        let want = if m.id == ids[0] { "fs-2" } else { "fs" };
+        assert_eq!(d.analyzer.name, want, "{}", m.id);
+        assert_eq!(d.analyzer.sha256, fs);
+    }
+    assert_eq!(collected(), before, "no flow lost, upgraded or not");
+    let records = tmctl(&system, &["--json", "deployments"]);
+    let records: serde_json::Value = serde_json::from_str(records.trim()).unwrap();
+    assert_eq!(records[0]["analyzer"], "fs", "{records}");
 }

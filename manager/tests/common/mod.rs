@@ -120,6 +120,16 @@ impl System {
         .await
     }
 
+    /// [`System::start`] with `extra(address)` added to each monitor's
+    /// config (before its links).
+    pub async fn start_each(traffic: &Traffic, extra: impl Fn(IpAddr) -> String) -> System {
+        let nats = NatsServer::start().await.unwrap();
+        Self::start_with(nats, |address, topology, dir| {
+            extra(address) + &replay_links(traffic, address, topology, dir)
+        })
+        .await
+    }
+
     /// [`System::start`] on a server enforcing the identities of `ids`
     /// (a `tmctl auth init` directory holding `operator-ops.nk`, the
     /// harness's and the test's identity, and `monitor-<id>.nk` for every
