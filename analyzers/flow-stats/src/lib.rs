@@ -502,6 +502,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        feature = "trap-restore",
+        should_panic(expected = "this build traps in tm_restore")
+    )]
     fn snapshot_restores_flows_and_bad_params_are_named() {
         let mut a = FlowStats::init(Params::default()).unwrap();
         feed(&mut a, pkt(1, 2, 1, 1, 17, 100, 5));
