@@ -358,6 +358,15 @@ pub fn role_from_str(name: &str) -> Option<Role> {
     .find(|r| r.as_str() == name)
 }
 
+/// The identity a seed file written by `tmctl auth init` belongs to, from
+/// its name (`<role>-<id>.nk`).
+#[must_use]
+pub fn identity_of_seed_file(path: &std::path::Path) -> Option<(Role, String)> {
+    let stem = path.file_name()?.to_str()?.strip_suffix(".nk")?;
+    let (role, id) = stem.split_once('-')?;
+    Some((role_from_str(role)?, id.to_owned()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

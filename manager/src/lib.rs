@@ -6,9 +6,12 @@
 //! * [`apps`]: management apps in wasmtime with async host calls.
 //! * [`archive`]: collected results as JSON lines through `object_store`.
 //! * [`service`]: the manager's NATS service and liveness record.
+//! * [`console`]: `tm-console`, the live web view, an outside client of
+//!   the bus.
 
 pub mod apps;
 pub mod archive;
+pub mod console;
 pub mod control;
 pub mod metrics;
 pub mod service;

@@ -130,6 +130,19 @@ impl System {
         .await
     }
 
+    /// [`System::start`] whose replays start once `waits_for` deployments
+    /// are attached to each link (so that all of them see every packet).
+    pub async fn start_waiting(traffic: &Traffic, waits_for: u32) -> System {
+        let nats = NatsServer::start().await.unwrap();
+        Self::start_with(nats, |address, topology, dir| {
+            replay_links(traffic, address, topology, dir).replace(
+                "[[link]]\n",
+                &format!("[[link]]\nreplay_waits_for = {waits_for}\n"),
+            )
+        })
+        .await
+    }
+
     /// [`System::start`] on a server enforcing the identities of `ids`
     /// (a `tmctl auth init` directory holding `operator-ops.nk`, the
     /// harness's and the test's identity, and `monitor-<id>.nk` for every
@@ -271,6 +284,59 @@ pub async fn request<Q: Serialize, R: DeserializeOwned>(
     .unwrap_or_else(|_| panic!("no reply on {subject} within 60 s"))
     .unwrap_or_else(|e| panic!("request on {subject}: {e}"));
     bus_schema::decode(&msg.payload).unwrap_or_else(|e| panic!("reply on {subject}: {e}"))
+}
+
+/// A `tm-console` process, killed on drop.
+pub struct ConsoleProc {
+    pub child: Child,
+    /// Where it serves the page, without the trailing slash.
+    pub url: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl ConsoleProc {
+    /// Starts `tm-console` on a free port with `args`; returns once it
+    /// printed its URL.
+    pub fn start(nats_url: &str, args: &[&str]) -> ConsoleProc {
+        use std::io::BufRead;
+        let dir = tempfile::tempdir().unwrap();
+        let log = std::fs::File::create(dir.path().join("console.log")).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tm-console"))
+            .args(["--nats", nats_url, "--listen", "127.0.0.1:0"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .trim()
+            .strip_prefix("tm-console: ")
+            .unwrap_or_else(|| {
+                panic!(
+                    "tm-console printed {line:?}:\n{}",
+                    std::fs::read_to_string(dir.path().join("console.log")).unwrap_or_default()
+                )
+            })
+            .trim_end_matches('/')
+            .to_owned();
+        ConsoleProc { child, url, dir }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("console.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for ConsoleProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// A `tm-manager` process, killed on drop.

@@ -64,13 +64,7 @@ fn monitor_id(value: &str) -> Result<String, Failure> {
     ))
 }
 
-/// The identity a seed file written by `auth init` belongs to, from its
-/// name (`<role>-<id>.nk`).
-pub(crate) fn identity_of_seed_file(path: &Path) -> Option<(Role, String)> {
-    let stem = path.file_name()?.to_str()?.strip_suffix(".nk")?;
-    let (role, id) = stem.split_once('-')?;
-    Some((auth::role_from_str(role)?, id.to_owned()))
-}
+pub(crate) use bus_schema::auth::identity_of_seed_file;
 
 /// The seed file of an identity.
 fn seed_path(dir: &Path, role: Role, id: &str) -> PathBuf {

@@ -1,0 +1,238 @@
+//! `tm-console` in headless Chromium, against the figure-5 network: three
+//! real monitors replaying its traffic (one tap also carries a SYN flood),
+//! a real `tm-manager` running link-load, dos-detect deployed with tmctl.
+//! The page must show the 4 routers and 6 tapped directions, each link's
+//! bytes as link-load reports them, a result window within 2 s of its
+//! publication, the flood's alert in the event feed, the tmctl deployment
+//! — and unloading it from the page removes it from `tmctl deployments`.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bus_schema::store::BlobKind;
+use bus_schema::{AppLoadRequest, AppSource, AppStatus, BlobRef, ResultWindow, subject};
+use common::{ConsoleProc, ManagerProc, Reports, System, Traffic};
+use futures::StreamExt;
+use harness::browser::Browser;
+use serde_json::Value;
+
+/// The figure-5 traffic of the lifecycle test, and a SYN flood to
+/// 10.0.2.9:80 on R1→R2 after it.
+fn traffic(topology: &manager::topology::Topology) -> Traffic {
+    let mut t = common::traffic(
+        topology,
+        &[
+            (1, 3, 3, 40, 200),
+            (3, 1, 2, 25, 900),
+            (1, 4, 2, 30, 120),
+            (3, 4, 1, 50, 60),
+            (2, 3, 2, 10, 400),
+            (4, 1, 1, 20, 100),
+        ],
+    );
+    let tap = ("10.9.0.1".to_string(), 0);
+    let frames = t.frames.get_mut(&tap).unwrap();
+    let after = frames.last().unwrap().ts_ns + 1_000_000;
+    let mut tl = pcapgen::Timeline::new(after, 1000);
+    pcapgen::scenarios::syn_flood(&mut tl, "10.0.2.9:80".parse().unwrap(), 2000, 1000);
+    frames.extend(tl.frames);
+    t
+}
+
+fn tmctl(system: &System, args: &[&str]) -> Value {
+    let out = common::tmctl_at(&system.nats.url(), args);
+    serde_json::from_str(out.trim()).unwrap_or(Value::Null)
+}
+
+fn deployment_ids(system: &System) -> Vec<String> {
+    tmctl(system, &["--json", "deployments"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["deployment"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_console_shows_the_network_live_and_acts_for_its_operator() {
+    let topology = common::figure5();
+    let traffic = traffic(&topology);
+    // Replays wait for dos-detect and link-load's flow-stats.
+    let system = System::start_waiting(&traffic, 2).await;
+    system.put("flow-stats", BlobKind::Analyzer).await;
+    system.put("dos-detect", BlobKind::Analyzer).await;
+    let app_sha = system.put("link-load", BlobKind::MgmtApp).await;
+    let console = ConsoleProc::start(&system.nats.url(), &["--as", "ops"]);
+    let browser = Browser::start(1400, 1000).await.unwrap();
+    browser.open(&format!("{}/", console.url)).await.unwrap();
+
+    // The map: 4 routers, 6 tapped directions, the 2 untapped ones.
+    let map = browser
+        .until(
+            "return window.tm && tm.cy ? [tm.cy.nodes().length, tm.cy.edges('.tapped').length, tm.cy.edges('.untapped').length] : null",
+            Duration::from_secs(20),
+            |v| *v == serde_json::json!([4, 6, 2]),
+        )
+        .await
+        .unwrap_or_else(|v| panic!("map: {v}\n{}", console.log()));
+    assert_eq!(map, serde_json::json!([4, 6, 2]));
+
+    // dos-detect deployed with tmctl, publishing windows: on the page.
+    tmctl(
+        &system,
+        &[
+            "--as",
+            "ops",
+            "deploy",
+            "dos-detect",
+            "--id",
+            "dd",
+            "--report-every-ms",
+            "400",
+        ],
+    );
+    browser
+        .until(
+            "return !!document.querySelector('#deployments tr[data-deployment=\"dd\"]')",
+            Duration::from_secs(10),
+            |v| *v == Value::Bool(true),
+        )
+        .await
+        .unwrap_or_else(|v| panic!("the tmctl deployment is not on the page: {v}"));
+
+    // link-load on a manager: its flow-stats starts the replays.
+    let manager = ManagerProc::start(&system.nats, &system.client, "mgr-a", &[]).await;
+    let mut reports = Reports::subscribe(&system.client, "mgr-a", "link-load").await;
+    let status: AppStatus = common::request(
+        &system.client,
+        subject::manager_apps_load("mgr-a"),
+        &AppLoadRequest {
+            app: "link-load".into(),
+            source: AppSource::Object(BlobRef {
+                name: "link-load".into(),
+                sha256: app_sha,
+            }),
+            params: common::params(serde_json::json!({
+                "every_ms": 300, "capacity_bps": 1_000_000.0, "prefixes": common::prefixes(),
+            })),
+        },
+    )
+    .await
+    .into_result()
+    .unwrap_or_else(|e| panic!("{e}\n{}", manager.log()));
+    assert_eq!(status.state, bus_schema::AppState::Running);
+
+    // Each link's bytes on the page are link-load's, once every replay
+    // finished (the figures stop changing).
+    let (_, body) = reports
+        .until("link-load", Duration::from_secs(60), |b| {
+            let links = b["links"].as_array().unwrap();
+            links.len() == 6 && links.iter().all(|l| l["capture_state"] == "finished")
+        })
+        .await
+        .unwrap_or_else(|| panic!("no finished link-load report\n{}", manager.log()));
+    let want: Vec<(String, String)> = body["links"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                format!(
+                    "{}/{}",
+                    l["monitor_address"].as_str().unwrap(),
+                    l["link_id"]
+                ),
+                l["bytes"].to_string(),
+            )
+        })
+        .collect();
+    let mut want = want;
+    want.sort();
+    assert!(want.iter().all(|(_, b)| b != "0"), "{want:?}");
+    let shown = browser
+        .until(
+            "return [...document.querySelectorAll('#links tr[data-link]')].map(r => [r.dataset.link, r.dataset.bytes]).sort()",
+            Duration::from_secs(10),
+            |v| *v == serde_json::json!(want),
+        )
+        .await
+        .unwrap_or_else(|v| panic!("page bytes {v}, link-load's {want:?}"));
+    assert_eq!(shown.as_array().unwrap().len(), 6);
+
+    // The SYN flood's alert in the event feed.
+    browser
+        .until(
+            "return [...document.querySelectorAll('#events li[data-alert=\"syn_flood\"]')].map(li => li.textContent)",
+            Duration::from_secs(20),
+            |v| {
+                v.as_array().is_some_and(|a| {
+                    a.iter()
+                        .any(|t| t.as_str().is_some_and(|t| t.contains("syn_flood on 10.0.2.9")))
+                })
+            },
+        )
+        .await
+        .unwrap_or_else(|v| panic!("no SYN flood alert on the page: {v}"));
+
+    // A window on the page within 2 s of its publication.
+    let mut windows = system
+        .client
+        .subscribe(subject::results("*", "dd"))
+        .await
+        .unwrap();
+    let mut worst = Duration::ZERO;
+    for _ in 0..3 {
+        let msg = tokio::time::timeout(Duration::from_secs(10), windows.next())
+            .await
+            .expect("dd publishes windows")
+            .unwrap();
+        let published = Instant::now();
+        let w: ResultWindow = bus_schema::decode(&msg.payload).unwrap();
+        let script = format!(
+            "const r = document.querySelector('#windows tr[data-window=\"{}/dd\"]'); return r ? Number(r.dataset.seq) : 0",
+            w.monitor
+        );
+        browser
+            .until(&script, Duration::from_secs(2), |v| {
+                v.as_u64().is_some_and(|s| s >= w.seq)
+            })
+            .await
+            .unwrap_or_else(|v| {
+                panic!(
+                    "window {} of {} not on the page within 2 s: {v}",
+                    w.seq, w.monitor
+                )
+            });
+        worst = worst.max(published.elapsed());
+    }
+    assert!(worst < Duration::from_secs(2), "{worst:?}");
+
+    // Unloaded from the page: gone from tmctl's list.
+    assert!(deployment_ids(&system).contains(&"dd".to_owned()));
+    browser
+        .js("document.querySelector('button[data-unload=\"dd\"]').click(); return true")
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while deployment_ids(&system).contains(&"dd".to_owned()) {
+        assert!(
+            Instant::now() < deadline,
+            "dd still deployed; page error: {}",
+            browser
+                .js("return document.querySelector('#error').textContent")
+                .await
+                .unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    browser
+        .until(
+            "return !!document.querySelector('#deployments tr[data-deployment=\"dd\"]')",
+            Duration::from_secs(10),
+            |v| *v == Value::Bool(false),
+        )
+        .await
+        .unwrap_or_else(|v| panic!("dd still on the page: {v}"));
+    browser.close().await;
+}
