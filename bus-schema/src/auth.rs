@@ -77,7 +77,7 @@ pub fn service_name(role: Role) -> Option<&'static str> {
     match role {
         Role::Monitor => Some("tm-monitor"),
         Role::Manager => Some("tm-manager"),
-        Role::Operator | Role::Subscriber | Role::Admin => None,
+        Role::Operator | Role::Subscriber | Role::Viewer | Role::Admin => None,
     }
 }
 
@@ -352,6 +352,7 @@ pub fn role_from_str(name: &str) -> Option<Role> {
         Role::Manager,
         Role::Operator,
         Role::Subscriber,
+        Role::Viewer,
         Role::Admin,
     ]
     .into_iter()
@@ -405,12 +406,41 @@ mod tests {
     }
 
     #[test]
+    fn viewers_read_streams_and_state_and_change_nothing() {
+        let p = permissions(Role::Viewer, "v1", PK);
+        assert!(!p.allow_responses);
+        assert!(p.publish.iter().all(|s| s.starts_with("$JS.")), "{p:?}");
+        for stream in [
+            "TM_RESULTS",
+            "TM_EVENTS",
+            "TM_REPORTS",
+            "KV_tm_topology",
+            "KV_tm_monitors",
+            "KV_tm_deployments",
+            "KV_tm_managers",
+        ] {
+            assert!(
+                p.publish
+                    .contains(&format!("$JS.API.CONSUMER.CREATE.{stream}.>")),
+                "{stream}: {p:?}"
+            );
+        }
+        for forbidden in ["$KV.", "$O.", "tm.v1.", "KV_tm_snapshots", "OBJ_tm_blobs"] {
+            assert!(
+                !p.publish.iter().any(|s| s.contains(forbidden)),
+                "{forbidden}: {p:?}"
+            );
+        }
+    }
+
+    #[test]
     fn only_the_admin_creates_streams() {
         for role in [
             Role::Monitor,
             Role::Manager,
             Role::Operator,
             Role::Subscriber,
+            Role::Viewer,
         ] {
             let p = permissions(role, "x", PK);
             assert!(
@@ -457,6 +487,7 @@ mod tests {
             Role::Manager,
             Role::Operator,
             Role::Subscriber,
+            Role::Viewer,
             Role::Admin,
         ] {
             let p = permissions(role, "x", PK);

@@ -36,6 +36,10 @@ pub enum Role {
     Operator,
     /// Anything outside that reads results, events and reports.
     Subscriber,
+    /// A console or dashboard (`tm-console`): reads what a subscriber
+    /// reads and the system's state (topology, monitors, deployments,
+    /// managers); changes nothing.
+    Viewer,
     /// The setup step (`tmctl setup`): creates the streams and buckets with
     /// the contract's settings. Nobody else may create them where
     /// identities are enforced.
@@ -51,6 +55,7 @@ impl Role {
             Role::Manager => "manager",
             Role::Operator => "operator",
             Role::Subscriber => "subscriber",
+            Role::Viewer => "viewer",
             Role::Admin => "admin",
         }
     }

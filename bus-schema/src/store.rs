@@ -114,7 +114,7 @@ pub fn buckets() -> Vec<BucketSpec> {
             history: 1,
             max_age: Some(HEARTBEAT_EVERY * 6),
             writers: &[Role::Monitor],
-            readers: &[Role::Manager, Role::Operator],
+            readers: &[Role::Manager, Role::Operator, Role::Viewer],
         },
         BucketSpec {
             name: DEPLOYMENTS_BUCKET,
@@ -123,7 +123,7 @@ pub fn buckets() -> Vec<BucketSpec> {
             history: 5,
             max_age: None,
             writers: &[Role::Manager, Role::Operator],
-            readers: &[Role::Manager, Role::Operator, Role::Monitor],
+            readers: &[Role::Manager, Role::Operator, Role::Monitor, Role::Viewer],
         },
         BucketSpec {
             name: MANAGERS_BUCKET,
@@ -132,7 +132,7 @@ pub fn buckets() -> Vec<BucketSpec> {
             history: 1,
             max_age: Some(HEARTBEAT_EVERY * 6),
             writers: &[Role::Manager],
-            readers: &[Role::Manager, Role::Operator],
+            readers: &[Role::Manager, Role::Operator, Role::Viewer],
         },
         BucketSpec {
             name: SNAPSHOTS_BUCKET,
@@ -150,7 +150,7 @@ pub fn buckets() -> Vec<BucketSpec> {
             history: 10,
             max_age: None,
             writers: &[Role::Operator, Role::Manager],
-            readers: &[Role::Manager, Role::Operator],
+            readers: &[Role::Manager, Role::Operator, Role::Viewer],
         },
     ]
 }

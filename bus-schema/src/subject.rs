@@ -112,26 +112,26 @@ subjects! {
         Command, "AppListRequest", Some("AppList"), [Operator] -> [Manager];
     /// Result windows of one deployment on one monitor (stream `TM_RESULTS`).
     results(monitor, deployment) = "results.{monitor}.{deployment}",
-        Stream, "ResultWindow", None, [Monitor] -> [Manager, Subscriber, Operator];
+        Stream, "ResultWindow", None, [Monitor] -> [Manager, Subscriber, Viewer, Operator];
     /// All result windows of all monitors.
     results_all() = "results.>",
-        Wildcard, "", None, [] -> [Manager, Subscriber, Operator];
+        Wildcard, "", None, [] -> [Manager, Subscriber, Viewer, Operator];
     /// All result windows of one monitor.
     results_of_monitor(monitor) = "results.{monitor}.*",
-        Wildcard, "", None, [] -> [Manager, Subscriber, Operator];
+        Wildcard, "", None, [] -> [Manager, Subscriber, Viewer, Operator];
     /// Events of one deployment on one monitor: alerts the analyzer emits,
     /// loads, unloads, traps and limit hits (stream `TM_EVENTS`).
     events(monitor, deployment) = "events.{monitor}.{deployment}",
-        Stream, "Event", None, [Monitor] -> [Manager, Subscriber, Operator];
+        Stream, "Event", None, [Monitor] -> [Manager, Subscriber, Viewer, Operator];
     /// All monitor events.
     events_all() = "events.>",
-        Wildcard, "", None, [] -> [Manager, Subscriber, Operator];
+        Wildcard, "", None, [] -> [Manager, Subscriber, Viewer, Operator];
     /// Reports and events a management app publishes (stream `TM_REPORTS`).
     reports(manager, app) = "reports.{manager}.{app}",
-        Stream, "Report", None, [Manager] -> [Subscriber, Operator];
+        Stream, "Report", None, [Manager] -> [Subscriber, Viewer, Operator];
     /// All management-app reports.
     reports_all() = "reports.>",
-        Wildcard, "", None, [] -> [Subscriber, Operator];
+        Wildcard, "", None, [] -> [Subscriber, Viewer, Operator];
 }
 
 /// The requester token of a monitor command's subject (its last token).

@@ -236,3 +236,117 @@ async fn the_console_shows_the_network_live_and_acts_for_its_operator() {
         .unwrap_or_else(|v| panic!("dd still on the page: {v}"));
     browser.close().await;
 }
+
+/// `tmctl --json auth init --out dir args…`.
+fn auth_init(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tmctl"))
+        .args(["--json", "auth", "init", "--out"])
+        .arg(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// Identities enforced: a console with a viewer's seed sees the network
+/// but NATS refuses its deploy, and the page shows the refusal; one with
+/// an operator's seed deploys as that operator.
+#[tokio::test]
+async fn a_viewer_console_sees_but_cannot_act_and_an_operator_console_can() {
+    let topology = common::figure5();
+    let traffic = common::traffic(&topology, &[(1, 3, 2, 10, 100)]);
+    let ids = tempfile::tempdir().unwrap();
+    let mut args: Vec<String> = topology
+        .monitors()
+        .iter()
+        .flat_map(|a| ["--monitor".to_owned(), a.to_string()])
+        .collect();
+    args.extend(["--operator", "ops", "--viewer", "wall"].map(String::from));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    auth_init(ids.path(), &args);
+    let system = System::start_authenticated(&traffic, ids.path(), &["ops"]).await;
+    let ops = ids.path().join("operator-ops.nk");
+    let flow = common::wasm_path("flow-stats");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tmctl"))
+        .args(["--nats", &system.nats.url(), "--nats-creds"])
+        .arg(&ops)
+        .args(["analyzer", "put", flow.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let deployments = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tmctl"))
+            .args(["--nats", &system.nats.url(), "--json", "--nats-creds"])
+            .arg(&ops)
+            .arg("deployments")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let deploy = |id: &str| {
+        format!(
+            "const f = document.querySelector('#deploy-form');
+             f.elements.deployment.value = '{id}'; f.elements.analyzer.value = 'flow-stats';
+             f.requestSubmit(); return true"
+        )
+    };
+    let browser = Browser::start(1400, 1000).await.unwrap();
+
+    let viewer = ids.path().join("viewer-wall.nk");
+    let wall = ConsoleProc::start(
+        &system.nats.url(),
+        &["--nats-creds", viewer.to_str().unwrap()],
+    );
+    browser.open(&format!("{}/", wall.url)).await.unwrap();
+    browser
+        .until(
+            "return window.tm && tm.cy ? [tm.cy.nodes().length, document.querySelectorAll('#monitors tr[data-monitor]').length, document.querySelector('#who').textContent] : null",
+            Duration::from_secs(20),
+            |v| v[0] == 4 && v[1] == 3 && v[2].as_str().is_some_and(|w| w.contains("read-only")),
+        )
+        .await
+        .unwrap_or_else(|v| panic!("the viewer's page: {v}\n{}", wall.log()));
+    browser.js(&deploy("v1")).await.unwrap();
+    let error = browser
+        .until(
+            "return document.querySelector('#error').textContent",
+            Duration::from_secs(30),
+            |v| v.as_str().is_some_and(|e| !e.is_empty()),
+        )
+        .await
+        .unwrap_or_else(|v| panic!("no error shown: {v}\n{}", wall.log()));
+    let error = error.as_str().unwrap();
+    assert!(
+        error.contains("unauthorized")
+            && error.contains("refused by NATS")
+            && error.contains("Permissions Violation"),
+        "{error}"
+    );
+    assert_eq!(deployments(), serde_json::json!([]));
+    drop(wall);
+
+    let operator = ConsoleProc::start(&system.nats.url(), &["--nats-creds", ops.to_str().unwrap()]);
+    browser.open(&format!("{}/", operator.url)).await.unwrap();
+    browser
+        .until(
+            "return document.querySelector('#who').textContent",
+            Duration::from_secs(20),
+            |v| v.as_str() == Some("acting as ops"),
+        )
+        .await
+        .unwrap_or_else(|v| panic!("the operator's page: {v}"));
+    browser.js(&deploy("o1")).await.unwrap();
+    browser
+        .until(
+            "return !!document.querySelector('#deployments tr[data-deployment=\"o1\"]')",
+            Duration::from_secs(20),
+            |v| *v == Value::Bool(true),
+        )
+        .await
+        .unwrap_or_else(|v| panic!("o1 not deployed from the page: {v}\n{}", operator.log()));
+    let listed = deployments();
+    assert_eq!(listed[0]["deployment"], "o1");
+    assert_eq!(listed[0]["owner"], "ops");
+    browser.close().await;
+}

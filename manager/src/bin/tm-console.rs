@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use bus_schema::Role;
 use clap::Parser;
-use manager::console::{self, Identity};
+use manager::console::{self, Identity, Refusals};
 
 /// A live web view of the network: the topology map with the load on
 /// every tapped direction, each link's page (rates over time, top flows,
@@ -17,8 +17,8 @@ use manager::console::{self, Identity};
 /// It is one more client of the bus, acting with its own NATS identity:
 /// with an operator's credentials (`--nats-creds operator-NAME.nk`) the
 /// page can deploy, configure and unload analyzers and load and unload
-/// apps, as NAME; with a subscriber's it only looks (NATS refuses every
-/// action, and the page shows the refusal). Without credentials (a bus
+/// apps, as NAME; with a viewer's (`tmctl auth init --viewer NAME`) it only
+/// looks (NATS refuses every action, and the page shows the refusal). Without credentials (a bus
 /// without identities) it acts as `--as` (default `console`).
 ///
 /// Everything the page loads is embedded in this binary: it works offline.
@@ -66,7 +66,8 @@ async fn main() -> anyhow::Result<()> {
     let identity = Identity {
         id,
         enforced: args.nats_creds.is_some(),
-        read_only: seed.is_some_and(|(role, _)| role == Role::Subscriber),
+        read_only: seed.is_some_and(|(role, _)| matches!(role, Role::Viewer | Role::Subscriber)),
+        refusals: Refusals::default(),
     };
     let addrs: Vec<async_nats::ServerAddr> = args
         .nats
@@ -74,9 +75,19 @@ async fn main() -> anyhow::Result<()> {
         .map(|u| u.trim().parse())
         .collect::<Result<_, _>>()
         .with_context(|| format!("--nats {}", args.nats))?;
+    let refusals = identity.refusals.clone();
     let mut options = async_nats::ConnectOptions::new()
         .name("tm-console")
-        .retry_on_initial_connect();
+        .retry_on_initial_connect()
+        .event_callback(move |event| {
+            let refusals = refusals.clone();
+            async move {
+                if let async_nats::Event::ServerError(e) = &event {
+                    refusals.record(&e.to_string());
+                }
+                tracing::info!(%event, "nats");
+            }
+        });
     if let Some(creds) = &args.nats_creds {
         options = bus_schema::nats::with_credentials(options, creds).await?;
     }
@@ -84,6 +95,16 @@ async fn main() -> anyhow::Result<()> {
         .connect(addrs)
         .await
         .context("cannot connect to NATS")?;
+    // It reads no stream or bucket whose settings differ from the
+    // contract's (a missing one it waits for, unless identities are
+    // enforced: then the admin made them all).
+    bus_schema::nats::check_stores(
+        &async_nats::jetstream::new(client.clone()),
+        Role::Viewer,
+        identity.enforced,
+    )
+    .await
+    .context("a stream or bucket differs from the contract")?;
     console::serve(client, identity, args.listen, |addr| {
         // Scripts and tests read this line for the URL.
         println!("tm-console: http://{addr}/");

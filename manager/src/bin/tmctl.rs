@@ -72,8 +72,8 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
     },
-    /// NATS identities and permissions of monitors, managers, operators
-    /// and subscribers.
+    /// NATS identities and permissions of monitors, managers, operators,
+    /// subscribers and viewers.
     Auth {
         #[command(subcommand)]
         command: AuthCommand,

@@ -41,6 +41,42 @@ use crate::control::{Control, DeploySpec, Targets};
 use feed::Sink;
 use view::View;
 
+/// The refusals the NATS server sent this connection (`Permissions
+/// Violation for Publish to …`), newest last: an action that fails after
+/// one is reported as refused by NATS, naming the subject. The connection's
+/// event callback records them ([`Refusals::record`]).
+#[derive(Debug, Clone, Default)]
+pub struct Refusals(Arc<std::sync::Mutex<Vec<(std::time::Instant, String)>>>);
+
+impl Refusals {
+    /// Keeps a server error that refused something.
+    pub fn record(&self, error: &str) {
+        if error.to_lowercase().contains("violation") {
+            let mut v = self
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            v.push((std::time::Instant::now(), error.to_owned()));
+            let len = v.len();
+            if len > 16 {
+                v.drain(..len - 16);
+            }
+        }
+    }
+
+    /// The last refusal since `since`, if any.
+    fn since(&self, since: std::time::Instant) -> Option<String> {
+        let v = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        v.iter()
+            .rev()
+            .find(|(at, _)| *at >= since)
+            .map(|(_, e)| e.clone())
+    }
+}
+
 /// How the console acts on the bus.
 #[derive(Debug, Clone)]
 pub struct Identity {
@@ -48,9 +84,11 @@ pub struct Identity {
     pub id: String,
     /// The connection has credentials: identities are enforced.
     pub enforced: bool,
-    /// The credentials are a subscriber's: the page says it is read-only
-    /// (NATS refuses every action anyway).
+    /// The credentials are a viewer's (or a subscriber's): the page says
+    /// it is read-only (NATS refuses every action anyway).
     pub read_only: bool,
+    /// What the server refused this connection.
+    pub refusals: Refusals,
 }
 
 /// The console's shared state.
@@ -233,6 +271,27 @@ fn bad(field: &str, e: impl std::fmt::Display) -> Refusal {
 }
 
 impl Console {
+    /// An action's answer, a failure after which the server refused this
+    /// connection something reported as that refusal: NATS permissions
+    /// decide what a console may do.
+    fn judged(&self, began: std::time::Instant, answer: Answer) -> Answer {
+        match answer {
+            Err(Refusal(e)) => match self.identity.refusals.since(began) {
+                Some(violation) => Err(Refusal(ErrorBody::new(
+                    ErrorCode::Unauthorized,
+                    format!(
+                        "refused by NATS for identity {:?}: {violation} ({}: {})",
+                        self.identity.id,
+                        e.code.as_str(),
+                        e.message
+                    ),
+                ))),
+                None => Err(Refusal(e)),
+            },
+            ok => ok,
+        }
+    }
+
     /// The control plane as the console's identity, opened at the first
     /// action (a console that never acts needs no more than a
     /// subscriber's rights).
@@ -276,27 +335,32 @@ struct DeployBody {
 }
 
 async fn deploy(State(c): State<Arc<Console>>, body: axum::body::Bytes) -> Answer {
-    let q: DeployBody = serde_json::from_slice(&body).map_err(|e| bad("body", e))?;
-    bus_schema::validate_token("deployment", &q.deployment).map_err(|e| bad("deployment", e))?;
-    let spec = DeploySpec {
-        deployment: q.deployment,
-        analyzer: q.analyzer,
-        sha256: None,
-        params: params_of("params", q.params)?,
-        filter: Filter::default(),
-        targets: if q.monitors.is_empty() {
-            Targets::All
-        } else {
-            Targets::Monitors(q.monitors)
-        },
-        report_every_ms: q.report_every_ms,
-    };
-    let d = c.control().await?.deploy(&spec).await?;
-    Ok(axum::Json(json!({
-        "deployment": d.record.deployment,
-        "placed": d.placed.iter().map(|p| &p.monitor).collect::<Vec<_>>(),
-        "failed": d.failed.iter().map(|f| json!({"monitor": f.monitor, "code": f.error.code, "message": f.error.message})).collect::<Vec<_>>(),
-    })))
+    let began = std::time::Instant::now();
+    let answer: Answer = async {
+        let q: DeployBody = serde_json::from_slice(&body).map_err(|e| bad("body", e))?;
+        bus_schema::validate_token("deployment", &q.deployment).map_err(|e| bad("deployment", e))?;
+        let spec = DeploySpec {
+            deployment: q.deployment,
+            analyzer: q.analyzer,
+            sha256: None,
+            params: params_of("params", q.params)?,
+            filter: Filter::default(),
+            targets: if q.monitors.is_empty() {
+                Targets::All
+            } else {
+                Targets::Monitors(q.monitors)
+            },
+            report_every_ms: q.report_every_ms,
+        };
+        let d = c.control().await?.deploy(&spec).await?;
+        Ok(axum::Json(json!({
+            "deployment": d.record.deployment,
+            "placed": d.placed.iter().map(|p| &p.monitor).collect::<Vec<_>>(),
+            "failed": d.failed.iter().map(|f| json!({"monitor": f.monitor, "code": f.error.code, "message": f.error.message})).collect::<Vec<_>>(),
+        })))
+    }
+    .await;
+    c.judged(began, answer)
 }
 
 #[derive(Deserialize)]
@@ -308,27 +372,37 @@ struct DeploymentBody {
 }
 
 async fn unload(State(c): State<Arc<Console>>, body: axum::body::Bytes) -> Answer {
-    let q: DeploymentBody = serde_json::from_slice(&body).map_err(|e| bad("body", e))?;
-    let done = c.control().await?.unload(&q.deployment, false).await?;
-    Ok(axum::Json(json!({
-        "deployment": q.deployment,
-        "unloaded": done.results.iter().map(|r| &r.window.monitor).collect::<Vec<_>>(),
-    })))
+    let began = std::time::Instant::now();
+    let answer: Answer = async {
+        let q: DeploymentBody = serde_json::from_slice(&body).map_err(|e| bad("body", e))?;
+        let done = c.control().await?.unload(&q.deployment, false).await?;
+        Ok(axum::Json(json!({
+            "deployment": q.deployment,
+            "unloaded": done.results.iter().map(|r| &r.window.monitor).collect::<Vec<_>>(),
+        })))
+    }
+    .await;
+    c.judged(began, answer)
 }
 
 async fn configure(State(c): State<Arc<Console>>, body: axum::body::Bytes) -> Answer {
-    let q: DeploymentBody = serde_json::from_slice(&body).map_err(|e| bad("body", e))?;
-    let params = params_of("params", q.params)?;
-    let done = c
-        .control()
-        .await?
-        .configure(&q.deployment, params, false)
-        .await?;
-    Ok(axum::Json(json!({
-        "deployment": q.deployment,
-        "done": done.done.iter().map(|(m, r)| json!({"monitor": m, "config_revision": r})).collect::<Vec<_>>(),
-        "failed": done.failed.iter().map(|f| json!({"monitor": f.monitor, "code": f.error.code, "message": f.error.message})).collect::<Vec<_>>(),
-    })))
+    let began = std::time::Instant::now();
+    let answer: Answer = async {
+        let q: DeploymentBody = serde_json::from_slice(&body).map_err(|e| bad("body", e))?;
+        let params = params_of("params", q.params)?;
+        let done = c
+            .control()
+            .await?
+            .configure(&q.deployment, params, false)
+            .await?;
+        Ok(axum::Json(json!({
+            "deployment": q.deployment,
+            "done": done.done.iter().map(|(m, r)| json!({"monitor": m, "config_revision": r})).collect::<Vec<_>>(),
+            "failed": done.failed.iter().map(|f| json!({"monitor": f.monitor, "code": f.error.code, "message": f.error.message})).collect::<Vec<_>>(),
+        })))
+    }
+    .await;
+    c.judged(began, answer)
 }
 
 #[derive(Deserialize)]
@@ -347,46 +421,56 @@ struct AppBody {
 const APP_TIMEOUT: Duration = Duration::from_secs(30);
 
 async fn app_load(State(c): State<Arc<Console>>, body: axum::body::Bytes) -> Answer {
-    let q: AppBody = serde_json::from_slice(&body).map_err(|e| bad("body", e))?;
-    bus_schema::validate_token("manager", &q.manager).map_err(|e| bad("manager", e))?;
-    let Some(blob) = q.blob else {
-        return Err(bad("blob", "give the app's blob name"));
-    };
-    let request = AppLoadRequest {
-        app: q.app,
-        source: AppSource::Object(BlobRef {
-            name: blob,
-            sha256: String::new(),
-        }),
-        params: params_of("params", q.params)?,
-    };
-    let status: AppStatus = c
-        .control()
-        .await?
-        .request(
-            subject::manager_apps_load(&q.manager),
-            &request,
-            APP_TIMEOUT,
-        )
-        .await?;
-    Ok(axum::Json(
-        serde_json::to_value(&status).unwrap_or(Json::Null),
-    ))
+    let began = std::time::Instant::now();
+    let answer: Answer = async {
+        let q: AppBody = serde_json::from_slice(&body).map_err(|e| bad("body", e))?;
+        bus_schema::validate_token("manager", &q.manager).map_err(|e| bad("manager", e))?;
+        let Some(blob) = q.blob else {
+            return Err(bad("blob", "give the app's blob name"));
+        };
+        let request = AppLoadRequest {
+            app: q.app,
+            source: AppSource::Object(BlobRef {
+                name: blob,
+                sha256: String::new(),
+            }),
+            params: params_of("params", q.params)?,
+        };
+        let status: AppStatus = c
+            .control()
+            .await?
+            .request(
+                subject::manager_apps_load(&q.manager),
+                &request,
+                APP_TIMEOUT,
+            )
+            .await?;
+        Ok(axum::Json(
+            serde_json::to_value(&status).unwrap_or(Json::Null),
+        ))
+    }
+    .await;
+    c.judged(began, answer)
 }
 
 async fn app_unload(State(c): State<Arc<Console>>, body: axum::body::Bytes) -> Answer {
-    let q: AppBody = serde_json::from_slice(&body).map_err(|e| bad("body", e))?;
-    bus_schema::validate_token("manager", &q.manager).map_err(|e| bad("manager", e))?;
-    let status: AppStatus = c
-        .control()
-        .await?
-        .request(
-            subject::manager_apps_unload(&q.manager),
-            &AppUnloadRequest { app: q.app },
-            APP_TIMEOUT,
-        )
-        .await?;
-    Ok(axum::Json(
-        serde_json::to_value(&status).unwrap_or(Json::Null),
-    ))
+    let began = std::time::Instant::now();
+    let answer: Answer = async {
+        let q: AppBody = serde_json::from_slice(&body).map_err(|e| bad("body", e))?;
+        bus_schema::validate_token("manager", &q.manager).map_err(|e| bad("manager", e))?;
+        let status: AppStatus = c
+            .control()
+            .await?
+            .request(
+                subject::manager_apps_unload(&q.manager),
+                &AppUnloadRequest { app: q.app },
+                APP_TIMEOUT,
+            )
+            .await?;
+        Ok(axum::Json(
+            serde_json::to_value(&status).unwrap_or(Json::Null),
+        ))
+    }
+    .await;
+    c.judged(began, answer)
 }

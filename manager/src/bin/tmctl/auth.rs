@@ -40,6 +40,11 @@ pub(crate) struct InitArgs {
     /// A subscriber name (repeatable): reads results, events and reports.
     #[arg(long = "subscriber", value_name = "NAME")]
     subscribers: Vec<String>,
+    /// A viewer name (repeatable): what a subscriber reads plus the
+    /// topology, monitors, deployments and managers — a read-only
+    /// `tm-console`. Changes nothing.
+    #[arg(long = "viewer", value_name = "NAME")]
+    viewers: Vec<String>,
     /// The admin name (default `admin`; an admin identity is always
     /// made): the only identity that creates streams and buckets
     /// (`tmctl setup`).
@@ -136,6 +141,7 @@ pub(crate) fn init(args: &InitArgs, json: bool) -> Result<(), Failure> {
         (Role::Manager, &args.managers),
         (Role::Operator, &args.operators),
         (Role::Subscriber, &args.subscribers),
+        (Role::Viewer, &args.viewers),
         (Role::Admin, &admins),
     ]
     .into_iter()
@@ -151,6 +157,7 @@ pub(crate) fn init(args: &InitArgs, json: bool) -> Result<(), Failure> {
         &args.managers,
         &args.operators,
         &args.subscribers,
+        &args.viewers,
     ]
     .iter()
     .any(|l| !l.is_empty());
