@@ -29,10 +29,10 @@ function el(tag, attrs, ...kids) {
   return e;
 }
 function num(n) { return n == null ? "" : Number(n).toLocaleString("en"); }
-function rate(bps) {
+function rate(bps, digits = 2) {
   if (bps == null) return "";
   const u = [["G", 1e9], ["M", 1e6], ["k", 1e3]].find(([, f]) => bps >= f);
-  return u ? (bps / u[1]).toFixed(2) + " " + u[0] : bps.toFixed(0) + " ";
+  return u ? (bps / u[1]).toFixed(digits) + " " + u[0] : bps.toFixed(0) + " ";
 }
 function showError(text) {
   const e = $("#error");
@@ -236,16 +236,18 @@ function renderLinkPage() {
   if (!key) return;
   const [address, linkId] = key.split("/");
   const f = linkFigures().get(key) || {};
-  $("#link-title").textContent = `${f.from_router || ""} → ${f.to_router || ""} (tap ${key})`;
+  $("#link-title").textContent = `${f.from_router || ""} → ${f.to_router || ""} (tap ${key})` +
+    (f.utilisation == null ? "" : `: ${(f.utilisation * 100).toFixed(2)} % of ${rate(f.bps / f.utilisation)}b/s`);
   const h = tm.history.get(key) || [];
-  const data = [h.map(p => p[0]), h.map(p => p[1]), h.map(p => p[2]), h.map(p => p[3] * 100)];
+  const data = [h.map(p => p[0]), h.map(p => p[1]), h.map(p => p[2])];
   if (!tm.chart || tm.chart.key !== key) {
     if (tm.chart) tm.chart.destroy();
     tm.chart = new uPlot({
       width: Math.max(320, $("#link-page").clientWidth - 20), height: 220,
-      series: [{}, { label: "bit/s", stroke: "#2f5d8a", scale: "b" }, { label: "packets/s", stroke: "#4f9d69", scale: "p" },
-               { label: "utilisation %", stroke: "#d64545", scale: "u" }],
-      axes: [{}, { scale: "b" }, { scale: "p", side: 1, grid: { show: false } }],
+      series: [{}, { label: "bit/s", stroke: "#2f5d8a", width: 2, scale: "b", value: (u, v) => v == null ? "" : rate(v) + "b/s" },
+               { label: "packets/s", stroke: "#4f9d69", width: 2, scale: "p", value: (u, v) => v == null ? "" : v.toFixed(1) }],
+      axes: [{}, { scale: "b", size: 80, values: (u, vals) => vals.map(v => rate(v, 0) + "b/s") },
+             { scale: "p", side: 1, size: 60, grid: { show: false } }],
     }, data, $("#chart"));
     tm.chart.key = key;
   } else {
@@ -268,7 +270,7 @@ function renderLinkPage() {
   const cap = w && (w.capture || []).find(c => String(c.link) === linkId);
   $("#link-capture").textContent = cap
     ? `captured ${num(cap.packets)} packets, ${num(cap.bytes)} bytes; kernel drops ${num(cap.kernel_drops)}, interface drops ${num(cap.interface_drops)}; queue drops ${num(w.stats.dropped)}`
-    : "no window of this tap's monitor yet";
+    : "no result window of this tap's monitor yet (deploy flow-stats with report_every_ms to see its flows here)";
 }
 
 function recordHistory(report) {

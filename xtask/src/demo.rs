@@ -23,7 +23,7 @@ use crate::session::{
 /// The demo's traffic: UDP flows between the routers' hosts on the paths
 /// of figure 5 (R4→R1 crosses no tap), and a protocol mix (HTTP, TLS, DNS,
 /// SSH, QUIC, …) on R1→R2.
-fn traffic(topology: &Topology) -> Traffic {
+pub(crate) fn traffic(topology: &Topology) -> Traffic {
     let flows = [
         Flows {
             from: 1,

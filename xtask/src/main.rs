@@ -4,6 +4,7 @@
 //! missing), then this. See `cargo xtask --help`.
 
 mod compose_lab;
+mod console;
 mod demo;
 mod guests;
 mod lab;
@@ -65,6 +66,19 @@ enum Cmd {
     /// router interface counters, the traffic matrix and the protocol mix,
     /// then `docker-compose down -v` (also on Ctrl-C).
     ComposeLab,
+    /// The demo's network with the console open on it: three monitors
+    /// replaying at recorded pace (a SYN flood among the traffic), a
+    /// manager running link-load and dos-trace, and `tm-console`, whose
+    /// URL it prints; runs until Ctrl-C. No root needed.
+    Console {
+        /// Where the console listens.
+        #[arg(long, default_value = "127.0.0.1:8480")]
+        listen: std::net::SocketAddr,
+        /// Open the console in headless Chromium, save `map.png` and
+        /// `link.png` (R1→R2's chart) into DIR, and stop.
+        #[arg(long, value_name = "DIR")]
+        screenshot: Option<PathBuf>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -92,6 +106,7 @@ fn main() -> Result<()> {
         Cmd::Demo => demo::run(&root)?,
         Cmd::Lab => lab::run(&root)?,
         Cmd::ComposeLab => compose_lab::run(&root)?,
+        Cmd::Console { listen, screenshot } => console::run(&root, listen, screenshot.as_deref())?,
     }
     Ok(())
 }

@@ -55,6 +55,7 @@ pub(crate) struct Bins {
     pub monitor: PathBuf,
     pub manager: PathBuf,
     pub tmctl: PathBuf,
+    pub console: PathBuf,
 }
 
 pub(crate) fn tmctl(bins: &Bins, nats: &str, args: &[&str]) -> Result<String> {
@@ -149,12 +150,12 @@ pub(crate) fn print_protocols(collected: &Value) {
     println!();
 }
 
-/// Builds tm-monitor, tm-manager and tmctl (release) and every guest; the
+/// Builds tm-monitor, tm-manager, tmctl and tm-console (release) and every guest; the
 /// binaries and the guests' directory. Installs the Ctrl-C handler.
 pub(crate) fn build(root: &Path, started: Instant) -> Result<(Bins, PathBuf)> {
     step(
         started,
-        "building tm-monitor, tm-manager and tmctl (release)",
+        "building tm-monitor, tm-manager, tmctl and tm-console (release)",
     );
     crate::run(crate::cargo().current_dir(root).args([
         "build",
@@ -185,6 +186,7 @@ pub(crate) fn build(root: &Path, started: Instant) -> Result<(Bins, PathBuf)> {
             monitor: release.join("tm-monitor"),
             manager: release.join("tm-manager"),
             tmctl: release.join("tmctl"),
+            console: release.join("tm-console"),
         },
         wasm,
     ))
