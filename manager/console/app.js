@@ -8,7 +8,7 @@ const tm = {
   cy: null,            // the map
   selected: null,      // "monitor_address/link_id" of the open link page
   history: new Map(),  // link key -> [[t, bps, pps, util], ...]
-  applyTimes: [],      // ms from an update's arrival to its render
+  applyTimes: [],      // {kind, ms}: from an update's arrival to the next frame
   chart: null,
 };
 window.tm = tm;
@@ -108,10 +108,17 @@ function paintMap() {
       const f = figs.get(key);
       const address = key.split("/")[0];
       const u = f ? f.utilisation || 0 : 0;
+      const level = u > 0.7 ? "high" : u > 0.3 ? "mid" : "";
+      const down = !isUp(monitors.get(address)) || (f && f.capture_state === "failed");
+      const width = Math.round(2 + Math.min(10, u * 10));
+      // Only what changed: cytoscape restyles every edge it is told of.
+      const look = level + (down ? " down" : "") + " " + width;
+      if (e.scratch("look") === look) return;
+      e.scratch("look", look);
       e.removeClass("mid high down");
-      if (u > 0.7) e.addClass("high"); else if (u > 0.3) e.addClass("mid");
-      if (!isUp(monitors.get(address)) || (f && f.capture_state === "failed")) e.addClass("down");
-      e.data("width", 2 + Math.min(10, u * 10));
+      if (level) e.addClass(level);
+      if (down) e.addClass("down");
+      e.data("width", width);
     });
   });
 }
@@ -128,30 +135,42 @@ function paintPath() {
 }
 
 // ---- tables
+// The links table: one row per tap, made when the topology changes, its
+// cells rewritten only where a figure changed.
 function renderLinks() {
   const body = $("#links tbody");
   const figs = linkFigures();
   const monitors = monitorByAddress();
-  const rows = [];
-  for (const l of (tm.view.topology && tm.view.topology.links) || []) {
-    for (const t of l.taps) {
-      const key = t.monitor_address + "/" + t.link_id;
-      const f = figs.get(key) || {};
-      const rec = monitors.get(t.monitor_address);
-      const state = !isUp(rec) ? "monitor down" : (f.capture_state || "");
-      rows.push(el("tr", {
-        "data-link": key, "data-bytes": f.bytes ?? "", "data-packets": f.packets ?? "",
-        class: !isUp(rec) ? "down" : (f.capture_state === "failed" ? "failed" : ""),
-        onclick: () => openLink(key),
-      },
-        el("td", {}, l.from + " → " + l.to), el("td", {}, key),
-        el("td", { class: "num" }, num(f.packets)), el("td", { class: "num" }, num(f.bytes)),
-        el("td", { class: "num" }, rate(f.bps)),
-        el("td", { class: "num" }, f.utilisation == null ? "" : (f.utilisation * 100).toFixed(3) + " %"),
-        el("td", {}, state), el("td", { class: "num" }, num(f.capture_drops))));
+  const links = (tm.view.topology && tm.view.topology.links) || [];
+  if (tm.linkRowsOf !== tm.view.topology) {
+    tm.linkRowsOf = tm.view.topology;
+    tm.linkRows = new Map();
+    const rows = [];
+    for (const l of links) {
+      for (const t of l.taps) {
+        const key = t.monitor_address + "/" + t.link_id;
+        const cells = [l.from + " → " + l.to, key, "", "", "", "", "", ""].map((v, i) => el("td", { class: i >= 2 && i !== 6 ? "num" : "" }, v));
+        const row = el("tr", { "data-link": key, onclick: () => openLink(key) }, ...cells);
+        tm.linkRows.set(key, { row, cells, address: t.monitor_address, shown: [] });
+        rows.push(row);
+      }
     }
+    body.replaceChildren(...rows);
   }
-  body.replaceChildren(...rows);
+  for (const [key, r] of tm.linkRows) {
+    const f = figs.get(key) || {};
+    const up = isUp(monitors.get(r.address));
+    const values = [num(f.packets), num(f.bytes), rate(f.bps),
+      f.utilisation == null ? "" : (f.utilisation * 100).toFixed(3) + " %",
+      !up ? "monitor down" : (f.capture_state || ""), num(f.capture_drops)];
+    values.forEach((v, i) => {
+      if (r.shown[i] !== v) { r.cells[i + 2].textContent = v; r.shown[i] = v; }
+    });
+    const cls = !up ? "down" : (f.capture_state === "failed" ? "failed" : "");
+    if (r.row.className !== cls) r.row.className = cls;
+    const bytes = String(f.bytes ?? "");
+    if (r.row.dataset.bytes !== bytes) { r.row.dataset.bytes = bytes; r.row.dataset.packets = String(f.packets ?? ""); }
+  }
 }
 
 function renderMonitors() {
@@ -292,21 +311,37 @@ function renderAll() {
   renderLinkPage();
 }
 
+// What changed since the last frame is drawn once, in the next frame:
+// a burst of updates costs one render of each part, not one per update.
+const renders = {
+  map: () => { paintMap(); paintPath(); }, links: renderLinks, monitors: renderMonitors,
+  deployments: renderDeployments, apps: renderApps, linkpage: () => { if (tm.selected) renderLinkPage(); },
+};
+tm.dirty = new Set();
+function schedule(...parts) {
+  if (!tm.dirty.size) requestAnimationFrame(() => {
+    const parts = [...tm.dirty];
+    tm.dirty.clear();
+    for (const p of parts) renders[p]();
+  });
+  for (const p of parts) tm.dirty.add(p);
+}
+
 function apply(u) {
   const v = tm.view;
   const set = (map, key, value) => { if (value == null) delete map[key]; else map[key] = value; };
   switch (u.kind) {
-    case "topology": v.topology = u.value; buildMap(); paintMap(); paintPath(); renderLinks(); break;
-    case "monitor": set(v.monitors, u.key, u.value); renderMonitors(); paintMap(); renderLinks(); break;
-    case "deployment": set(v.deployments, u.key, u.value); renderDeployments(); break;
-    case "manager": set(v.managers, u.key, u.value); renderApps(); break;
+    case "topology": v.topology = u.value; buildMap(); schedule("map", "links"); break;
+    case "monitor": set(v.monitors, u.key, u.value); schedule("monitors", "map", "links"); break;
+    case "deployment": set(v.deployments, u.key, u.value); schedule("deployments"); break;
+    case "manager": set(v.managers, u.key, u.value); schedule("apps"); break;
     case "window":
       v.windows[u.key] = u.value; updateWindow(u.key, u.value);
-      if (tm.selected) renderLinkPage();
+      schedule("linkpage");
       break;
     case "report":
       v.reports[u.key] = u.value; recordHistory(u.value);
-      paintMap(); paintPath(); renderLinks(); if (tm.selected) renderLinkPage();
+      schedule("map", "links", "linkpage");
       break;
     case "event":
       v.events.push(u.value); if (v.events.length > 200) v.events.shift();
@@ -315,24 +350,31 @@ function apply(u) {
   }
 }
 
-function timed(fn) {
+// How long an update takes to show: from its arrival to the end of the
+// next frame's scripts, which drew it (performance.now()); the browser
+// paints that frame right after.
+function timed(kind, fn) {
   const t0 = performance.now();
   fn();
   requestAnimationFrame(() => {
-    tm.applyTimes.push(performance.now() - t0);
-    if (tm.applyTimes.length > 1000) tm.applyTimes.shift();
+    tm.applyTimes.push({ kind, ms: performance.now() - t0 });
+    if (tm.applyTimes.length > 5000) tm.applyTimes.shift();
   });
 }
 
 function connect() {
   const source = new EventSource("/api/updates");
-  source.addEventListener("view", ev => timed(() => {
+  source.addEventListener("view", ev => timed("view", () => {
     tm.view = JSON.parse(ev.data);
     for (const r of Object.values(tm.view.reports)) recordHistory(r);
     renderAll();
     $("#live").textContent = "live"; $("#live").className = "badge";
   }));
-  source.addEventListener("update", ev => { if (tm.view) timed(() => apply(JSON.parse(ev.data))); });
+  source.addEventListener("update", ev => {
+    if (!tm.view) return;
+    const u = JSON.parse(ev.data);
+    timed(u.kind, () => apply(u));
+  });
   source.onerror = () => { $("#live").textContent = "reconnecting…"; $("#live").className = "badge off"; };
 }
 
@@ -381,5 +423,10 @@ fetch("/api/whoami").then(r => r.json()).then(w => {
   if (w.read_only) { $("#who").className = "badge ro"; document.body.classList.add("read-only"); }
 });
 // Liveness is heartbeat age: repaint as records age without news.
-setInterval(() => { if (tm.view) { renderMonitors(); paintMap(); renderLinks(); renderApps(); } }, 2000);
+// Liveness is heartbeat age: redraw when a monitor or manager crossed it.
+setInterval(() => {
+  if (!tm.view) return;
+  const up = [...Object.values(tm.view.monitors), ...Object.values(tm.view.managers)].map(isUp).join();
+  if (up !== tm.lastUp) { tm.lastUp = up; schedule("monitors", "map", "links", "apps"); }
+}, 1000);
 connect();
