@@ -1,4 +1,4 @@
-# tm-monitor, tm-manager and tmctl, with the WebAssembly guests in
+# tm-monitor, tm-manager, tmctl and tm-console, with the WebAssembly guests in
 # /opt/tm/wasm and the tools the compose lab's routers and hosts run.
 #
 # Targets:
@@ -14,7 +14,7 @@ ARG LOCAL_BASE=tm-lab-base:bookworm
 FROM ${LOCAL_BASE} AS local
 # target/release, or target/debug for the binaries a test run built.
 ARG BIN_DIR=target/release
-COPY ${BIN_DIR}/tm-monitor ${BIN_DIR}/tm-manager ${BIN_DIR}/tmctl /usr/local/bin/
+COPY ${BIN_DIR}/tm-monitor ${BIN_DIR}/tm-manager ${BIN_DIR}/tmctl ${BIN_DIR}/tm-console /usr/local/bin/
 COPY target/wasm /opt/tm/wasm
 CMD ["tmctl", "--help"]
 
@@ -32,6 +32,6 @@ RUN apt-get update && apt-get install -y --no-install-recommends \
         libpcap0.8 ca-certificates iproute2 ethtool iperf3 dnsmasq-base curl \
         bind9-dnsutils iputils-ping python3 procps \
     && rm -rf /var/lib/apt/lists/*
-COPY --from=build /src/target/release/tm-monitor /src/target/release/tm-manager /src/target/release/tmctl /usr/local/bin/
+COPY --from=build /src/target/release/tm-monitor /src/target/release/tm-manager /src/target/release/tmctl /src/target/release/tm-console /usr/local/bin/
 COPY --from=build /src/target/wasm /opt/tm/wasm
 CMD ["tmctl", "--help"]

@@ -62,6 +62,7 @@ fn every_service_command_passes_check_config() {
             "tm-monitor" => harness::monitor::monitor_bin(),
             "tm-manager" => PathBuf::from(env!("CARGO_BIN_EXE_tm-manager")),
             "tmctl" => PathBuf::from(env!("CARGO_BIN_EXE_tmctl")),
+            "tm-console" => PathBuf::from(env!("CARGO_BIN_EXE_tm-console")),
             _ => continue,
         };
         // Mounts: container paths become host paths, in the arguments and
@@ -122,6 +123,7 @@ fn every_service_command_passes_check_config() {
         checked,
         [
             "auth",
+            "console",
             "manager",
             "monitor-1",
             "monitor-2",

@@ -12,10 +12,9 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use manager::topology::Topology;
 use pcapgen::network;
 use serde_json::json;
@@ -82,25 +81,7 @@ pub fn run(root: &Path, listen: SocketAddr, screenshots: Option<&Path>) -> Resul
     }
     session::start_monitors(&mut procs, &bins, &url, dir.path(), &configs)?;
     session::start_manager(&mut procs, &bins, &url, dir.path())?;
-    let log = std::fs::File::create(dir.path().join("console.log"))?;
-    let mut console = Command::new(&bins.console)
-        .args(["--nats", &url, "--listen", &listen.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(log)
-        .spawn()
-        .context("cannot start tm-console")?;
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(console.stdout.take().expect("piped")),
-        &mut line,
-    )?;
-    procs.0.push(("tm-console".into(), console));
-    let page = line
-        .trim()
-        .strip_prefix("tm-console: ")
-        .with_context(|| format!("tm-console said {line:?}"))?
-        .to_owned();
+    let page = session::start_console(&mut procs, &bins, &url, dir.path(), &listen.to_string())?;
     println!("console: {page}");
     step(
         started,

@@ -159,6 +159,13 @@ fn demo(root: &Path, bins: &Bins, wasm: &Path, url: &str, started: Instant) -> R
     );
     session::start_manager(&mut procs, bins, url, dir.path())?;
     step(started, &format!("manager {MANAGER} up"));
+    let console = session::start_console(&mut procs, bins, url, dir.path(), "127.0.0.1:0")?;
+    step(
+        started,
+        &format!(
+            "console at {console} (open it while the demo runs; `xtask/run console` keeps one up)"
+        ),
+    );
     tmctl(bins, url, &["deploy", "proto-id", "--id", "demo-protocols"])?;
     step(
         started,

@@ -101,6 +101,11 @@ fn run_lab(
     }
     session::start_manager(&mut procs, bins, url, dir.path())?;
     step(started, &format!("manager {MANAGER} up"));
+    let console = session::start_console(&mut procs, bins, url, dir.path(), "127.0.0.1:0")?;
+    step(
+        started,
+        &format!("console at {console} (open it while the lab runs)"),
+    );
     tmctl(bins, url, &["deploy", "proto-id", "--id", "lab-protocols"])?;
     step(started, "proto-id deployed to every monitor (tmctl deploy)");
     let reports = session::watch_reports(&mut procs, bins, url, "link-load")?;

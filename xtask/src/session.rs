@@ -268,6 +268,37 @@ pub(crate) fn start_manager(procs: &mut Procs, bins: &Bins, url: &str, dir: &Pat
     Ok(())
 }
 
+/// Starts tm-console on `listen` (log in `dir`); the page's URL.
+pub(crate) fn start_console(
+    procs: &mut Procs,
+    bins: &Bins,
+    url: &str,
+    dir: &Path,
+    listen: &str,
+) -> Result<String> {
+    let log = std::fs::File::create(dir.join("console.log"))?;
+    let mut console = Command::new(&bins.console)
+        .args(["--nats", url, "--listen", listen])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .context("cannot start tm-console")?;
+    let mut line = String::new();
+    BufReader::new(console.stdout.take().expect("piped")).read_line(&mut line)?;
+    procs.0.push(("tm-console".into(), console));
+    Ok(line
+        .trim()
+        .strip_prefix("tm-console: ")
+        .with_context(|| {
+            format!(
+                "tm-console said {line:?}; log in {}",
+                dir.join("console.log").display()
+            )
+        })?
+        .to_owned())
+}
+
 /// Follows an app's reports through `tmctl watch` (a child in `procs`);
 /// each report as JSON on the receiver.
 pub(crate) fn watch_reports(

@@ -39,6 +39,10 @@ struct Args {
     /// Where the page is served (port 0: any free port, printed).
     #[arg(long, env = "TM_CONSOLE_LISTEN", default_value = "127.0.0.1:8480")]
     listen: SocketAddr,
+    /// Check the flags and the credentials file, print what would run,
+    /// and exit without connecting.
+    #[arg(long)]
+    check_config: bool,
 }
 
 #[tokio::main]
@@ -69,6 +73,29 @@ async fn main() -> anyhow::Result<()> {
         read_only: seed.is_some_and(|(role, _)| matches!(role, Role::Viewer | Role::Subscriber)),
         refusals: Refusals::default(),
     };
+    if args.check_config {
+        if let Some(creds) = &args.nats_creds {
+            bus_schema::nats::with_credentials(async_nats::ConnectOptions::new(), creds)
+                .await
+                .with_context(|| format!("--nats-creds {}", creds.display()))?;
+        }
+        args.nats
+            .split(',')
+            .map(|u| u.trim().parse::<async_nats::ServerAddr>())
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("--nats {}", args.nats))?;
+        println!(
+            "flags are valid: console on {} acting as {}{}",
+            args.listen,
+            identity.id,
+            if identity.read_only {
+                " (read-only)"
+            } else {
+                ""
+            }
+        );
+        return Ok(());
+    }
     let addrs: Vec<async_nats::ServerAddr> = args
         .nats
         .split(',')

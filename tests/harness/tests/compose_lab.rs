@@ -1,8 +1,9 @@
 //! The compose lab on a real Docker engine: `docker-compose.yml` as a user
 //! runs it (with `examples/compose/offline.yml` for images made here), its
 //! six tapped directions measured by link-load against the routers'
-//! interface counters, proto-id deployed from the `tmctl` service, and
-//! nothing of the project left after `down -v`.
+//! interface counters, the console serving the lab's view read-only,
+//! proto-id deployed from the `tmctl` service, and nothing of the project
+//! left after `down -v`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -94,6 +95,45 @@ fn check(lab: &Lab) {
         );
     }
     drop(watch);
+
+    // The console, read-only, on the published port: the lab's network
+    // and its monitors.
+    let get = |path: &str| -> Value {
+        let out = std::process::Command::new("curl")
+            .args(["-sf", "--max-time", "5"])
+            .arg(format!("http://127.0.0.1:8480{path}"))
+            .output()
+            .expect("curl");
+        assert!(
+            out.status.success(),
+            "console {path}: {out:?}\n{}",
+            lab.logs()
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let who = get("/api/whoami");
+    assert_eq!(
+        (who["id"].as_str(), who["read_only"].as_bool()),
+        (Some("console"), Some(true)),
+        "{who}"
+    );
+    let view = get("/api/view");
+    assert_eq!(
+        view["topology"]["routers"].as_array().map(Vec::len),
+        Some(4),
+        "{view}"
+    );
+    assert_eq!(
+        view["monitors"].as_object().map(|m| m.len()),
+        Some(3),
+        "{view}"
+    );
+    assert!(
+        view["reports"]
+            .as_object()
+            .is_some_and(|r| r.keys().any(|k| k.ends_with("/link-load/link-load"))),
+        "no link-load report in the console's view"
+    );
 
     // The operator's CLI from the compose file's tmctl service.
     lab.tmctl(&["deploy", "proto-id", "--id", "lab-protocols"])
