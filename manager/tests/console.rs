@@ -1,10 +1,12 @@
 //! `tm-console` in headless Chromium, against the figure-5 network: three
 //! real monitors replaying its traffic (one tap also carries a SYN flood),
-//! a real `tm-manager` running link-load, dos-detect deployed with tmctl.
-//! The page must show the 4 routers and 6 tapped directions, each link's
-//! bytes as link-load reports them, a result window within 2 s of its
-//! publication, the flood's alert in the event feed, the tmctl deployment
-//! — and unloading it from the page removes it from `tmctl deployments`.
+//! a real `tm-manager` running link-load and dos-trace, dos-detect
+//! deployed with tmctl. The page must show the 4 routers and 6 tapped
+//! directions, each link's bytes as link-load reports them, a result window
+//! within 2 s of its publication, the flood's alert in the event feed and
+//! its traced path on the map, the tmctl deployment — unloading it from the
+//! page removes it from `tmctl deployments` — and a stopped monitor's
+//! directions as down.
 
 mod common;
 
@@ -17,8 +19,8 @@ use futures::StreamExt;
 use harness::browser::Browser;
 use serde_json::Value;
 
-/// The figure-5 traffic of the lifecycle test, and a SYN flood to
-/// 10.0.2.9:80 on R1→R2 after it.
+/// The figure-5 traffic of the lifecycle test, and a SYN flood from
+/// spoofed sources to a host behind R2 (10.20.0.9:80) on R1→R2 after it.
 fn traffic(topology: &manager::topology::Topology) -> Traffic {
     let mut t = common::traffic(
         topology,
@@ -35,7 +37,7 @@ fn traffic(topology: &manager::topology::Topology) -> Traffic {
     let frames = t.frames.get_mut(&tap).unwrap();
     let after = frames.last().unwrap().ts_ns + 1_000_000;
     let mut tl = pcapgen::Timeline::new(after, 1000);
-    pcapgen::scenarios::syn_flood(&mut tl, "10.0.2.9:80".parse().unwrap(), 2000, 1000);
+    pcapgen::scenarios::syn_flood(&mut tl, "10.20.0.9:80".parse().unwrap(), 2000, 1000);
     frames.extend(tl.frames);
     t
 }
@@ -58,11 +60,13 @@ fn deployment_ids(system: &System) -> Vec<String> {
 async fn the_console_shows_the_network_live_and_acts_for_its_operator() {
     let topology = common::figure5();
     let traffic = traffic(&topology);
-    // Replays wait for dos-detect and link-load's flow-stats.
-    let system = System::start_waiting(&traffic, 2).await;
+    // Replays wait for dos-detect, link-load's flow-stats and dos-trace's
+    // dos-detect.
+    let system = System::start_waiting(&traffic, 3).await;
     system.put("flow-stats", BlobKind::Analyzer).await;
     system.put("dos-detect", BlobKind::Analyzer).await;
     let app_sha = system.put("link-load", BlobKind::MgmtApp).await;
+    system.put("dos-trace", BlobKind::MgmtApp).await;
     let console = ConsoleProc::start(&system.nats.url(), &["--as", "ops"]);
     let browser = Browser::start(1400, 1000).await.unwrap();
     browser.open(&format!("{}/", console.url)).await.unwrap();
@@ -101,8 +105,16 @@ async fn the_console_shows_the_network_live_and_acts_for_its_operator() {
         .await
         .unwrap_or_else(|v| panic!("the tmctl deployment is not on the page: {v}"));
 
-    // link-load on a manager: its flow-stats starts the replays.
+    // dos-trace and link-load on a manager: their deployments start the
+    // replays.
     let manager = ManagerProc::start(&system.nats, &system.client, "mgr-a", &[]).await;
+    common::load_app(
+        &system,
+        "mgr-a",
+        "dos-trace",
+        serde_json::json!({"every_ms": 500, "syn_threshold": 500, "prefixes": common::prefixes()}),
+    )
+    .await;
     let mut reports = Reports::subscribe(&system.client, "mgr-a", "link-load").await;
     let status: AppStatus = common::request(
         &system.client,
@@ -168,12 +180,21 @@ async fn the_console_shows_the_network_live_and_acts_for_its_operator() {
             |v| {
                 v.as_array().is_some_and(|a| {
                     a.iter()
-                        .any(|t| t.as_str().is_some_and(|t| t.contains("syn_flood on 10.0.2.9")))
+                        .any(|t| t.as_str().is_some_and(|t| t.contains("syn_flood on 10.20.0.9")))
                 })
             },
         )
         .await
         .unwrap_or_else(|v| panic!("no SYN flood alert on the page: {v}"));
+    // dos-trace's path to the victim's router, drawn on the map.
+    browser
+        .until(
+            "return tm.cy.edges('.path').map(e => e.id()).sort()",
+            Duration::from_secs(20),
+            |v| *v == serde_json::json!(["10.0.1.1>10.0.2.1"]),
+        )
+        .await
+        .unwrap_or_else(|v| panic!("the traced path on the map: {v}"));
 
     // A window on the page within 2 s of its publication.
     let mut windows = system
@@ -234,6 +255,19 @@ async fn the_console_shows_the_network_live_and_acts_for_its_operator() {
         )
         .await
         .unwrap_or_else(|v| panic!("dd still on the page: {v}"));
+
+    // A monitor stops: its two directions are down on the map and in the
+    // links table.
+    let gone = system.monitor("10-9-0-3");
+    gone.signal("TERM");
+    browser
+        .until(
+            "return [tm.cy.edges('.down').map(e => e.data('key')).sort(), [...document.querySelectorAll('#links tr.down')].map(r => r.dataset.link).sort()]",
+            Duration::from_secs(40),
+            |v| *v == serde_json::json!([["10.9.0.3/0", "10.9.0.3/1"], ["10.9.0.3/0", "10.9.0.3/1"]]),
+        )
+        .await
+        .unwrap_or_else(|v| panic!("the stopped monitor's directions: {v}"));
     browser.close().await;
 }
 
