@@ -271,17 +271,6 @@ async fn the_console_shows_the_network_live_and_acts_for_its_operator() {
     browser.close().await;
 }
 
-/// `tmctl --json auth init --out dir args…`.
-fn auth_init(dir: &std::path::Path, args: &[&str]) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tmctl"))
-        .args(["--json", "auth", "init", "--out"])
-        .arg(dir)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-}
-
 /// Identities enforced: a console with a viewer's seed sees the network
 /// but NATS refuses its deploy, and the page shows the refusal; one with
 /// an operator's seed deploys as that operator.
@@ -297,7 +286,7 @@ async fn a_viewer_console_sees_but_cannot_act_and_an_operator_console_can() {
         .collect();
     args.extend(["--operator", "ops", "--viewer", "wall"].map(String::from));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    auth_init(ids.path(), &args);
+    common::auth_init(ids.path(), &args);
     let system = System::start_authenticated(&traffic, ids.path(), &["ops"]).await;
     let ops = ids.path().join("operator-ops.nk");
     let flow = common::wasm_path("flow-stats");

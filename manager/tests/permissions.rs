@@ -29,7 +29,7 @@ use bus_schema::Role;
 use bus_schema::auth::stream_of_bucket;
 use bus_schema::store::{self, BucketKind};
 use bus_schema::subject::{self, SubjectKind};
-use common::{ManagerProc, Reports, System};
+use common::{ManagerProc, Reports, System, auth_init};
 use futures::StreamExt;
 use harness::NatsServer;
 
@@ -38,30 +38,6 @@ const MONITORS: [&str; 2] = ["10-9-0-1", "10-9-0-2"];
 /// an id no identity has.
 const REQUESTERS: [&str; 4] = ["g1", "g2", "ops", "nobody"];
 const MANAGERS: [&str; 2] = ["g1", "g2"];
-
-/// `tmctl --json auth init --out dir args…`: the identities it lists.
-fn auth_init(dir: &Path, args: &[&str]) -> Vec<(Role, String, String)> {
-    let out = Command::new(env!("CARGO_BIN_EXE_tmctl"))
-        .args(["--json", "auth", "init", "--out"])
-        .arg(dir)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    json["identities"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| {
-            (
-                bus_schema::auth::role_from_str(i["role"].as_str().unwrap()).unwrap(),
-                i["id"].as_str().unwrap().to_owned(),
-                i["public_key"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect()
-}
 
 /// One identity's connection and the permission violations the server
 /// reported to it (the quoted subject of each).

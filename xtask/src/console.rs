@@ -59,26 +59,12 @@ pub fn run(root: &Path, listen: SocketAddr, screenshots: Option<&Path>) -> Resul
         &["link-load", "dos-trace"],
     )?;
     let mut procs = Procs(Vec::new());
-    let mut configs = Vec::new();
-    for address in topology.monitors() {
-        let mut config = format!("address = \"{address}\"\n");
-        for (id, link) in topology.links_of_monitor(address) {
-            let file = dir.path().join(format!("{address}-{id}.pcap"));
-            let frames = traffic
-                .frames
-                .get(&(address.to_string(), id))
-                .cloned()
-                .unwrap_or_default();
-            pcapgen::write_pcap(&file, pcapgen::linktype::ETHERNET, &frames)?;
-            config += &format!(
-                "[[link]]\nid = {id}\npcap = \"{}\"\nreplay = \"recorded-pace\"\nreplay_waits_for = 3\nfrom_router = \"{}\"\nto_router = \"{}\"\n",
-                file.display(),
-                link.from,
-                link.to
-            );
-        }
-        configs.push((address.to_string(), config));
-    }
+    let configs = session::replay_configs(
+        &topology,
+        &traffic,
+        dir.path(),
+        "replay = \"recorded-pace\"\nreplay_waits_for = 3\n",
+    )?;
     session::start_monitors(&mut procs, &bins, &url, dir.path(), &configs)?;
     session::start_manager(&mut procs, &bins, &url, dir.path())?;
     let page = session::start_console(&mut procs, &bins, &url, dir.path(), &listen.to_string())?;

@@ -215,6 +215,38 @@ pub(crate) fn store(
     Ok(())
 }
 
+/// Each monitor's config (without `nats_url`) for `topology`: its links
+/// replaying `traffic`'s captures of them, written into `dir`, each link
+/// with `link_extra` (TOML lines) added.
+pub(crate) fn replay_configs(
+    topology: &manager::topology::Topology,
+    traffic: &pcapgen::network::Traffic,
+    dir: &Path,
+    link_extra: &str,
+) -> Result<Vec<(String, String)>> {
+    let mut configs = Vec::new();
+    for address in topology.monitors() {
+        let mut config = format!("address = \"{address}\"\n");
+        for (id, link) in topology.links_of_monitor(address) {
+            let file = dir.join(format!("{address}-{id}.pcap"));
+            let frames = traffic
+                .frames
+                .get(&(address.to_string(), id))
+                .cloned()
+                .unwrap_or_default();
+            pcapgen::write_pcap(&file, pcapgen::linktype::ETHERNET, &frames)?;
+            config += &format!(
+                "[[link]]\nid = {id}\npcap = \"{}\"\n{link_extra}from_router = \"{}\"\nto_router = \"{}\"\n",
+                file.display(),
+                link.from,
+                link.to
+            );
+        }
+        configs.push((address.to_string(), config));
+    }
+    Ok(configs)
+}
+
 /// Starts one tm-monitor per `(address, config)` (configs without
 /// `nats_url`, written to `dir` with their logs) and waits until all are up.
 pub(crate) fn start_monitors(

@@ -563,3 +563,27 @@ pub async fn unload_app(system: &System, manager: &str, app: &str) -> bus_schema
     .into_result()
     .unwrap_or_else(|e| panic!("unloading {app} on {manager}: {e}"))
 }
+
+/// `tmctl --json auth init --out dir args…`: the identities it lists.
+pub fn auth_init(dir: &Path, args: &[&str]) -> Vec<(bus_schema::Role, String, String)> {
+    let out = Command::new(env!("CARGO_BIN_EXE_tmctl"))
+        .args(["--json", "auth", "init", "--out"])
+        .arg(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    json["identities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                bus_schema::auth::role_from_str(i["role"].as_str().unwrap()).unwrap(),
+                i["id"].as_str().unwrap().to_owned(),
+                i["public_key"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
