@@ -336,6 +336,8 @@ function apply(u) {
     case "deployment": set(v.deployments, u.key, u.value); schedule("deployments"); break;
     case "manager": set(v.managers, u.key, u.value); schedule("apps"); break;
     case "window":
+      // A final window (the deployment's unload) ends its row.
+      if (u.value.last) { delete v.windows[u.key]; renderWindows(); break; }
       v.windows[u.key] = u.value; updateWindow(u.key, u.value);
       schedule("linkpage");
       break;

@@ -2,7 +2,8 @@
 //! when a page connects, then one [`Update`] per change on the bus.
 //!
 //! Keys: monitors, deployments and managers by id; result windows by
-//! `{monitor}/{deployment}` (the latest of each); reports by
+//! `{monitor}/{deployment}` (the latest of each running deployment: a
+//! final window removes its key); reports by
 //! `{manager}/{app}/{kind}` (the latest of each); the last [`EVENTS_KEPT`]
 //! events.
 
@@ -72,6 +73,10 @@ impl View {
             Update::Monitor { key, value } => set(&mut self.monitors, key, value),
             Update::Deployment { key, value } => set(&mut self.deployments, key, value),
             Update::Manager { key, value } => set(&mut self.managers, key, value),
+            // A deployment's final window (its unload) ends its row.
+            Update::Window { key, value } if value["last"] == true => {
+                self.windows.remove(key);
+            }
             Update::Window { key, value } => {
                 self.windows.insert(key.clone(), value.clone());
             }
@@ -261,5 +266,15 @@ mod tests {
             value: None,
         });
         assert_eq!(view.to_json()["monitors"], json!({}));
+        view.apply(Update::Window {
+            key: "m/d".into(),
+            value: json!({"seq": 1, "last": false}),
+        });
+        assert_eq!(view.to_json()["windows"]["m/d"]["seq"], 1);
+        view.apply(Update::Window {
+            key: "m/d".into(),
+            value: json!({"seq": 2, "last": true}),
+        });
+        assert_eq!(view.to_json()["windows"], json!({}));
     }
 }
