@@ -5,6 +5,7 @@
 //! id = "mon-a"                      # default: the address, '.' and ':' as '-'
 //! nats_url = "nats://127.0.0.1:4222" # several: comma-separated
 //! nats_credentials = "m1.nk"  # nkey seed (`tmctl auth init`) or a JWT .creds file
+//! jetstream_domain = "hub"     # a remote site on a leaf node: the hub's JetStream domain
 //! replicas = 1            # of streams/buckets it creates (3 on a cluster)
 //! metrics_listen = "127.0.0.1:9464"  # Prometheus endpoint GET /metrics (off when absent)
 //! compiled_dir = "/var/cache/tm-monitor"  # compiled analyzers kept across restarts
@@ -224,6 +225,12 @@ pub struct Config {
     /// `.creds` file (relative: to the config file).
     #[serde(default)]
     pub nats_credentials: Option<PathBuf>,
+    /// The JetStream domain of the streams and buckets, for a monitor of a
+    /// remote site connected to a leaf-node server without JetStream of its
+    /// own (its JetStream API requests then cross the leaf link as
+    /// `$JS.<domain>.API.>`); none: the server's own JetStream.
+    #[serde(default)]
+    pub jetstream_domain: Option<String>,
     /// Replicas of the streams and buckets the monitor creates when they
     /// are missing (1 on a single server, 3 on a cluster).
     #[serde(default = "default_replicas")]
@@ -368,6 +375,10 @@ impl Config {
     /// # Errors
     /// A message naming the field (`link[2].pcap`, `limits.memory_mb` …).
     pub fn validate(&self) -> Result<()> {
+        if let Some(d) = &self.jetstream_domain {
+            bus_schema::validate_token("jetstream_domain", d)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
         if self.address.parse::<std::net::IpAddr>().is_err() {
             bail!(
                 "address = {:?}: not an IP address (a monitor's address is the IPv4 or IPv6 address the topology names it by)",

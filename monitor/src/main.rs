@@ -104,7 +104,10 @@ async fn main() -> Result<()> {
         .connect(addrs)
         .await
         .context("cannot connect to NATS")?;
-    let js = async_nats::jetstream::new(client.clone());
+    let js = match &config.jetstream_domain {
+        Some(domain) => async_nats::jetstream::with_domain(client.clone(), domain),
+        None => async_nats::jetstream::new(client.clone()),
+    };
     let metrics_listen = config.metrics_listen;
     let stop_timeout = std::time::Duration::from_millis(config.stop_timeout_ms);
     let (monitor, outbox) = Monitor::start(config, js.clone()).await?;

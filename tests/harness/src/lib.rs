@@ -21,6 +21,7 @@ pub mod compose;
 pub mod lab;
 pub mod metrics;
 pub mod monitor;
+pub mod site;
 
 /// How long a server may take to accept clients and serve JetStream.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
@@ -86,6 +87,12 @@ struct NodeSpec {
     auth: Option<(PathBuf, PathBuf)>,
     /// More server configuration (e.g. a `jetstream { ... }` block).
     extra_conf: Option<String>,
+    /// Runs JetStream itself (`-js`); a leaf node of a remote site does
+    /// not: its clients' JetStream requests cross the leaf link.
+    jetstream: bool,
+    /// The JetStream domain its clients reach JetStream in (a leaf's: the
+    /// hub's); none: the server's own.
+    js_domain: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -125,6 +132,8 @@ impl NatsServer {
             cluster: None,
             auth: None,
             extra_conf: None,
+            jetstream: true,
+            js_domain: None,
         };
         let mut server = Self::spawn(spec).await?;
         server.wait_ready(STARTUP_TIMEOUT).await?;
@@ -140,6 +149,8 @@ impl NatsServer {
             cluster: None,
             auth: None,
             extra_conf: Some(conf.to_owned()),
+            jetstream: true,
+            js_domain: None,
         };
         let mut server = Self::spawn(spec).await?;
         server.wait_ready(STARTUP_TIMEOUT).await?;
@@ -157,6 +168,8 @@ impl NatsServer {
             cluster: None,
             auth: Some((auth_conf.to_owned(), creds.to_owned())),
             extra_conf: None,
+            jetstream: true,
+            js_domain: None,
         };
         let mut server = Self::spawn(spec).await?;
         server.wait_ready(STARTUP_TIMEOUT).await?;
@@ -184,8 +197,10 @@ impl NatsServer {
         let _ = std::fs::remove_dir_all(&ports_dir);
         std::fs::create_dir_all(&ports_dir)?;
         let mut cmd = Command::new(bin);
-        cmd.arg("-js")
-            .args(["-a", "127.0.0.1"])
+        if self.spec.jetstream {
+            cmd.arg("-js");
+        }
+        cmd.args(["-a", "127.0.0.1"])
             .args([
                 "-p",
                 &self
@@ -275,7 +290,10 @@ impl NatsServer {
             self.check_alive()?;
             match self.try_client().await {
                 Ok(client) => {
-                    let js = jetstream::new(client);
+                    let js = match &self.spec.js_domain {
+                        Some(domain) => jetstream::with_domain(client, domain),
+                        None => jetstream::new(client),
+                    };
                     match js.query_account().await {
                         Ok(_) => return Ok(()),
                         Err(e) => last = format!("JetStream not ready: {e}"),
@@ -502,6 +520,8 @@ impl NatsCluster {
                 }),
                 auth: None,
                 extra_conf: None,
+                jetstream: true,
+                js_domain: None,
             };
             nodes.push(NatsServer::spawn(spec).await?);
         }
