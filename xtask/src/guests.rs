@@ -92,17 +92,7 @@ pub fn build_all(root: &Path, toolchain: Toolchain) -> Result<PathBuf> {
             .join("target/guests")
             .join(format!("{name}-{toolchain:?}").to_lowercase());
         match toolchain {
-            Toolchain::Rustup => run(Command::new("cargo")
-                .current_dir(&ws)
-                .args([
-                    "build",
-                    "--release",
-                    "--locked",
-                    "--target",
-                    TARGET,
-                    "--target-dir",
-                ])
-                .arg(&target_dir))?,
+            Toolchain::Rustup => build_rustup(&ws, &target_dir, &[])?,
             Toolchain::Debian => build_debian(root, &ws, &name, &target_dir, &[])?,
             Toolchain::Auto => unreachable!("resolved above"),
         }
@@ -170,18 +160,7 @@ fn build_variants(root: &Path, toolchain: Toolchain, out: &Path) -> Result<Vec<P
             .join(format!("{module}-{toolchain:?}").to_lowercase());
         let args = ["-p", krate, "--features", feature];
         match toolchain {
-            Toolchain::Rustup => run(Command::new("cargo")
-                .current_dir(&ws)
-                .args([
-                    "build",
-                    "--release",
-                    "--locked",
-                    "--target",
-                    TARGET,
-                    "--target-dir",
-                ])
-                .arg(&target_dir)
-                .args(args))?,
+            Toolchain::Rustup => build_rustup(&ws, &target_dir, &args)?,
             Toolchain::Debian => build_debian(root, &ws, &name, &target_dir, &args)?,
             Toolchain::Auto => unreachable!("resolved above"),
         }
@@ -192,6 +171,23 @@ fn build_variants(root: &Path, toolchain: Toolchain, out: &Path) -> Result<Vec<P
         built.push(dest);
     }
     Ok(built)
+}
+
+/// rustup's cargo builds the workspace `ws` (with `extra` arguments) for
+/// wasm32 into `target_dir`.
+fn build_rustup(ws: &Path, target_dir: &Path, extra: &[&str]) -> Result<()> {
+    run(Command::new("cargo")
+        .current_dir(ws)
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "--target",
+            TARGET,
+            "--target-dir",
+        ])
+        .arg(target_dir)
+        .args(extra))
 }
 
 /// Debian's cargo cannot reach the crates.io index, and rustup's cargo cannot
