@@ -45,12 +45,31 @@ fn binary(var: &str, default: &str) -> Result<PathBuf, BrowserError> {
     }
 }
 
+/// The driver process and the browser it started (known by its profile
+/// directory), killed when dropped — also when a test panics before
+/// [`Browser::close`], or the session never started.
+struct Processes {
+    driver: Child,
+    profile: tempfile::TempDir,
+}
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+        // Chromium outlives a killed chromedriver: end it by its profile.
+        let _ = Command::new("pkill")
+            .args(["-KILL", "-f"])
+            .arg(format!("user-data-dir={}", self.profile.path().display()))
+            .status();
+    }
+}
+
 /// A headless Chromium session.
 pub struct Browser {
     /// The WebDriver session.
     pub client: fantoccini::Client,
-    driver: Child,
-    _profile: tempfile::TempDir,
+    _processes: Processes,
 }
 
 impl Browser {
@@ -71,7 +90,11 @@ impl Browser {
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| BrowserError::Start(format!("{}: {e}", driver_bin.display())))?;
-        let profile = tempfile::tempdir()?;
+        let processes = Processes {
+            driver,
+            profile: tempfile::tempdir()?,
+        };
+        let profile = &processes.profile;
         let args = [
             "--headless=new".to_owned(),
             "--no-sandbox".into(),
@@ -92,7 +115,6 @@ impl Browser {
         );
         let url = format!("http://127.0.0.1:{port}");
         let deadline = Instant::now() + Duration::from_secs(20);
-        let mut browser_driver = Some(driver);
         let client = loop {
             // Plain HTTP to the driver on loopback: no TLS.
             let connector = hyper_util::client::legacy::connect::HttpConnector::new();
@@ -103,10 +125,6 @@ impl Browser {
             match attempt {
                 Ok(c) => break c,
                 Err(e) if Instant::now() > deadline => {
-                    if let Some(mut d) = browser_driver.take() {
-                        let _ = d.kill();
-                        let _ = d.wait();
-                    }
                     return Err(BrowserError::Start(e.to_string()));
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
@@ -114,8 +132,7 @@ impl Browser {
         };
         Ok(Browser {
             client,
-            driver: browser_driver.take().expect("driver kept"),
-            _profile: profile,
+            _processes: processes,
         })
     }
 
@@ -189,9 +206,3 @@ impl Browser {
     }
 }
 
-impl Drop for Browser {
-    fn drop(&mut self) {
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
-    }
-}
