@@ -205,4 +205,3 @@ impl Browser {
         let _ = self.client.clone().close().await;
     }
 }
-
