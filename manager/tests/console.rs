@@ -22,17 +22,7 @@ use serde_json::Value;
 /// The figure-5 traffic of the lifecycle test, and a SYN flood from
 /// spoofed sources to a host behind R2 (10.20.0.9:80) on R1→R2 after it.
 fn traffic(topology: &manager::topology::Topology) -> Traffic {
-    let mut t = common::traffic(
-        topology,
-        &[
-            (1, 3, 3, 40, 200),
-            (3, 1, 2, 25, 900),
-            (1, 4, 2, 30, 120),
-            (3, 4, 1, 50, 60),
-            (2, 3, 2, 10, 400),
-            (4, 1, 1, 20, 100),
-        ],
-    );
+    let mut t = common::figure5_traffic(topology);
     let tap = ("10.9.0.1".to_string(), 0);
     let frames = t.frames.get_mut(&tap).unwrap();
     let after = frames.last().unwrap().ts_ns + 1_000_000;

@@ -12,31 +12,12 @@ use bus_schema::{
     AppList, AppListRequest, AppLoadRequest, AppSource, AppState, AppStatus, AppUnloadRequest,
     BlobRef, ErrorCode, Reply, Value, subject,
 };
-use common::{ManagerProc, Reports, System, Traffic, deployment_record, params};
-
-/// The figure-5 network's traffic: every tapped direction carries some,
-/// R4→R1 carries traffic nobody sees.
-fn network_traffic(s_topology: &manager::topology::Topology) -> Traffic {
-    common::traffic(
-        s_topology,
-        &[
-            // R1→R3 crosses R1→R2 and R2→R3.
-            (1, 3, 3, 40, 200),
-            // R3→R1 crosses R3→R2 and R2→R1.
-            (3, 1, 2, 25, 900),
-            (1, 4, 2, 30, 120),
-            (3, 4, 1, 50, 60),
-            (2, 3, 2, 10, 400),
-            // R4→R1: an unmonitored direction.
-            (4, 1, 1, 20, 100),
-        ],
-    )
-}
+use common::{ManagerProc, Reports, System, deployment_record, params};
 
 #[tokio::test]
 async fn link_load_runs_s1_to_s8_with_per_link_truth() {
     let topology = common::figure5();
-    let traffic = network_traffic(&topology);
+    let traffic = common::figure5_traffic(&topology);
     let system = System::start(&traffic).await;
     system.put("flow-stats", BlobKind::Analyzer).await;
     let app_sha = system.put("link-load", BlobKind::MgmtApp).await;

@@ -73,17 +73,18 @@ async fn main() -> anyhow::Result<()> {
         read_only: seed.is_some_and(|(role, _)| matches!(role, Role::Viewer | Role::Subscriber)),
         refusals: Refusals::default(),
     };
+    let addrs: Vec<async_nats::ServerAddr> = args
+        .nats
+        .split(',')
+        .map(|u| u.trim().parse())
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("--nats {}", args.nats))?;
     if args.check_config {
         if let Some(creds) = &args.nats_creds {
             bus_schema::nats::with_credentials(async_nats::ConnectOptions::new(), creds)
                 .await
                 .with_context(|| format!("--nats-creds {}", creds.display()))?;
         }
-        args.nats
-            .split(',')
-            .map(|u| u.trim().parse::<async_nats::ServerAddr>())
-            .collect::<Result<Vec<_>, _>>()
-            .with_context(|| format!("--nats {}", args.nats))?;
         println!(
             "flags are valid: console on {} acting as {}{}",
             args.listen,
@@ -96,12 +97,6 @@ async fn main() -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let addrs: Vec<async_nats::ServerAddr> = args
-        .nats
-        .split(',')
-        .map(|u| u.trim().parse())
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("--nats {}", args.nats))?;
     let refusals = identity.refusals.clone();
     let mut options = async_nats::ConnectOptions::new()
         .name("tm-console")

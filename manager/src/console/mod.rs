@@ -271,11 +271,12 @@ fn bad(field: &str, e: impl std::fmt::Display) -> Refusal {
 }
 
 impl Console {
-    /// An action's answer, a failure after which the server refused this
-    /// connection something reported as that refusal: NATS permissions
+    /// Runs an action; a failure after which the server refused this
+    /// connection something is reported as that refusal: NATS permissions
     /// decide what a console may do.
-    fn judged(&self, began: std::time::Instant, answer: Answer) -> Answer {
-        match answer {
+    async fn act(&self, action: impl std::future::Future<Output = Answer>) -> Answer {
+        let began = std::time::Instant::now();
+        match action.await {
             Err(Refusal(e)) => match self.identity.refusals.since(began) {
                 Some(violation) => Err(Refusal(ErrorBody::new(
                     ErrorCode::Unauthorized,
@@ -335,8 +336,7 @@ struct DeployBody {
 }
 
 async fn deploy(State(c): State<Arc<Console>>, body: axum::body::Bytes) -> Answer {
-    let began = std::time::Instant::now();
-    let answer: Answer = async {
+    c.act(async {
         let q: DeployBody = serde_json::from_slice(&body).map_err(|e| bad("body", e))?;
         bus_schema::validate_token("deployment", &q.deployment).map_err(|e| bad("deployment", e))?;
         let spec = DeploySpec {
@@ -358,9 +358,8 @@ async fn deploy(State(c): State<Arc<Console>>, body: axum::body::Bytes) -> Answe
             "placed": d.placed.iter().map(|p| &p.monitor).collect::<Vec<_>>(),
             "failed": d.failed.iter().map(|f| json!({"monitor": f.monitor, "code": f.error.code, "message": f.error.message})).collect::<Vec<_>>(),
         })))
-    }
-    .await;
-    c.judged(began, answer)
+    })
+    .await
 }
 
 #[derive(Deserialize)]
@@ -372,22 +371,19 @@ struct DeploymentBody {
 }
 
 async fn unload(State(c): State<Arc<Console>>, body: axum::body::Bytes) -> Answer {
-    let began = std::time::Instant::now();
-    let answer: Answer = async {
+    c.act(async {
         let q: DeploymentBody = serde_json::from_slice(&body).map_err(|e| bad("body", e))?;
         let done = c.control().await?.unload(&q.deployment, false).await?;
         Ok(axum::Json(json!({
             "deployment": q.deployment,
             "unloaded": done.results.iter().map(|r| &r.window.monitor).collect::<Vec<_>>(),
         })))
-    }
-    .await;
-    c.judged(began, answer)
+    })
+    .await
 }
 
 async fn configure(State(c): State<Arc<Console>>, body: axum::body::Bytes) -> Answer {
-    let began = std::time::Instant::now();
-    let answer: Answer = async {
+    c.act(async {
         let q: DeploymentBody = serde_json::from_slice(&body).map_err(|e| bad("body", e))?;
         let params = params_of("params", q.params)?;
         let done = c
@@ -400,9 +396,8 @@ async fn configure(State(c): State<Arc<Console>>, body: axum::body::Bytes) -> An
             "done": done.done.iter().map(|(m, r)| json!({"monitor": m, "config_revision": r})).collect::<Vec<_>>(),
             "failed": done.failed.iter().map(|f| json!({"monitor": f.monitor, "code": f.error.code, "message": f.error.message})).collect::<Vec<_>>(),
         })))
-    }
-    .await;
-    c.judged(began, answer)
+    })
+    .await
 }
 
 #[derive(Deserialize)]
@@ -421,8 +416,7 @@ struct AppBody {
 const APP_TIMEOUT: Duration = Duration::from_secs(30);
 
 async fn app_load(State(c): State<Arc<Console>>, body: axum::body::Bytes) -> Answer {
-    let began = std::time::Instant::now();
-    let answer: Answer = async {
+    c.act(async {
         let q: AppBody = serde_json::from_slice(&body).map_err(|e| bad("body", e))?;
         bus_schema::validate_token("manager", &q.manager).map_err(|e| bad("manager", e))?;
         let Some(blob) = q.blob else {
@@ -448,14 +442,12 @@ async fn app_load(State(c): State<Arc<Console>>, body: axum::body::Bytes) -> Ans
         Ok(axum::Json(
             serde_json::to_value(&status).unwrap_or(Json::Null),
         ))
-    }
-    .await;
-    c.judged(began, answer)
+    })
+    .await
 }
 
 async fn app_unload(State(c): State<Arc<Console>>, body: axum::body::Bytes) -> Answer {
-    let began = std::time::Instant::now();
-    let answer: Answer = async {
+    c.act(async {
         let q: AppBody = serde_json::from_slice(&body).map_err(|e| bad("body", e))?;
         bus_schema::validate_token("manager", &q.manager).map_err(|e| bad("manager", e))?;
         let status: AppStatus = c
@@ -470,7 +462,6 @@ async fn app_unload(State(c): State<Arc<Console>>, body: axum::body::Bytes) -> A
         Ok(axum::Json(
             serde_json::to_value(&status).unwrap_or(Json::Null),
         ))
-    }
-    .await;
-    c.judged(began, answer)
+    })
+    .await
 }

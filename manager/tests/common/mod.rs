@@ -587,3 +587,22 @@ pub fn auth_init(dir: &Path, args: &[&str]) -> Vec<(bus_schema::Role, String, St
         })
         .collect()
 }
+
+/// The figure-5 network's traffic: every tapped direction carries some,
+/// R4→R1 carries traffic nobody sees.
+pub fn figure5_traffic(s_topology: &Topology) -> Traffic {
+    traffic(
+        s_topology,
+        &[
+            // R1→R3 crosses R1→R2 and R2→R3.
+            (1, 3, 3, 40, 200),
+            // R3→R1 crosses R3→R2 and R2→R1.
+            (3, 1, 2, 25, 900),
+            (1, 4, 2, 30, 120),
+            (3, 4, 1, 50, 60),
+            (2, 3, 2, 10, 400),
+            // R4→R1: an unmonitored direction.
+            (4, 1, 1, 20, 100),
+        ],
+    )
+}
