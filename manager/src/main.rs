@@ -223,6 +223,8 @@ async fn main() -> anyhow::Result<()> {
         control.clone(),
         Duration::from_millis(args.heartbeat_ms),
     ));
+    // Monitors that stop answering are dropped within two probes.
+    let liveness = tokio::spawn(control.clone().watch_liveness());
     let server = tokio::spawn(manager::service::serve(apps.clone(), client.clone()));
     for (name, source, params) in startup {
         apps.load_local(&name, source, params)
@@ -237,6 +239,7 @@ async fn main() -> anyhow::Result<()> {
         r = server => { r??; }
     }
     heartbeat.abort();
+    liveness.abort();
     apps.unload_all().await;
     control.sign_off().await;
     client.flush().await.ok();

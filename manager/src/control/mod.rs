@@ -10,9 +10,11 @@
 
 mod deployments;
 mod gather;
+mod liveness;
 
 pub use deployments::{Configured, DeploySpec, Deployed, Placed, Targets, Upgraded};
 pub use gather::{Collected, Missing, MonitorResults};
+pub use liveness::{PROBE_EVERY, PROBE_WAIT};
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -59,7 +61,14 @@ pub struct Control {
     blobs: object_store::ObjectStore,
     /// Round trips of the commands sent to monitors, by command.
     times: wasm_host::metrics::CommandTimes,
+    /// Who answered the last liveness probes ([`Control::watch_liveness`]).
+    liveness: liveness::Liveness,
+    /// The monitor records last read, and when ([`Control::monitors_within`]).
+    records: std::sync::Arc<std::sync::Mutex<Option<(std::time::Instant, MonitorRecords)>>>,
 }
+
+/// Monitor records by id.
+type MonitorRecords = BTreeMap<String, MonitorRecord>;
 
 impl Control {
     /// Opens (creating where missing) the streams and buckets, acting as `id`.
@@ -118,6 +127,8 @@ impl Control {
                 .map_err(|e| bus("JetStream", e))?,
             client,
             times: wasm_host::metrics::CommandTimes::default(),
+            liveness: liveness::Liveness::default(),
+            records: std::sync::Arc::default(),
         })
     }
 
@@ -191,7 +202,9 @@ impl Control {
             .into_result()
     }
 
-    /// Monitors that are up (records younger than the bucket's max_age), by id.
+    /// Monitors that are up (records younger than the bucket's max_age,
+    /// and, where [`Control::watch_liveness`] runs, answering its probes),
+    /// by id.
     ///
     /// # Errors
     /// If the bucket cannot be read.
@@ -204,11 +217,31 @@ impl Control {
     /// records are logged with the address they claimed.
     pub async fn monitors(&self) -> Result<BTreeMap<String, MonitorRecord>, ErrorBody> {
         let all: BTreeMap<String, MonitorRecord> = read_all(&self.monitors, "tm_monitors").await?;
-        let (kept, ignored) = holding_monitors(all, self.enforced);
+        let (mut kept, ignored) = holding_monitors(all, self.enforced);
         for (key, r, why) in ignored {
             tracing::warn!(monitor = %key, address = %r.address, why, "monitor record ignored");
         }
+        kept.retain(|id, r| !self.liveness.gone(id, r));
+        *self.records.lock().expect("records") = Some((std::time::Instant::now(), kept.clone()));
         Ok(kept)
+    }
+
+    /// [`Control::monitors`] as read at most `fresh` ago (read again if
+    /// older): for what needs only the monitors' addresses, so that a
+    /// collect round from a thousand monitors does not read a thousand
+    /// records each time.
+    ///
+    /// # Errors
+    /// If the bucket cannot be read.
+    pub async fn monitors_within(&self, fresh: Duration) -> Result<MonitorRecords, ErrorBody> {
+        if let Some((at, records)) = &*self.records.lock().expect("records")
+            && at.elapsed() < fresh
+        {
+            let mut records = records.clone();
+            records.retain(|id, r| !self.liveness.gone(id, r));
+            return Ok(records);
+        }
+        self.monitors().await
     }
 
     /// Managers that are up, by id.

@@ -33,8 +33,11 @@ struct Checked {
 /// A blob whose SHA-256 and signature were checked against the request.
 struct VerifiedBlob {
     sha256: String,
-    bytes: Vec<u8>,
+    bytes: Arc<[u8]>,
 }
+
+/// Verified blobs a monitor keeps ([`Monitor::verified_blob`]).
+const VERIFIED_KEPT: usize = 8;
 
 /// A request's `analyzer.sha256` must be 64 hex digits.
 fn digest_form(analyzer: &BlobRef) -> Result<(), ErrorBody> {
@@ -192,10 +195,26 @@ impl Monitor {
     /// The analyzer's blob (read without leaving a consumer behind, at
     /// most [`MAX_BLOB_BYTES`]), its digest the request's and its signature
     /// trusted, stored for this monitor's ABI: checked before anything is
-    /// compiled.
+    /// compiled. The last [`VERIFIED_KEPT`] verified are kept by name and
+    /// digest: the same request again reads nothing from the store (the
+    /// bytes are the digest's; the signers trusted do not change while the
+    /// monitor runs).
     async fn verified_blob(&self, analyzer: &BlobRef) -> Result<VerifiedBlob, ErrorBody> {
         let name = &analyzer.name;
         let want = analyzer.sha256.to_ascii_lowercase();
+        let key = (name.clone(), want.clone());
+        if let Some((_, bytes)) = self
+            .verified
+            .lock()
+            .expect("verified blobs")
+            .iter()
+            .find(|(k, _)| *k == key)
+        {
+            return Ok(VerifiedBlob {
+                sha256: want,
+                bytes: bytes.clone(),
+            });
+        }
         let blob = wasm_host::blob::fetch_verified(
             &self.js,
             &self.trusted,
@@ -224,10 +243,13 @@ impl Monitor {
                 ),
             );
         }
-        Ok(VerifiedBlob {
-            sha256: got,
-            bytes: blob.bytes,
-        })
+        let bytes: Arc<[u8]> = blob.bytes.into();
+        let mut kept = self.verified.lock().expect("verified blobs");
+        kept.push_back((key, bytes.clone()));
+        while kept.len() > VERIFIED_KEPT {
+            kept.pop_front();
+        }
+        Ok(VerifiedBlob { sha256: got, bytes })
     }
 
     /// Snapshots carry the params: they must leave room for the state.

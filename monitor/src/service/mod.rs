@@ -8,7 +8,7 @@ mod commands;
 mod liveness;
 mod loading;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -49,7 +49,13 @@ pub struct Monitor {
     js: jetstream::Context,
     outbox: Arc<Outbox>,
     started: Instant,
+    /// Blobs this monitor fetched and verified, by (name, digest), so a
+    /// redeploy of the same module reads nothing from the object store.
+    verified: Mutex<VerifiedBlobs>,
 }
+
+/// Verified blobs by (name, digest), oldest first.
+type VerifiedBlobs = VecDeque<((String, String), Arc<[u8]>)>;
 
 fn err<T>(code: ErrorCode, message: impl Into<String>) -> Result<T, ErrorBody> {
     Err(ErrorBody::new(code, message))
@@ -135,6 +141,7 @@ impl Monitor {
             js,
             outbox: outbox.clone(),
             started: Instant::now(),
+            verified: Mutex::default(),
         });
         Ok((monitor, outbox))
     }

@@ -481,18 +481,32 @@ fn parse_ports_file(path: &Path) -> Option<u16> {
 pub struct NatsCluster {
     /// The nodes, in start order.
     pub nodes: Vec<NatsServer>,
+    /// Each node's leafnode port, in node order (a hub's; empty otherwise).
+    pub leafnode_ports: Vec<u16>,
 }
 
 impl NatsCluster {
     /// Starts three nodes with routes to each other and waits until
     /// JetStream has a meta leader and answers on every node.
     pub async fn start() -> Result<Self, HarnessError> {
+        Self::start_as(false).await
+    }
+
+    /// [`NatsCluster::start`] as the hub of several sites: JetStream in
+    /// domain [`site::DOMAIN`] and a leafnode port on every node. The
+    /// nodes do not advertise their leafnode URLs, so a leaf reaches them
+    /// only the way it was told (here: the test's link, which it can cut).
+    pub async fn start_hub() -> Result<Self, HarnessError> {
+        Self::start_as(true).await
+    }
+
+    async fn start_as(hub: bool) -> Result<Self, HarnessError> {
         const ATTEMPTS: usize = 5;
         let mut last_error = None;
         // Ports are picked before the servers bind them; another process may
         // take one in between, so a failed start is retried with new ports.
         for _ in 0..ATTEMPTS {
-            match Self::try_start().await {
+            match Self::try_start(hub).await {
                 Ok(cluster) => return Ok(cluster),
                 Err(e) => last_error = Some(e),
             }
@@ -500,9 +514,14 @@ impl NatsCluster {
         Err(last_error.expect("at least one attempt"))
     }
 
-    async fn try_start() -> Result<Self, HarnessError> {
+    async fn try_start(hub: bool) -> Result<Self, HarnessError> {
         let cluster_ports = [free_port()?, free_port()?, free_port()?];
         let client_ports = [free_port()?, free_port()?, free_port()?];
+        let leafnode_ports = if hub {
+            vec![free_port()?, free_port()?, free_port()?]
+        } else {
+            Vec::new()
+        };
         let cluster_name = format!("tm-test-{}", cluster_ports[0]);
         let mut nodes = Vec::new();
         for i in 0..3 {
@@ -519,7 +538,12 @@ impl NatsCluster {
                         .collect(),
                 }),
                 auth: None,
-                extra_conf: None,
+                extra_conf: leafnode_ports.get(i).map(|p| {
+                    format!(
+                        "jetstream {{ domain: {} }}\nleafnodes {{ listen: \"127.0.0.1:{p}\", no_advertise: true }}\n",
+                        site::DOMAIN
+                    )
+                }),
                 jetstream: true,
                 js_domain: None,
             };
@@ -528,7 +552,10 @@ impl NatsCluster {
         for node in &mut nodes {
             node.wait_ready(Duration::from_secs(30)).await?;
         }
-        let cluster = NatsCluster { nodes };
+        let cluster = NatsCluster {
+            nodes,
+            leafnode_ports,
+        };
         cluster.wait_for_peers(Duration::from_secs(30)).await?;
         Ok(cluster)
     }

@@ -36,6 +36,16 @@ impl LeafLink {
     /// # Errors
     /// No loopback port could be bound.
     pub fn start(target: u16) -> Result<LeafLink, HarnessError> {
+        Self::start_to(vec![target])
+    }
+
+    /// Forwards `127.0.0.1:<port>` to the first of `targets` (loopback
+    /// ports, tried in order at each new connection) that accepts: a link
+    /// to a cluster's leafnode ports, which survives one node's death.
+    ///
+    /// # Errors
+    /// No loopback port could be bound.
+    pub fn start_to(targets: Vec<u16>) -> Result<LeafLink, HarnessError> {
         let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
         std_listener.set_nonblocking(true)?;
         let port = std_listener.local_addr()?.port();
@@ -54,7 +64,12 @@ impl LeafLink {
                 let Ok(listener) = TcpListener::from_std(std_listener) else {
                     return;
                 };
-                let to = SocketAddr::from(([127, 0, 0, 1], target));
+                let targets: Arc<Vec<SocketAddr>> = Arc::new(
+                    targets
+                        .into_iter()
+                        .map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
+                        .collect(),
+                );
                 let accept = async {
                     loop {
                         let Ok((inbound, _)) = listener.accept().await else {
@@ -66,8 +81,16 @@ impl LeafLink {
                         }
                         let mut generations = generations.clone();
                         let born = *generations.borrow_and_update();
+                        let targets = targets.clone();
                         tokio::spawn(async move {
-                            let Ok(outbound) = TcpStream::connect(to).await else {
+                            let mut outbound = None;
+                            for to in targets.iter() {
+                                if let Ok(s) = TcpStream::connect(to).await {
+                                    outbound = Some(s);
+                                    break;
+                                }
+                            }
+                            let Some(outbound) = outbound else {
                                 return;
                             };
                             let (mut a, mut b) = (inbound, outbound);
@@ -158,20 +181,7 @@ impl Site {
         ))
         .await?;
         let link = LeafLink::start(leaf_port)?;
-        let spec = NodeSpec {
-            name: "tm-leaf".into(),
-            client_port: None,
-            cluster: None,
-            auth: None,
-            extra_conf: Some(format!(
-                "leafnodes {{\n  reconnect: 1\n  remotes = [ {{ url: \"nats-leaf://127.0.0.1:{}\" }} ]\n}}\n",
-                link.port()
-            )),
-            jetstream: false,
-            js_domain: Some(DOMAIN.into()),
-        };
-        let mut leaf = NatsServer::spawn(spec).await?;
-        leaf.wait_ready(STARTUP_TIMEOUT).await?;
+        let leaf = start_leaf(&link).await?;
         Ok(Site { hub, link, leaf })
     }
 
@@ -183,4 +193,64 @@ impl Site {
     pub async fn wait_joined(&mut self, within: Duration) -> Result<(), HarnessError> {
         self.leaf.wait_ready(within).await
     }
+}
+
+/// A 3-node cluster as the hub (JetStream domain [`DOMAIN`], a leafnode
+/// port on every node), a remote site's leaf server, and the link between
+/// them (to the first node that accepts, so it survives a node's death).
+pub struct ClusterSite {
+    /// The hub's nodes; managers and the hub's monitors connect here.
+    pub cluster: crate::NatsCluster,
+    /// The link the leaf reaches the hub over.
+    pub link: LeafLink,
+    /// The remote site's server.
+    pub leaf: NatsServer,
+}
+
+impl ClusterSite {
+    /// Starts the cluster, the link and the leaf; returns once JetStream
+    /// answers through the leaf.
+    ///
+    /// # Errors
+    /// A server did not start or JetStream does not answer through the
+    /// leaf in time.
+    pub async fn start() -> Result<ClusterSite, HarnessError> {
+        let cluster = crate::NatsCluster::start_hub().await?;
+        let link = LeafLink::start_to(cluster.leafnode_ports.clone())?;
+        let leaf = start_leaf(&link).await?;
+        Ok(ClusterSite {
+            cluster,
+            link,
+            leaf,
+        })
+    }
+
+    /// Waits until JetStream answers through the leaf again, at most
+    /// `within`.
+    ///
+    /// # Errors
+    /// It did not in time.
+    pub async fn wait_joined(&mut self, within: Duration) -> Result<(), HarnessError> {
+        self.leaf.wait_ready(within).await
+    }
+}
+
+/// A leaf server without JetStream whose remote is `link`; ready once
+/// JetStream answers through it.
+async fn start_leaf(link: &LeafLink) -> Result<NatsServer, HarnessError> {
+    let spec = NodeSpec {
+        name: "tm-leaf".into(),
+        client_port: None,
+        cluster: None,
+        auth: None,
+        extra_conf: Some(format!(
+            "leafnodes {{\n  reconnect: 1\n  remotes = [ {{ url: \"nats-leaf://127.0.0.1:{}\" }} ]\n}}\n",
+            link.port()
+        )),
+        jetstream: false,
+        js_domain: Some(DOMAIN.into()),
+    };
+    let mut leaf = NatsServer::spawn(spec).await?;
+    leaf.wait_ready(STARTUP_TIMEOUT).await?;
+    Ok(leaf)
 }

@@ -1,56 +1,64 @@
-//! Control plane with many monitors: deploy one analyzer to all of them,
-//! collect rounds from all of them, and one command's round trip, side by
-//! side with a bare NATS request/reply round trip in the same run.
+//! The control plane at scale: N monitors on a 3-node NATS cluster, K of
+//! them at a remote site behind a leaf node, two managers at once.
 //!
 //! ```text
-//! cargo bench -p scale --bench control_plane            # 100 monitors
-//! cargo bench -p scale --bench control_plane -- --monitors 20 --rounds 50
+//! cargo bench -p scale --bench control_plane -- --monitors 100 --leaf-site 10
+//! cargo bench -p scale --bench control_plane -- --monitors 1000 --leaf-site 100 \
+//!     --node-kills 3 --leaf-cut 30
 //! ```
 //!
-//! Monitors are in-process tasks, each its own `tm-monitor` (the real
-//! library: service endpoints, heartbeat, publisher) with its own NATS
-//! connection and one link replaying a small pcap. They share one wasmtime
-//! engine and module cache, because 100 monitors on one 2-core machine
-//! would otherwise compile the analyzer 100 times on the same two cores; on
-//! real hosts each compiles on its own CPU. The first ("cold") deploy
-//! includes the one compilation and is reported apart from the warm ones.
-//! Writes `target/bench/control_plane.md`.
+//! Measures, with a bare NATS request/reply (echo) interleaved in the same
+//! run as the reference: deploying flow-stats to all (cold, then warm), a
+//! collect round from all (both managers at once, each its own deployment),
+//! unloading from all, how long a manager takes to notice a killed monitor
+//! (a real `tm-monitor` process, SIGKILL), and memory per monitor. With
+//! `--node-kills K` each cluster node in turn is killed and restarted
+//! during collect rounds; with `--leaf-cut S` the leaf link is cut for S
+//! seconds. Both check, through a JetStream consumer, that every result
+//! window is stored once and in order. Writes
+//! `target/bench/control_plane-<N>.md`. The fleet is `scale::Fleet`.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bus_schema::store::{BlobKind, BlobMeta};
-use bus_schema::{Filter, StatusRequest, Value, subject};
+use async_nats::jetstream;
+use bus_schema::{ErrorBody, Filter, MonitorStatus, Reply, StatusRequest, Value, subject};
 use futures::StreamExt;
-use manager::control::{Control, DeploySpec, Targets};
-use monitor::config::Config;
-use monitor::service::Monitor;
-use pcapgen::{linktype, write_pcap};
+use manager::control::{Collected, Control, DeploySpec, Targets};
+use scale::{Fleet, FleetSpec};
 
 struct Args {
     monitors: usize,
+    remote: usize,
     rounds: usize,
-    analyzer: String,
+    node_kills: usize,
+    leaf_cut_s: u64,
 }
 
 fn args() -> Args {
     let mut a = Args {
         monitors: 100,
-        rounds: 200,
-        analyzer: "flow-stats".into(),
+        remote: 10,
+        rounds: 100,
+        node_kills: 0,
+        leaf_cut_s: 0,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     while i < argv.len() {
-        let value = || {
-            argv.get(i + 1)
-                .unwrap_or_else(|| panic!("{} needs a value", argv[i]))
-                .clone()
+        let value = |what: &str| -> u64 {
+            let v = argv
+                .get(i + 1)
+                .unwrap_or_else(|| panic!("{} needs a value ({what})", argv[i]));
+            v.parse()
+                .unwrap_or_else(|_| panic!("{} = {v:?}: want {what}", argv[i]))
         };
         match argv[i].as_str() {
-            "--monitors" => a.monitors = value().parse().expect("--monitors N"),
-            "--rounds" => a.rounds = value().parse().expect("--rounds N"),
-            "--analyzer" => a.analyzer = value(),
+            "--monitors" => a.monitors = value("a count") as usize,
+            "--leaf-site" => a.remote = value("a count") as usize,
+            "--rounds" => a.rounds = value("a count") as usize,
+            "--node-kills" => a.node_kills = value("a count") as usize,
+            "--leaf-cut" => a.leaf_cut_s = value("seconds"),
+            "--cluster" => assert_eq!(value("3"), 3, "--cluster: the run's cluster has 3 nodes"),
             // cargo bench passes --bench; ignore what is not ours.
             _ => {
                 i += 1;
@@ -59,6 +67,10 @@ fn args() -> Args {
         }
         i += 2;
     }
+    assert!(
+        a.remote < a.monitors,
+        "--leaf-site must be below --monitors"
+    );
     a
 }
 
@@ -68,7 +80,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 fn ms(d: Duration) -> String {
-    format!("{:.2}", d.as_secs_f64() * 1e3)
+    format!("{:.1}", d.as_secs_f64() * 1e3)
 }
 
 struct Stats {
@@ -86,214 +98,427 @@ fn stats(mut v: Vec<Duration>) -> Stats {
     }
 }
 
-#[tokio::main]
-async fn main() {
-    let args = args();
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let wasm_dir = std::env::var_os("TM_WASM_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| root.join("target/wasm"));
-    let module = std::fs::read(wasm_dir.join(format!("{}.wasm", args.analyzer)))
-        .expect("build the guests first: cargo xtask guests");
-    let nats = harness::NatsServer::start().await.expect("nats-server");
-    let dir = tempfile::tempdir().unwrap();
-    let pcap = dir.path().join("small.pcap");
-    write_pcap(
-        &pcap,
-        linktype::ETHERNET,
-        &pcapgen::flows(2000, 50, 1_764_000_000_000_000_000),
+fn row(what: &str, s: &Stats, note: &str) -> String {
+    format!(
+        "| {what} | {} | {} | {} | {note} |\n",
+        ms(s.p50),
+        ms(s.p99),
+        ms(s.max)
     )
-    .unwrap();
+}
 
-    // The monitors.
-    let sandbox = wasm_host::Sandbox::new(&wasm_host::SandboxConfig::default()).unwrap();
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for i in 0..args.monitors {
-        let path = dir.path().join(format!("m{i}.toml"));
-        std::fs::write(
-            &path,
-            format!(
-                "id = \"m{i:03}\"\naddress = \"10.200.{}.{}\"\nnats_url = \"{}\"\n[[link]]\nid = 0\npcap = \"{}\"\nfrom_router = \"10.0.1.1\"\nto_router = \"10.0.2.1\"\n",
-                i / 250,
-                i % 250 + 1,
-                nats.url(),
-                pcap.display()
-            ),
-        )
-        .unwrap();
-        let config = Config::load(&path).unwrap();
-        let client = nats.client().await;
-        let js = async_nats::jetstream::new(client.clone());
-        let (m, outbox) = Monitor::start_with(config, js.clone(), sandbox.clone())
-            .await
-            .unwrap();
-        let (_stop_tx, stop) = tokio::sync::watch::channel(false);
-        tasks.push(tokio::spawn(monitor::outbox::publisher(js, outbox, stop)));
-        tasks.push(tokio::spawn(m.clone().heartbeat()));
-        tasks.push(tokio::spawn(async move {
-            if let Err(e) = m.serve(client).await {
-                eprintln!("monitor stopped serving: {e}");
-            }
-        }));
-        std::mem::forget(_stop_tx);
+fn spec(fleet: &Fleet, deployment: &str, analyzer: &str, every: Option<u64>) -> DeploySpec {
+    DeploySpec {
+        deployment: deployment.into(),
+        analyzer: analyzer.into(),
+        sha256: Some(fleet.digests[analyzer].clone()),
+        params: Value::Nil,
+        filter: Filter::default(),
+        targets: Targets::All,
+        report_every_ms: every,
     }
-    let control = Control::connect(nats.client().await, "bench", 1)
-        .await
-        .unwrap();
-    // Wait until every monitor is registered and answers.
-    loop {
-        if control.monitors().await.unwrap().len() == args.monitors {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let up = control.status(&[], Duration::from_secs(10)).await.unwrap();
-    assert!(
-        up.iter().all(|(_, s)| s.is_ok()),
-        "a monitor does not answer"
-    );
-    eprintln!(
-        "{} monitors up in {:.1} s",
-        args.monitors,
-        started.elapsed().as_secs_f64()
-    );
+}
 
-    // The blob.
-    let objects = bus_schema::nats::open_blobs(&async_nats::jetstream::new(nats.client().await), 1)
-        .await
-        .unwrap();
-    let sha256 = wasm_host::sha256_hex(&module);
-    objects
-        .put(
-            async_nats::jetstream::object_store::ObjectMetadata {
-                name: args.analyzer.clone(),
-                metadata: BlobMeta {
-                    kind: BlobKind::Analyzer,
-                    version: "bench".into(),
-                    sha256: sha256.clone(),
-                    abi_version: 1,
-                    description: String::new(),
-                }
-                .to_map(),
-                ..Default::default()
-            },
-            &mut &module[..],
-        )
-        .await
-        .unwrap();
-
-    // Bare NATS request/reply: an echo responder on its own connection.
-    let echo_client = nats.client().await;
-    let mut echo = echo_client.subscribe("bench.echo").await.unwrap();
-    let responder = echo_client.clone();
+/// An echo responder on its own connection; the bare round trip.
+async fn echo(fleet: &Fleet) -> async_nats::Client {
+    let responder = scale::node_client(&fleet.site, 2).await;
+    let mut sub = responder.subscribe("bench.echo").await.unwrap();
+    let r = responder.clone();
     tokio::spawn(async move {
-        while let Some(m) = echo.next().await {
+        while let Some(m) = sub.next().await {
             if let Some(reply) = m.reply {
-                let _ = responder.publish(reply, m.payload).await;
+                let _ = r.publish(reply, m.payload).await;
             }
         }
     });
-    let requester = nats.client().await;
-    let status_q = bus_schema::encode(&StatusRequest::default()).unwrap();
-    let mut bare = Vec::new();
+    responder.flush().await.unwrap();
+    scale::node_client(&fleet.site, 0).await
+}
+
+async fn bare(requester: &async_nats::Client) -> Duration {
+    let t = Instant::now();
+    requester
+        .request("bench.echo", vec![0u8; 16].into())
+        .await
+        .unwrap();
+    t.elapsed()
+}
+
+/// Tallies of commands sent while the cluster loses nodes.
+#[derive(Default)]
+struct Tally {
+    rounds: usize,
+    answered: usize,
+    missing: usize,
+    failed_rounds: usize,
+    errors: std::collections::BTreeMap<String, usize>,
+}
+
+impl Tally {
+    fn add(&mut self, r: &Result<Collected, ErrorBody>) {
+        self.rounds += 1;
+        match r {
+            Ok(c) => {
+                self.answered += c.results.len();
+                self.missing += c.missing.len();
+                for m in &c.missing {
+                    *self.errors.entry(short(&m.error)).or_default() += 1;
+                }
+            }
+            Err(e) => {
+                self.failed_rounds += 1;
+                *self.errors.entry(short(e)).or_default() += 1;
+            }
+        }
+    }
+}
+
+fn short(e: &ErrorBody) -> String {
+    // The code and the message without the monitor's id, so alike errors count together.
+    let msg: String = e
+        .message
+        .split_whitespace()
+        .map(|w| {
+            if w.contains("hub-") || w.contains("site-") {
+                "<monitor>"
+            } else {
+                w
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
+    format!(
+        "{:?}: {}",
+        e.code,
+        msg.chars().take(120).collect::<String>()
+    )
+}
+
+#[tokio::main]
+async fn main() {
+    let args = args();
+    let n = args.monitors;
+    let rss_before = scale::rss_bytes();
+    let started = Instant::now();
+    let mut fleet = Fleet::start(&FleetSpec {
+        monitors: n,
+        remote: args.remote,
+        analyzers: vec!["flow-stats".into(), "packet-count".into()],
+    })
+    .await;
+    let rss_up = scale::rss_bytes();
+    eprintln!(
+        "{n} monitors ({} at the remote site) up in {:.1} s",
+        args.remote,
+        started.elapsed().as_secs_f64()
+    );
+    let a = Control::connect(scale::node_client(&fleet.site, 0).await, "mgr-a", 3)
+        .await
+        .unwrap();
+    let b = Control::connect(scale::node_client(&fleet.site, 1).await, "mgr-b", 3)
+        .await
+        .unwrap();
+    tokio::spawn(a.clone().watch_liveness());
+    tokio::spawn(b.clone().watch_liveness());
+    let requester = echo(&fleet).await;
+    let mut bare_t = Vec::new();
+
+    // One command's round trip, interleaved with the bare one.
+    let first = fleet.ids()[0].clone();
     let mut command = Vec::new();
-    for round in 0..args.rounds.max(100) + 20 {
+    for i in 0..120 {
+        let bt = bare(&requester).await;
         let t = Instant::now();
-        requester
-            .request("bench.echo", status_q.clone().into())
-            .await
-            .unwrap();
-        let b = t.elapsed();
-        let t = Instant::now();
-        let _: bus_schema::MonitorStatus = control
+        let _: MonitorStatus = a
             .request(
-                subject::monitor_status("m000", "t"),
+                subject::monitor_status(&first, "mgr-a"),
                 &StatusRequest::default(),
                 Duration::from_secs(5),
             )
             .await
             .unwrap();
-        let c = t.elapsed();
-        if round >= 20 {
-            bare.push(b);
-            command.push(c);
+        if i >= 20 {
+            bare_t.push(bt);
+            command.push(t.elapsed());
         }
     }
 
-    // Deploy to all: cold (includes the one compilation), then warm.
-    let spec = |n: usize| DeploySpec {
-        deployment: format!("bench-{n}"),
-        analyzer: args.analyzer.clone(),
-        sha256: Some(sha256.clone()),
-        params: Value::Nil,
-        filter: Filter::default(),
-        targets: Targets::All,
-        report_every_ms: None,
-    };
+    // Deploy to all: cold (one compilation), then warm, by both managers.
     let mut deploys = Vec::new();
-    for n in 0..6 {
+    let mut unloads = Vec::new();
+    for k in 0..6 {
+        let control = if k % 2 == 0 { &a } else { &b };
+        bare_t.push(bare(&requester).await);
         let t = Instant::now();
-        let d = control.deploy(&spec(n)).await.unwrap();
-        let took = t.elapsed();
-        assert_eq!(d.placed.len(), args.monitors, "{:?}", d.failed);
-        deploys.push(took);
-        if n < 5 {
-            control.unload(&format!("bench-{n}"), false).await.unwrap();
-        }
-    }
-    let cold = deploys[0];
-    let warm = stats(deploys[1..].to_vec());
-
-    // Collect rounds from all.
-    let mut collects = Vec::new();
-    for _ in 0..args.rounds {
-        let t = Instant::now();
-        let c = control
-            .collect("bench-5", Duration::from_secs(2))
+        let d = control
+            .deploy(&spec(&fleet, &format!("warm-{k}"), "flow-stats", None))
             .await
             .unwrap();
-        collects.push(t.elapsed());
-        assert_eq!(c.results.len(), args.monitors, "{:?}", c.missing);
+        deploys.push(t.elapsed());
+        assert_eq!(d.placed.len(), n, "{:?}", d.failed);
+        let t = Instant::now();
+        control.unload(&format!("warm-{k}"), false).await.unwrap();
+        unloads.push(t.elapsed());
     }
-    let unload_t = Instant::now();
-    control.unload("bench-5", false).await.unwrap();
-    let unload = unload_t.elapsed();
+    let cold = deploys[0];
 
-    let bare = stats(bare);
-    let command = stats(command);
-    let collect = stats(collects);
-    let ratio = command.p50.as_secs_f64() / bare.p50.as_secs_f64();
-    let report = format!(
-        "Control plane, {n} monitors (in-process, one NATS connection each), analyzer {a}, {r} rounds\n\n\
-         | measure | p50 ms | p99 ms | max ms | target |\n|---|---|---|---|---|\n\
-         | bare NATS request/reply (echo) | {} | {} | {} | — |\n\
-         | one command round trip (`status` to one monitor) | {} | {} | {} | ≤ 2× bare p50: {ratio:.2}× |\n\
-         | deploy to all {n}, warm (5 runs) | {} | {} | {} | < 1000 |\n\
-         | deploy to all {n}, cold (1 run, includes the compile) | {} | | | |\n\
-         | collect round from all {n} | {} | {} | {} | p99 < 250 |\n\
-         | unload from all {n} (1 run) | {} | | | |\n",
-        ms(bare.p50),
-        ms(bare.p99),
-        ms(bare.max),
-        ms(command.p50),
-        ms(command.p99),
-        ms(command.max),
-        ms(warm.p50),
-        ms(warm.p99),
-        ms(warm.max),
-        ms(cold),
-        ms(collect.p50),
-        ms(collect.p99),
-        ms(collect.max),
-        ms(unload),
-        n = args.monitors,
-        a = args.analyzer,
-        r = args.rounds,
+    // Two managers' deployments, collected at once.
+    for (control, id) in [(&a, "flows-a"), (&b, "flows-b")] {
+        let d = control
+            .deploy(&spec(&fleet, id, "flow-stats", None))
+            .await
+            .unwrap();
+        assert_eq!(d.placed.len(), n, "{:?}", d.failed);
+    }
+    let rss_deployed = scale::rss_bytes();
+    let mut collect_a = Vec::new();
+    let mut collect_b = Vec::new();
+    for _ in 0..args.rounds {
+        bare_t.push(bare(&requester).await);
+        let (ra, rb) = tokio::join!(
+            async {
+                let t = Instant::now();
+                let r = a.collect("flows-a", Duration::from_secs(2)).await;
+                (t.elapsed(), r)
+            },
+            async {
+                let t = Instant::now();
+                let r = b.collect("flows-b", Duration::from_secs(2)).await;
+                (t.elapsed(), r)
+            }
+        );
+        for ((took, r), into) in [(ra, &mut collect_a), (rb, &mut collect_b)] {
+            let c = r.unwrap();
+            assert_eq!(c.results.len(), n, "{:?}", c.missing);
+            into.push(took);
+        }
+    }
+    let process_rss = fleet.process.as_ref().map_or(0, |p| {
+        std::fs::read_to_string(format!("/proc/{}/status", p.child.id()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            })
+            .unwrap_or(0)
+            * 1024
+    });
+
+    // A killed monitor: how long until a manager no longer counts it.
+    let killed = fleet.kill_process();
+    let t = Instant::now();
+    let notice = loop {
+        if !a.monitors().await.unwrap().contains_key(&killed) {
+            break t.elapsed();
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "{killed} still counted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let alive = n - 1;
+
+    // Unload all (both managers at once).
+    let t = Instant::now();
+    let (ua, ub) = tokio::join!(a.unload("flows-a", false), b.unload("flows-b", false));
+    ua.unwrap();
+    ub.unwrap();
+    let unload_both = t.elapsed();
+
+    let mut report = format!(
+        "Control plane: {n} monitors ({alive} after the kill), {r} behind a leaf node, \
+         3-node cluster, two managers, analyzer flow-stats, {rounds} collect rounds; \
+         2 cores\n\n| measure | p50 ms | p99 ms | max ms | note |\n|---|---|---|---|---|\n",
+        r = args.remote,
+        rounds = args.rounds,
     );
+    let bare_s = stats(bare_t.clone());
+    let command_s = stats(command);
+    report += &row("bare NATS request/reply (echo)", &bare_s, "");
+    report += &row(
+        "one command round trip (`status`)",
+        &command_s,
+        &format!(
+            "{:.2}× bare p50",
+            command_s.p50.as_secs_f64() / bare_s.p50.as_secs_f64()
+        ),
+    );
+    report += &row(
+        &format!("deploy to all {n}, warm (5 runs)"),
+        &stats(deploys[1..].to_vec()),
+        "",
+    );
+    report += &format!(
+        "| deploy to all {n}, cold (with the compile) | {} | | | |\n",
+        ms(cold)
+    );
+    report += &row(
+        &format!("collect round from all {n}, manager A"),
+        &stats(collect_a),
+        "B collecting at once",
+    );
+    report += &row(
+        &format!("collect round from all {n}, manager B"),
+        &stats(collect_b),
+        "A collecting at once",
+    );
+    report += &row(
+        &format!("unload from all {n} (6 runs)"),
+        &stats(unloads),
+        "",
+    );
+    report += &format!(
+        "| both managers unload their deployment from all {alive} at once | {} | | | |\n",
+        ms(unload_both)
+    );
+    report += &format!(
+        "| manager notices a killed monitor (SIGKILL) | {} | | | |\n",
+        ms(notice)
+    );
+    report += &format!(
+        "\nMemory: {:.2} MiB per in-process monitor idle, {:.2} MiB with two flow-stats \
+         deployments (process RSS growth / {}); a tm-monitor process with the same two: {:.1} MiB RSS.\n",
+        (rss_up.saturating_sub(rss_before)) as f64 / (n - 1) as f64 / 1048576.0,
+        (rss_deployed.saturating_sub(rss_before)) as f64 / (n - 1) as f64 / 1048576.0,
+        n - 1,
+        process_rss as f64 / 1048576.0,
+    );
+
+    if args.node_kills > 0 || args.leaf_cut_s > 0 {
+        report += &faults(&mut fleet, &a, &args).await;
+    }
     println!("{report}");
-    let out = root.join("target/bench");
+    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/bench");
     std::fs::create_dir_all(&out).unwrap();
-    std::fs::write(out.join("control_plane.md"), &report).unwrap();
-    let _ = Arc::new(tasks);
+    std::fs::write(out.join(format!("control_plane-{n}.md")), &report).unwrap();
+    drop(fleet);
+}
+
+/// Packets the remote site's monitors analysed for `deployment`, asked
+/// at their own site (over the leaf server).
+async fn remote_packets(leaf: &async_nats::Client, ids: &[String], deployment: &str) -> u64 {
+    let mut sum = 0;
+    for id in ids {
+        let q = bus_schema::encode(&StatusRequest::default()).unwrap();
+        let msg = leaf
+            .request(subject::monitor_status(id, "bench"), q.into())
+            .await
+            .unwrap();
+        let s = bus_schema::decode::<Reply<MonitorStatus>>(&msg.payload)
+            .unwrap()
+            .into_result()
+            .unwrap();
+        sum += s
+            .deployments
+            .iter()
+            .filter(|d| d.deployment == deployment)
+            .map(|d| d.stats.packets_in)
+            .sum::<u64>();
+    }
+    sum
+}
+
+/// Node kills and the leaf cut, with a windowed deployment running; then
+/// every window checked through a JetStream consumer.
+async fn faults(fleet: &mut Fleet, a: &Control, args: &Args) -> String {
+    let mut out = String::from("\n");
+    let alive = fleet.ids().len();
+    let d = a
+        .deploy(&spec(fleet, "windows", "packet-count", Some(2000)))
+        .await
+        .unwrap();
+    assert_eq!(d.placed.len(), alive, "{:?}", d.failed);
+    if args.node_kills > 0 {
+        let mut tally = Tally::default();
+        for k in 0..args.node_kills {
+            fleet.site.cluster.nodes[k % 3].kill();
+            let t = Instant::now();
+            while t.elapsed() < Duration::from_secs(10) {
+                tally.add(&a.collect("windows", Duration::from_secs(2)).await);
+            }
+            fleet.site.cluster.nodes[k % 3]
+                .restart()
+                .await
+                .expect("the node restarts");
+            let t = Instant::now();
+            while t.elapsed() < Duration::from_secs(10) {
+                tally.add(&a.collect("windows", Duration::from_secs(2)).await);
+            }
+        }
+        out += &format!(
+            "Node kills: {} (each node in turn down 10 s, then 10 s back), {} collect rounds \
+             from {alive} meanwhile: {} answers, {} missing, {} rounds failed whole; errors: {:?}\n",
+            args.node_kills,
+            tally.rounds,
+            tally.answered,
+            tally.missing,
+            tally.failed_rounds,
+            tally.errors
+        );
+    }
+    if args.leaf_cut_s > 0 {
+        let remote = fleet.remote_ids();
+        let leaf = fleet.site.leaf.client().await;
+        let before = remote_packets(&leaf, &remote, "windows").await;
+        fleet.site.link.cut();
+        let cut = Instant::now();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let t = Instant::now();
+        let during = a.status(&remote, Duration::from_secs(5)).await.unwrap();
+        let refused_in = t.elapsed();
+        let mut codes = std::collections::BTreeMap::new();
+        for (_, r) in &during {
+            let code = r
+                .as_ref()
+                .map_or_else(|e| format!("{:?}", e.code), |_| "answered".into());
+            *codes.entry(code).or_insert(0usize) += 1;
+        }
+        tokio::time::sleep(Duration::from_secs(args.leaf_cut_s).saturating_sub(cut.elapsed()))
+            .await;
+        let analysed = remote_packets(&leaf, &remote, "windows").await - before;
+        fleet.site.link.restore();
+        let t = Instant::now();
+        fleet
+            .site
+            .wait_joined(Duration::from_secs(30))
+            .await
+            .expect("the leaf joins again");
+        let back = loop {
+            let s = a.status(&remote, Duration::from_secs(2)).await.unwrap();
+            if s.iter().all(|(_, r)| r.is_ok()) {
+                break t.elapsed();
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "remote monitors unreachable"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        out += &format!(
+            "Leaf cut: {} s; status to the {} remote monitors during it: {codes:?} in {} ms \
+             (all at once); they analysed {analysed} packets during the cut; all answer again {} ms \
+             after the link returned\n",
+            args.leaf_cut_s,
+            remote.len(),
+            ms(refused_in),
+            ms(back)
+        );
+    }
+    // The final windows, then every window read back through a consumer.
+    a.unload("windows", false).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let js = jetstream::new(scale::node_client(&fleet.site, 0).await);
+    let windows = scale::windows_by_monitor(&js, "windows").await;
+    let total: usize = windows.values().map(Vec::len).sum();
+    let bad = scale::out_of_order(&windows);
+    assert!(bad.is_empty(), "windows not once and in order: {bad:?}");
+    assert_eq!(windows.len(), alive, "monitors with windows");
+    out += &format!(
+        "Windows: {total} from {} monitors read back through a JetStream consumer, \
+         each monitor's seqs 1..n once and in order\n",
+        windows.len()
+    );
+    out
 }
