@@ -446,7 +446,14 @@ impl LinkThread {
                     if self.last_flush.elapsed() >= FLUSH_EVERY {
                         self.flush_all();
                     }
-                    match self.ctl.recv_timeout(d.min(FLUSH_EVERY)) {
+                    // Wake for a flush only if a partial batch waits: an
+                    // idle paced link sleeps until its next packet or a control.
+                    let wait = if self.taps.iter().any(Tap::pending) {
+                        d.min(FLUSH_EVERY)
+                    } else {
+                        d
+                    };
+                    match self.ctl.recv_timeout(wait) {
                         Ok(msg) => {
                             if !self.control(msg) {
                                 return;

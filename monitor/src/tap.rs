@@ -168,6 +168,12 @@ impl Tap {
         }
     }
 
+    /// Whether a partial batch waits for a flush.
+    #[must_use]
+    pub fn pending(&self) -> bool {
+        self.batch.count > 0 && !self.dead
+    }
+
     /// Hands the partial batch over now.
     pub fn flush(&mut self) {
         if self.batch.count == 0 || self.dead {

@@ -50,7 +50,7 @@ impl Control {
     pub async fn collect(&self, id: &str, timeout: Duration) -> Result<Collected, ErrorBody> {
         let (record, _) = self.existing(id).await?;
         let (monitors, replies) = tokio::join!(
-            self.monitors_within(Duration::from_secs(1)),
+            self.records_within(Duration::from_secs(1)),
             join_all(record.targets.iter().map(|t| async move {
                 let reply: Result<ResultWindow, ErrorBody> = self
                     .request(

@@ -14,7 +14,7 @@ mod liveness;
 
 pub use deployments::{Configured, DeploySpec, Deployed, Placed, Targets, Upgraded};
 pub use gather::{Collected, Missing, MonitorResults};
-pub use liveness::{PROBE_EVERY, PROBE_WAIT};
+pub use liveness::{GONE_AFTER, PROBE_EVERY};
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -63,7 +63,7 @@ pub struct Control {
     times: wasm_host::metrics::CommandTimes,
     /// Who answered the last liveness probes ([`Control::watch_liveness`]).
     liveness: liveness::Liveness,
-    /// The monitor records last read, and when ([`Control::monitors_within`]).
+    /// The monitor records last read, and when ([`Control::records_within`]).
     records: std::sync::Arc<std::sync::Mutex<Option<(std::time::Instant, MonitorRecords)>>>,
 }
 
@@ -216,32 +216,31 @@ impl Control {
     /// that claims the address of one holding it is dropped too. Dropped
     /// records are logged with the address they claimed.
     pub async fn monitors(&self) -> Result<BTreeMap<String, MonitorRecord>, ErrorBody> {
-        let all: BTreeMap<String, MonitorRecord> = read_all(&self.monitors, "tm_monitors").await?;
-        let (mut kept, ignored) = holding_monitors(all, self.enforced);
-        for (key, r, why) in ignored {
-            tracing::warn!(monitor = %key, address = %r.address, why, "monitor record ignored");
-        }
-        kept.retain(|id, r| !self.liveness.gone(id, r));
-        *self.records.lock().expect("records") = Some((std::time::Instant::now(), kept.clone()));
-        Ok(kept)
+        let mut up = self.records_within(Duration::ZERO).await?;
+        up.retain(|id, r| !self.liveness.gone(id, r));
+        Ok(up)
     }
 
-    /// [`Control::monitors`] as read at most `fresh` ago (read again if
-    /// older): for what needs only the monitors' addresses, so that a
-    /// collect round from a thousand monitors does not read a thousand
-    /// records each time.
+    /// The monitor records (as [`Control::monitors`], without asking who
+    /// answers) as read at most `fresh` ago, read again if older: for what
+    /// needs only the monitors' addresses, so that a collect round from a
+    /// thousand monitors does not read a thousand records each time.
     ///
     /// # Errors
     /// If the bucket cannot be read.
-    pub async fn monitors_within(&self, fresh: Duration) -> Result<MonitorRecords, ErrorBody> {
+    pub async fn records_within(&self, fresh: Duration) -> Result<MonitorRecords, ErrorBody> {
         if let Some((at, records)) = &*self.records.lock().expect("records")
             && at.elapsed() < fresh
         {
-            let mut records = records.clone();
-            records.retain(|id, r| !self.liveness.gone(id, r));
-            return Ok(records);
+            return Ok(records.clone());
         }
-        self.monitors().await
+        let all: MonitorRecords = read_all(&self.monitors, "tm_monitors").await?;
+        let (kept, ignored) = holding_monitors(all, self.enforced);
+        for (key, r, why) in ignored {
+            tracing::warn!(monitor = %key, address = %r.address, why, "monitor record ignored");
+        }
+        *self.records.lock().expect("records") = Some((std::time::Instant::now(), kept.clone()));
+        Ok(kept)
     }
 
     /// Managers that are up, by id.
