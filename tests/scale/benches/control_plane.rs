@@ -21,7 +21,7 @@
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
-use bus_schema::{ErrorBody, Filter, MonitorStatus, Reply, StatusRequest, Value, subject};
+use bus_schema::{ErrorBody, Filter, MonitorStatus, StatusRequest, Value, subject};
 use futures::StreamExt;
 use manager::control::{Collected, Control, DeploySpec, Targets};
 use scale::{Fleet, FleetSpec};
@@ -404,25 +404,13 @@ async fn main() {
 /// Packets the remote site's monitors analysed for `deployment`, asked
 /// at their own site (over the leaf server).
 async fn remote_packets(leaf: &async_nats::Client, ids: &[String], deployment: &str) -> u64 {
-    let mut sum = 0;
-    for id in ids {
-        let q = bus_schema::encode(&StatusRequest::default()).unwrap();
-        let msg = leaf
-            .request(subject::monitor_status(id, "bench"), q.into())
-            .await
-            .unwrap();
-        let s = bus_schema::decode::<Reply<MonitorStatus>>(&msg.payload)
-            .unwrap()
-            .into_result()
-            .unwrap();
-        sum += s
-            .deployments
-            .iter()
-            .filter(|d| d.deployment == deployment)
-            .map(|d| d.stats.packets_in)
-            .sum::<u64>();
-    }
-    sum
+    scale::statuses(leaf, ids)
+        .await
+        .iter()
+        .flat_map(|s| &s.deployments)
+        .filter(|d| d.deployment == deployment)
+        .map(|d| d.stats.packets_in)
+        .sum()
 }
 
 /// Node kills and the leaf cut, with a windowed deployment running; then

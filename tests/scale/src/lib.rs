@@ -340,6 +340,32 @@ pub fn out_of_order(windows: &BTreeMap<String, Vec<u64>>) -> Vec<(String, Vec<u6
         .collect()
 }
 
+/// `status` of each of `ids`, asked over `client` (at the monitors' own
+/// site: a leaf server's client reaches the remote ones during a cut).
+///
+/// # Panics
+/// If one does not answer.
+pub async fn statuses(
+    client: &async_nats::Client,
+    ids: &[String],
+) -> Vec<bus_schema::MonitorStatus> {
+    let mut out = Vec::new();
+    for id in ids {
+        let q = bus_schema::encode(&bus_schema::StatusRequest::default()).unwrap();
+        let msg = client
+            .request(bus_schema::subject::monitor_status(id, "t"), q.into())
+            .await
+            .unwrap_or_else(|e| panic!("status of {id}: {e}"));
+        out.push(
+            bus_schema::decode::<bus_schema::Reply<bus_schema::MonitorStatus>>(&msg.payload)
+                .unwrap()
+                .into_result()
+                .unwrap_or_else(|e| panic!("status of {id}: {e}")),
+        );
+    }
+    out
+}
+
 /// This process's resident memory in bytes (`VmRSS`).
 #[must_use]
 pub fn rss_bytes() -> u64 {

@@ -9,25 +9,17 @@
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
-use bus_schema::{ErrorCode, Filter, MonitorStatus, Reply, StatusRequest, Value, subject};
+use bus_schema::{ErrorCode, Filter, Value};
 use manager::control::{Control, DeploySpec, Targets};
 use scale::{Fleet, FleetSpec};
 
 async fn remote_packets(leaf: &async_nats::Client, ids: &[String]) -> u64 {
-    let mut sum = 0;
-    for id in ids {
-        let q = bus_schema::encode(&StatusRequest::default()).unwrap();
-        let msg = leaf
-            .request(subject::monitor_status(id, "t"), q.into())
-            .await
-            .unwrap();
-        let s = bus_schema::decode::<Reply<MonitorStatus>>(&msg.payload)
-            .unwrap()
-            .into_result()
-            .unwrap();
-        sum += s.links.iter().map(|l| l.packets).sum::<u64>();
-    }
-    sum
+    scale::statuses(leaf, ids)
+        .await
+        .iter()
+        .flat_map(|s| &s.links)
+        .map(|l| l.packets)
+        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
