@@ -5,7 +5,8 @@
 //!
 //! [`Site::start`] gives the hub (JetStream, a leafnode port), the link and
 //! the leaf; monitors of the remote site connect to [`Site::leaf`]'s URL,
-//! everything else to the hub's. [`LeafLink::cut`] closes the link's
+//! everything else to the hub's. [`ClusterSite::start`] does the same with
+//! a 3-node cluster as the hub. [`LeafLink::cut`] closes the link's
 //! connections and refuses new ones until [`LeafLink::restore`]; the leaf
 //! reconnects by itself a second later.
 

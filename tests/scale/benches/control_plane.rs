@@ -298,6 +298,16 @@ async fn main() {
             into.push(took);
         }
     }
+    // One manager alone, for comparison.
+    let mut collect_alone = Vec::new();
+    for _ in 0..args.rounds {
+        bare_t.push(bare(&requester).await);
+        let t = Instant::now();
+        let c = a.collect("flows-a", Duration::from_secs(5)).await.unwrap();
+        collect_alone.push(t.elapsed());
+        collected.answered += c.results.len();
+        collected.missing += c.missing.len();
+    }
     let process_rss = fleet.process.as_ref().map_or(0, |p| {
         std::fs::read_to_string(format!("/proc/{}/status", p.child.id()))
             .ok()
@@ -368,6 +378,11 @@ async fn main() {
         &format!("collect round from all {n}, manager B"),
         &stats(collect_b),
         "A collecting at once",
+    );
+    report += &row(
+        &format!("collect round from all {n}, manager A alone"),
+        &stats(collect_alone),
+        "",
     );
     report += &row(
         &format!("unload from all {n} (6 runs)"),
