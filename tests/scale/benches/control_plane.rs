@@ -155,6 +155,14 @@ struct Tally {
 }
 
 impl Tally {
+    /// Collect rounds of the `windows` deployment, back to back, for `span`.
+    async fn collect_for(&mut self, a: &Control, span: Duration) {
+        let t = Instant::now();
+        while t.elapsed() < span {
+            self.add(&a.collect("windows", Duration::from_secs(2)).await);
+        }
+    }
+
     fn add(&mut self, r: &Result<Collected, ErrorBody>) {
         self.rounds += 1;
         match r {
@@ -198,7 +206,7 @@ fn short(e: &ErrorBody) -> String {
 async fn main() {
     let args = args();
     let n = args.monitors;
-    let rss_before = scale::rss_bytes();
+    let rss_before = scale::rss_bytes("self");
     let started = Instant::now();
     let mut fleet = Fleet::start(&FleetSpec {
         monitors: n,
@@ -206,7 +214,7 @@ async fn main() {
         analyzers: vec!["flow-stats".into(), "packet-count".into()],
     })
     .await;
-    let rss_up = scale::rss_bytes();
+    let rss_up = scale::rss_bytes("self");
     eprintln!(
         "{n} monitors ({} at the remote site) up in {:.1} s",
         args.remote,
@@ -270,7 +278,7 @@ async fn main() {
             .unwrap();
         assert_eq!(d.placed.len(), n, "{:?}", d.failed);
     }
-    let rss_deployed = scale::rss_bytes();
+    let rss_deployed = scale::rss_bytes("self");
     let mut collect_a = Vec::new();
     let mut collect_b = Vec::new();
     let mut collected = Tally::default();
@@ -289,12 +297,7 @@ async fn main() {
             }
         );
         for ((took, r), into) in [(ra, &mut collect_a), (rb, &mut collect_b)] {
-            let c = r.unwrap();
-            collected.answered += c.results.len();
-            collected.missing += c.missing.len();
-            for m in &c.missing {
-                *collected.errors.entry(short(&m.error)).or_default() += 1;
-            }
+            collected.add(&r);
             into.push(took);
         }
     }
@@ -303,22 +306,14 @@ async fn main() {
     for _ in 0..args.rounds {
         bare_t.push(bare(&requester).await);
         let t = Instant::now();
-        let c = a.collect("flows-a", Duration::from_secs(5)).await.unwrap();
+        let r = a.collect("flows-a", Duration::from_secs(5)).await;
         collect_alone.push(t.elapsed());
-        collected.answered += c.results.len();
-        collected.missing += c.missing.len();
+        collected.add(&r);
     }
-    let process_rss = fleet.process.as_ref().map_or(0, |p| {
-        std::fs::read_to_string(format!("/proc/{}/status", p.child.id()))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("VmRSS:"))
-                    .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-            })
-            .unwrap_or(0)
-            * 1024
-    });
+    let process_rss = fleet
+        .process
+        .as_ref()
+        .map_or(0, |p| scale::rss_bytes(&p.child.id().to_string()));
 
     // A killed monitor: how long until a manager no longer counts it.
     let killed = fleet.kill_process();
@@ -406,6 +401,15 @@ async fn main() {
         process_rss as f64 / 1048576.0,
     );
 
+    report += &format!(
+        "\nCollect rounds above (timeout 5 s per monitor): {} rounds, {} monitor answers, \
+         {} missing, {} rounds failed whole; errors: {:?}\n",
+        collected.rounds,
+        collected.answered,
+        collected.missing,
+        collected.failed_rounds,
+        collected.errors
+    );
     if args.node_kills > 0 || args.leaf_cut_s > 0 {
         report += &faults(&mut fleet, &a, &args).await;
     }
@@ -442,18 +446,12 @@ async fn faults(fleet: &mut Fleet, a: &Control, args: &Args) -> String {
         let mut tally = Tally::default();
         for k in 0..args.node_kills {
             fleet.site.cluster.nodes[k % 3].kill();
-            let t = Instant::now();
-            while t.elapsed() < Duration::from_secs(10) {
-                tally.add(&a.collect("windows", Duration::from_secs(2)).await);
-            }
+            tally.collect_for(a, Duration::from_secs(10)).await;
             fleet.site.cluster.nodes[k % 3]
                 .restart()
                 .await
                 .expect("the node restarts");
-            let t = Instant::now();
-            while t.elapsed() < Duration::from_secs(10) {
-                tally.add(&a.collect("windows", Duration::from_secs(2)).await);
-            }
+            tally.collect_for(a, Duration::from_secs(10)).await;
         }
         out += &format!(
             "Node kills: {} (each node in turn down 10 s, then 10 s back), {} collect rounds \

@@ -68,7 +68,8 @@ pub struct Fleet {
     pub process: Option<MonitorProc>,
     /// Digest of each stored analyzer.
     pub digests: BTreeMap<String, String>,
-    dir: tempfile::TempDir,
+    /// The run's files (the paced capture, configs), removed on drop.
+    _dir: tempfile::TempDir,
 }
 
 /// Where the guests are: `$TM_WASM_DIR`, else `target/wasm`.
@@ -218,7 +219,7 @@ impl Fleet {
             monitors,
             process: Some(process),
             digests,
-            dir,
+            _dir: dir,
         };
         fleet.wait_registered(spec.monitors).await;
         fleet
@@ -274,12 +275,6 @@ impl Fleet {
         let _ = p.child.kill();
         let _ = p.child.wait();
         p.id.clone()
-    }
-
-    /// The temporary directory of the run.
-    #[must_use]
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
     }
 }
 
@@ -366,10 +361,10 @@ pub async fn statuses(
     out
 }
 
-/// This process's resident memory in bytes (`VmRSS`).
+/// Resident memory in bytes (`VmRSS`) of process `pid` (`"self"`: this one).
 #[must_use]
-pub fn rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+pub fn rss_bytes(pid: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
