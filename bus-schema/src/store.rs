@@ -34,6 +34,9 @@ pub const REPORTS_STREAM: &str = "TM_REPORTS";
 
 /// How often a monitor refreshes its [`crate::MonitorRecord`].
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
+/// Age after which a liveness record (monitor or manager) expires from its
+/// bucket: six missed heartbeats.
+pub const RECORD_MAX_AGE: Duration = Duration::from_secs(HEARTBEAT_EVERY.as_secs() * 6);
 
 /// Key of a deployment's snapshot in [`SNAPSHOTS_BUCKET`].
 #[must_use]
@@ -112,7 +115,7 @@ pub fn buckets() -> Vec<BucketSpec> {
             kind: BucketKind::KeyValue,
             description: "MonitorRecord per monitor id; an entry older than max_age means the monitor is gone",
             history: 1,
-            max_age: Some(HEARTBEAT_EVERY * 6),
+            max_age: Some(RECORD_MAX_AGE),
             writers: &[Role::Monitor],
             readers: &[Role::Manager, Role::Operator, Role::Viewer],
         },
@@ -130,7 +133,7 @@ pub fn buckets() -> Vec<BucketSpec> {
             kind: BucketKind::KeyValue,
             description: "ManagerRecord per manager id; an entry older than max_age means the manager is gone and its deployments may be adopted",
             history: 1,
-            max_age: Some(HEARTBEAT_EVERY * 6),
+            max_age: Some(RECORD_MAX_AGE),
             writers: &[Role::Manager],
             readers: &[Role::Manager, Role::Operator, Role::Viewer],
         },

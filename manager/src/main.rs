@@ -223,8 +223,9 @@ async fn main() -> anyhow::Result<()> {
         control.clone(),
         Duration::from_millis(args.heartbeat_ms),
     ));
-    // Monitors that stop answering are dropped within two probes.
-    let liveness = tokio::spawn(control.clone().watch_liveness());
+    // Monitors that stop answering are dropped within two probes; a
+    // collect round reads the records from a watched copy.
+    let liveness = tokio::spawn(control.clone().watch_monitors());
     let server = tokio::spawn(manager::service::serve(apps.clone(), client.clone()));
     for (name, source, params) in startup {
         apps.load_local(&name, source, params)

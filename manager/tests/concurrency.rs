@@ -565,3 +565,62 @@ async fn misbehaving_apps_are_unloaded_and_others_carry_on() {
     .await;
     assert_eq!(bad.into_result().unwrap_err().code, ErrorCode::BadRequest);
 }
+
+/// A manager running the records watch sees a monitor record written,
+/// changed and deleted without reading the bucket again: with a freshness
+/// of an hour, a read copy would not change at all.
+#[tokio::test]
+async fn the_watched_monitor_records_follow_the_bucket() {
+    use async_nats::jetstream;
+    use bus_schema::store;
+
+    let nats = harness::NatsServer::start().await.unwrap();
+    let control = Control::connect(nats.client().await, "mgr-a", 1)
+        .await
+        .unwrap();
+    let hour = Duration::from_secs(3600);
+    assert!(control.records_within(hour).await.unwrap().is_empty());
+    tokio::spawn(control.clone().watch_records());
+    let kv = jetstream::new(nats.client().await)
+        .get_key_value(store::MONITORS_BUCKET)
+        .await
+        .unwrap();
+    let put = |address: &str| {
+        let record = bus_schema::MonitorRecord {
+            monitor: "10.0.0.1".into(),
+            address: address.into(),
+            version: "0.0.0".into(),
+            protocol: bus_schema::PROTOCOL_VERSION,
+            links: vec![],
+            started_unix_ms: manager::control::now_ms(),
+            heartbeat_unix_ms: manager::control::now_ms(),
+        };
+        let kv = kv.clone();
+        async move {
+            kv.put("10.0.0.1", bus_schema::encode(&record).unwrap().into())
+                .await
+                .unwrap();
+        }
+    };
+    let address_within_5s = |want: Option<&'static str>| {
+        let control = control.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                let records = control.records_within(hour).await.unwrap();
+                let got = records.get("10.0.0.1").map(|r| r.address.clone());
+                if got.as_deref() == want {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "wanted {want:?}, have {got:?}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    put("10.0.0.1").await;
+    address_within_5s(Some("10.0.0.1")).await;
+    put("10.0.0.9").await;
+    address_within_5s(Some("10.0.0.9")).await;
+    kv.delete("10.0.0.1").await.unwrap();
+    address_within_5s(None).await;
+}

@@ -10,14 +10,15 @@
 //! of when its record expires. A late reply still counts, so a loaded
 //! monitor is not taken for a dead one.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bus_schema::MonitorRecord;
+use async_nats::jetstream::kv::Operation;
+use bus_schema::{MonitorRecord, store};
 use futures::StreamExt;
 
-use super::{Control, now_ms};
+use super::{Control, MonitorRecords, holding_monitors, now_ms};
 
 /// How often [`Control::watch_liveness`] pings.
 pub const PROBE_EVERY: Duration = Duration::from_secs(1);
@@ -67,7 +68,87 @@ impl Liveness {
     }
 }
 
+#[derive(Debug, Default)]
+struct Copy {
+    /// The watch has delivered every record the bucket held when it began.
+    caught_up: bool,
+    /// Each record with when it was written, Unix ns.
+    records: HashMap<String, (MonitorRecord, i128)>,
+}
+
+/// The monitor records as a KV watch delivers them ([`Control::watch_records`]),
+/// shared by a [`Control`]'s clones.
+#[derive(Debug, Default, Clone)]
+pub(super) struct Watched(Arc<Mutex<Copy>>);
+
+impl Watched {
+    /// The records not older than the bucket's max age, filtered as
+    /// [`holding_monitors`] does; `None` unless a watch has caught up.
+    pub(super) fn current(&self, enforced: bool) -> Option<MonitorRecords> {
+        let copy = self.0.lock().expect("watched records");
+        if !copy.caught_up {
+            return None;
+        }
+        let oldest = i128::from(now_ms()) * 1_000_000 - store::RECORD_MAX_AGE.as_nanos() as i128;
+        let fresh: BTreeMap<String, MonitorRecord> = copy
+            .records
+            .iter()
+            .filter(|(_, (_, written))| *written > oldest)
+            .map(|(k, (r, _))| (k.clone(), r.clone()))
+            .collect();
+        Some(holding_monitors(fresh, enforced).0)
+    }
+
+    fn reset(&self) {
+        *self.0.lock().expect("watched records") = Copy::default();
+    }
+}
+
 impl Control {
+    /// Runs [`Control::watch_liveness`] and [`Control::watch_records`]
+    /// until cancelled: what a long-running manager does.
+    pub async fn watch_monitors(self) {
+        tokio::join!(self.clone().watch_liveness(), self.watch_records());
+    }
+
+    /// Keeps a copy of `tm_monitors` current through a KV watch until
+    /// cancelled, so that a collect round, which needs the monitors'
+    /// addresses, reads no record. Records expire from the bucket without a
+    /// delete marker, so the copy drops those older than the bucket's max
+    /// age itself. Without it running (or until it has caught up), collect
+    /// reads the bucket at most once a second.
+    pub async fn watch_records(self) {
+        loop {
+            match self.monitors.watch_with_history(">").await {
+                Ok(mut entries) => {
+                    while let Some(entry) = entries.next().await {
+                        let Ok(entry) = entry else { break };
+                        let mut copy = self.watched.0.lock().expect("watched records");
+                        match entry.operation {
+                            Operation::Put => match bus_schema::decode(&entry.value) {
+                                Ok(record) => {
+                                    let written = entry.created.unix_timestamp_nanos();
+                                    copy.records.insert(entry.key, (record, written));
+                                }
+                                Err(e) => {
+                                    tracing::warn!(key = %entry.key, error = %e, "unreadable monitor record skipped");
+                                    copy.records.remove(&entry.key);
+                                }
+                            },
+                            Operation::Delete | Operation::Purge => {
+                                copy.records.remove(&entry.key);
+                            }
+                        }
+                        copy.caught_up |= entry.delta == 0;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot watch tm_monitors"),
+            }
+            self.watched.reset();
+            tokio::time::sleep(PROBE_EVERY).await;
+        }
+    }
+
     /// Pings every monitor each [`PROBE_EVERY`] until cancelled, so that
     /// [`Control::monitors`] drops a monitor [`GONE_AFTER`] after it
     /// stopped answering. Without it running, nothing is dropped before

@@ -65,6 +65,8 @@ pub struct Control {
     liveness: liveness::Liveness,
     /// The monitor records last read, and when ([`Control::records_within`]).
     records: std::sync::Arc<std::sync::Mutex<Option<(std::time::Instant, MonitorRecords)>>>,
+    /// The monitor records as a watch delivers them ([`Control::watch_records`]).
+    watched: liveness::Watched,
 }
 
 /// Monitor records by id.
@@ -129,6 +131,7 @@ impl Control {
             times: wasm_host::metrics::CommandTimes::default(),
             liveness: liveness::Liveness::default(),
             records: std::sync::Arc::default(),
+            watched: liveness::Watched::default(),
         })
     }
 
@@ -224,11 +227,18 @@ impl Control {
     /// The monitor records (as [`Control::monitors`], without asking who
     /// answers) as read at most `fresh` ago, read again if older: for what
     /// needs only the monitors' addresses, so that a collect round from a
-    /// thousand monitors does not read a thousand records each time.
+    /// thousand monitors does not read a thousand records each time. Where
+    /// [`Control::watch_records`] runs and `fresh` is not zero, its copy
+    /// (current to within the watch's delivery) is used and nothing is read.
     ///
     /// # Errors
     /// If the bucket cannot be read.
     pub async fn records_within(&self, fresh: Duration) -> Result<MonitorRecords, ErrorBody> {
+        if !fresh.is_zero()
+            && let Some(records) = self.watched.current(self.enforced)
+        {
+            return Ok(records);
+        }
         if let Some((at, records)) = &*self.records.lock().expect("records")
             && at.elapsed() < fresh
         {

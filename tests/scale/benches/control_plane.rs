@@ -226,8 +226,8 @@ async fn main() {
     let b = Control::connect(scale::node_client(&fleet.site, 1).await, "mgr-b", 3)
         .await
         .unwrap();
-    tokio::spawn(a.clone().watch_liveness());
-    tokio::spawn(b.clone().watch_liveness());
+    tokio::spawn(a.clone().watch_monitors());
+    tokio::spawn(b.clone().watch_monitors());
     let requester = echo(&fleet).await;
     let mut bare_t = Vec::new();
 

@@ -33,7 +33,7 @@ async fn twenty_monitors_three_nodes_and_a_leaf_survive_node_kills_and_a_cut() {
     let control = Control::connect(scale::node_client(&fleet.site, 0).await, "mgr-a", 3)
         .await
         .unwrap();
-    tokio::spawn(control.clone().watch_liveness());
+    tokio::spawn(control.clone().watch_monitors());
 
     // A killed monitor is no longer counted within seconds (the liveness
     // probe), not when its record expires.
