@@ -13,6 +13,7 @@ pub mod apps;
 pub mod archive;
 pub mod console;
 pub mod control;
+pub mod export;
 pub mod metrics;
 pub mod service;
 pub mod topology;

@@ -367,7 +367,7 @@ pub fn run(mut analyzer: Analyzer, rx: Receiver<DepMsg>, shared: Arc<Shared>, ti
                 outcome
             }
             Ok(DepMsg::Unload(reply)) => {
-                let window = match analyzer.collect() {
+                let window = match analyzer.finish().and_then(|()| analyzer.collect()) {
                     Ok(results) => {
                         sync_counters(&analyzer, &counters);
                         let w = shared.window(results, true, true);
@@ -543,6 +543,7 @@ impl Clock {
             sync_counters(analyzer, &shared.counters);
             let w = shared.window(results, true, false);
             shared.send(Outgoing::Result(w));
+            analyzer.published()?;
         }
         self.tell_shed(shared);
         Ok(())

@@ -111,6 +111,8 @@ pub struct Analyzer {
     last_error: TypedFunc<(), i64>,
     snapshot: Option<TypedFunc<(), i64>>,
     restore: Option<TypedFunc<(i32, i32), i32>>,
+    published: Option<TypedFunc<(), i32>>,
+    finish: Option<TypedFunc<(), i32>>,
     batch_ptr: u32,
     batch_cap: usize,
     deadline_ticks: u64,
@@ -362,6 +364,8 @@ impl Analyzer {
             last_error: func!(export::LAST_ERROR),
             snapshot: instance.get_typed_func(&mut store, export::SNAPSHOT).ok(),
             restore: instance.get_typed_func(&mut store, export::RESTORE).ok(),
+            published: instance.get_typed_func(&mut store, export::PUBLISHED).ok(),
+            finish: instance.get_typed_func(&mut store, export::FINISH).ok(),
             store,
             memory,
             batch_ptr: 0,
@@ -510,6 +514,32 @@ impl Analyzer {
         let f = self.tick.clone();
         let status = self.call(export::TICK, |s| f.call(s, now_ns as i64))?;
         self.check_status(export::TICK, status)
+    }
+
+    /// Tells the analyzer that its last results went out in a published
+    /// window (nothing if it does not export `tm_published`).
+    ///
+    /// # Errors
+    /// The failure; the instance is dead afterwards.
+    pub fn published(&mut self) -> Result<(), Failure> {
+        let Some(f) = self.published.clone() else {
+            return Ok(());
+        };
+        let status = self.call(export::PUBLISHED, |s| f.call(s, ()))?;
+        self.check_status(export::PUBLISHED, status)
+    }
+
+    /// Tells the analyzer that it is being unloaded, before the final
+    /// collect (nothing if it does not export `tm_finish`).
+    ///
+    /// # Errors
+    /// The failure; the instance is dead afterwards.
+    pub fn finish(&mut self) -> Result<(), Failure> {
+        let Some(f) = self.finish.clone() else {
+            return Ok(());
+        };
+        let status = self.call(export::FINISH, |s| f.call(s, ()))?;
+        self.check_status(export::FINISH, status)
     }
 
     /// Applies new parameters.

@@ -77,6 +77,13 @@ pub mod export {
     pub const RESTORE: &str = "tm_restore";
     /// `() -> i32` (optional): captured bytes per packet the guest reads.
     pub const SNAP_LEN: &str = "tm_snap_len";
+    /// `() -> i32` (optional): the last `tm_collect`'s results went out in
+    /// a published window (periodic or final); what only that window had
+    /// to carry may be dropped now.
+    pub const PUBLISHED: &str = "tm_published";
+    /// `() -> i32` (optional): the deployment is being unloaded; the final
+    /// `tm_collect` follows.
+    pub const FINISH: &str = "tm_finish";
     /// The guest's linear memory.
     pub const MEMORY: &str = "memory";
 }

@@ -141,6 +141,17 @@ pub trait Analyzer: Sized {
     fn snap_len(&self) -> u32 {
         u32::MAX
     }
+    /// The results of the last [`Analyzer::results`] went out in a
+    /// published window (periodic, or the final one at an unload), which
+    /// the results stream keeps: the place to drop what only that window
+    /// had to carry (ended flow records, say), so each is published once.
+    /// A `collect` a manager asks for is not published and is not followed
+    /// by this call. The default does nothing.
+    fn published(&mut self) {}
+    /// The deployment is being unloaded: the final [`Analyzer::results`]
+    /// follow, then nothing. The place to close what is still open (flows
+    /// that have not ended, say). The default does nothing.
+    fn finish(&mut self) {}
 }
 
 /// Hands the `count` records of a batch to `analyzer`, one by one in
@@ -423,6 +434,30 @@ pub mod rt {
                 .map_or(u32::MAX, |a| a.snap_len())
         }
 
+        /// `tm_published`
+        pub fn published(&self) -> u32 {
+            let state = self.0.get();
+            match state.guest.as_mut() {
+                Some(a) => {
+                    a.published();
+                    Status::Ok as u32
+                }
+                None => state.fail(Status::Failed, "published before init".into()),
+            }
+        }
+
+        /// `tm_finish`
+        pub fn finish(&self) -> u32 {
+            let state = self.0.get();
+            match state.guest.as_mut() {
+                Some(a) => {
+                    a.finish();
+                    Status::Ok as u32
+                }
+                None => state.fail(Status::Failed, "finish before init".into()),
+            }
+        }
+
         /// `tm_last_error`
         pub fn last_error(&self) -> u64 {
             self.0.last_error()
@@ -478,6 +513,14 @@ macro_rules! export_analyzer {
             #[no_mangle]
             pub extern "C" fn tm_snap_len() -> u32 {
                 SLOT.snap_len()
+            }
+            #[no_mangle]
+            pub extern "C" fn tm_published() -> u32 {
+                SLOT.published()
+            }
+            #[no_mangle]
+            pub extern "C" fn tm_finish() -> u32 {
+                SLOT.finish()
             }
             #[no_mangle]
             pub extern "C" fn tm_last_error() -> u64 {
