@@ -23,6 +23,10 @@
  *   uint32_t tm_snap_len(void);                    optional: most captured bytes per packet it reads
  *                                                  (0: the parsed header alone), asked once after
  *                                                  tm_init; the host cuts records to it (cap_len)
+ *   int32_t tm_published(void);                    optional: the last tm_collect's results went out
+ *                                                  in a published window (periodic or final)
+ *   int32_t tm_finish(void);                       optional: the deployment is being unloaded; the
+ *                                                  final tm_collect follows
  *   memory "memory"                                the linear memory
  *
  * Buffers given to tm_init, tm_configure and tm_restore come from tm_alloc

@@ -161,7 +161,7 @@ struct Row {
 #[tokio::main]
 async fn main() {
     let flows = arg("flows", 200_000);
-    let per_window = arg("per-window", 2000).clamp(1, 5000);
+    let per_window = arg("per-window", 2000).clamp(1, 4000);
     let frames = capture(flows);
     let work = tempfile::tempdir().unwrap();
     let pcap = work.path().join("flows.pcap");

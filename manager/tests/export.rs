@@ -146,6 +146,11 @@ fn free_udp_port() -> u16 {
 /// `nfcapd` listening on a free loopback port, writing into `dir`.
 fn nfcapd(dir: &Path) -> (Child, u16) {
     let port = free_udp_port();
+    (nfcapd_on(dir, port), port)
+}
+
+/// `nfcapd` listening on loopback `port`, writing into `dir`.
+fn nfcapd_on(dir: &Path, port: u16) -> Child {
     let child = Command::new("nfcapd")
         .args([
             "-b",
@@ -162,7 +167,7 @@ fn nfcapd(dir: &Path) -> (Child, u16) {
         .spawn()
         .expect("nfcapd (Debian's nfdump package; xtask/setup.sh installs it)");
     std::thread::sleep(Duration::from_millis(300));
-    (child, port)
+    child
 }
 
 /// Stops `child` with SIGTERM and waits for it.
@@ -332,22 +337,7 @@ async fn nfdump_reads_every_flow_once_with_the_captures_figures_across_an_export
     // After the replay, the unload ends the flows still open.
     tokio::time::sleep(Duration::from_millis(span_ms + 1000).saturating_sub(began.elapsed())).await;
     control.unload("flows", false).await.unwrap();
-    let stream = js.get_stream(store::RESULTS_STREAM).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let mut consumer: async_nats::jetstream::consumer::PullConsumer =
-            stream.get_consumer("tm-export-ipfix").await.unwrap();
-        let info = consumer.info().await.unwrap();
-        if info.num_pending == 0 && info.num_ack_pending == 0 && info.delivered.stream_sequence > 0
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the exporter did not catch up: {info:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    caught_up(&js, Duration::from_secs(20)).await;
     let after = stop_export(second);
     terminate(&mut collector);
 
@@ -408,5 +398,105 @@ async fn nfdump_reads_every_flow_once_with_the_captures_figures_across_an_export
             (have.packets, have.bytes),
             "{key:?}"
         );
+    }
+}
+
+/// Waits until the exporter's durable consumer has acknowledged every
+/// window of the stream.
+async fn caught_up(js: &async_nats::jetstream::Context, within: Duration) {
+    let stream = js.get_stream(store::RESULTS_STREAM).await.unwrap();
+    let deadline = Instant::now() + within;
+    loop {
+        let mut consumer: async_nats::jetstream::consumer::PullConsumer =
+            stream.get_consumer("tm-export-ipfix").await.unwrap();
+        let info = consumer.info().await.unwrap();
+        if info.num_pending == 0 && info.num_ack_pending == 0 && info.delivered.stream_sequence > 0
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the exporter did not catch up: {info:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A collector that is not there yet (its port answers "unreachable"): the
+/// exporter keeps the windows, sends them again each second, and once
+/// nfcapd listens on that port every flow arrives, once.
+#[tokio::test]
+async fn windows_wait_for_a_refusing_collector_and_then_arrive_once() {
+    let nats = harness::NatsServer::start().await.unwrap();
+    let client = nats.client().await;
+    let js = async_nats::jetstream::new(client.clone());
+    bus_schema::nats::ensure_stores(&js, 1, bus_schema::Role::Admin)
+        .await
+        .unwrap();
+    let mut want = BTreeMap::new();
+    for w in 1..=3u64 {
+        let records: Vec<serde_json::Value> = (0..10u64)
+            .map(|i| {
+                let n = (w - 1) * 10 + i;
+                let src = IpAddr::from(Ipv4Addr::new(10, 7, 0, 1 + n as u8));
+                let start = START_NS / 1_000_000 + n * 100;
+                want.insert(
+                    (src, IpAddr::from(Ipv4Addr::new(10, 8, 0, 1)), 4000, 80, 6),
+                    Truth { packets: 1 + n, bytes: 40 * (1 + n), first_ms: start, last_ms: start + 50 },
+                );
+                serde_json::json!({"seq": n + 1, "src": src.to_string(), "dst": "10.8.0.1",
+                    "sport": 4000, "dport": 80, "proto": 6, "packets": 1 + n, "octets": 40 * (1 + n),
+                    "start_ns": start * 1_000_000, "end_ns": (start + 50) * 1_000_000,
+                    "tcp_flags": 0x12, "link": 2, "reason": 1})
+            })
+            .collect();
+        let window = bus_schema::ResultWindow {
+            monitor: "m1".into(),
+            deployment: "flows".into(),
+            analyzer: "flow-records".into(),
+            sha256: "0".repeat(64),
+            run: "r1".into(),
+            seq: w,
+            start_unix_ms: 0,
+            end_unix_ms: 0,
+            last: w == 3,
+            stats: Default::default(),
+            capture: vec![],
+            results: params(serde_json::json!({"records": records})),
+        };
+        js.publish(
+            bus_schema::subject::results("m1", "flows"),
+            bus_schema::encode(&window).unwrap().into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    }
+
+    let port = free_udp_port();
+    let exporter = tm_export(&nats.url(), port);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let stream = js.get_stream(store::RESULTS_STREAM).await.unwrap();
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer =
+        stream.get_consumer("tm-export-ipfix").await.unwrap();
+    let info = consumer.info().await.unwrap();
+    assert_eq!(
+        info.ack_floor.stream_sequence, 0,
+        "nothing acknowledged while refused: {info:?}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut collector = nfcapd_on(dir.path(), port);
+    caught_up(&js, Duration::from_secs(15)).await;
+    let summary = stop_export(exporter);
+    terminate(&mut collector);
+    assert!(summary["refused"].as_u64().unwrap() >= 2, "{summary}");
+    assert_eq!(summary["records"], 30, "{summary}");
+    let (got, records) = nfdump(dir.path());
+    assert_eq!(records, 30, "each flow once");
+    for (key, truth) in &want {
+        assert_eq!(got.get(key).map(|g| g.0), Some(*truth), "{key:?}");
+        assert_eq!(got[key].1, 2, "{key:?}: the link id");
     }
 }

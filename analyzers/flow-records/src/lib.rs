@@ -30,7 +30,7 @@
 //! "tcp_flags", "link", "reason"}]}`. `records` are those that ended since
 //! the last *published* window (each record is in one published window;
 //! `seq` numbers them 1, 2, … over the deployment), at most `max_held`
-//! (up to 5000, about 110 bytes each in a window): beyond it the oldest are
+//! (up to 4000; about 150 bytes each in a window, 200 for IPv6): beyond it the oldest are
 //! dropped and counted in `records_dropped`, so publish windows often
 //! enough for the rate at which flows end.
 //! `octets` are IP bytes (header and payload, from the IP length field), as
@@ -103,10 +103,10 @@ impl Params {
                 self.max_flows
             ));
         }
-        // About 110 bytes a record: 5000 keep a window under the bus's
-        // default 1 MiB max payload.
-        if self.max_held == 0 || self.max_held > 5_000 {
-            return Err(format!("max_held = {}: must be 1 to 5000", self.max_held));
+        // At most about 200 bytes a record (IPv6): 4000 keep a window
+        // under the bus's default 1 MiB max payload.
+        if self.max_held == 0 || self.max_held > 4_000 {
+            return Err(format!("max_held = {}: must be 1 to 4000", self.max_held));
         }
         Ok(self)
     }

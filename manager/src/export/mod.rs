@@ -74,7 +74,8 @@ pub struct Counters {
     pub datagrams: u64,
     /// Bytes sent.
     pub bytes: u64,
-    /// Sends the collector refused, retried.
+    /// Windows whose sending failed (the collector refused, the network
+    /// was unreachable), each sent again a second later.
     pub refused: u64,
 }
 
@@ -164,9 +165,9 @@ struct Exporter {
 }
 
 impl Exporter {
-    /// Sends a window's new records; `Ok(false)` if the collector refused
-    /// (the window is to be retried).
-    async fn export(&mut self, window: &FlowWindow) -> Result<bool> {
+    /// Sends a window's new records; `Ok(Err(_))` if a send failed or the
+    /// collector refused (the window is to be sent again).
+    async fn export(&mut self, window: &FlowWindow) -> Result<std::io::Result<()>> {
         let flows = flows_of(window)?;
         let key = (
             window.monitor.clone(),
@@ -212,23 +213,29 @@ impl Exporter {
             self.cfg.template_refresh,
             self.cfg.max_datagram,
         );
+        let mut failed = None;
         for m in &messages {
             match self.socket.send(m).await {
                 Ok(_) => {
                     self.counters.datagrams += 1;
                     self.counters.bytes += m.len() as u64;
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                    // Sent again from the same sequence number, with templates.
-                    *domain = ipfix::Domain::new(before.id);
-                    domain.seq = before.seq;
-                    self.counters.refused += 1;
-                    return Ok(false);
-                }
                 Err(e) => {
-                    return Err(e).with_context(|| format!("sending to {}", self.cfg.collector));
+                    failed = Some(e);
+                    break;
                 }
             }
+        }
+        // A port-unreachable that came back while the window was sent.
+        if failed.is_none() {
+            failed = self.socket.take_error().unwrap_or_else(Some);
+        }
+        if let Some(e) = failed {
+            // Sent again from the same sequence number, with templates.
+            *domain = ipfix::Domain::new(before.id);
+            domain.seq = before.seq;
+            self.counters.refused += 1;
+            return Ok(Err(e));
         }
         if gaps > 0 {
             tracing::warn!(
@@ -242,7 +249,7 @@ impl Exporter {
         if !fresh.is_empty() {
             self.sent.insert(key, expected - 1);
         }
-        Ok(true)
+        Ok(Ok(()))
     }
 }
 
@@ -369,12 +376,15 @@ pub async fn run(
             };
             loop {
                 match ex.export(&window).await {
-                    Ok(true) => break,
-                    Ok(false) => {
+                    Ok(Ok(())) => break,
+                    Ok(Err(e)) => {
                         if last_report.elapsed() >= Duration::from_secs(10)
                             || ex.counters.refused == 1
                         {
-                            tracing::warn!(collector = %ex.cfg.collector, "the collector refuses; retrying the window");
+                            tracing::warn!(
+                                collector = %ex.cfg.collector, error = %e,
+                                "cannot send to the collector; the window is sent again every second"
+                            );
                             last_report = Instant::now();
                         }
                         tokio::select! {
