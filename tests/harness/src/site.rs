@@ -94,6 +94,11 @@ impl LeafLink {
                             let Some(outbound) = outbound else {
                                 return;
                             };
+                            // As nats-server's own connections: no Nagle
+                            // delay on small messages (replies would wait
+                            // for the peer's delayed ACK, 40 ms).
+                            let _ = inbound.set_nodelay(true);
+                            let _ = outbound.set_nodelay(true);
                             let (mut a, mut b) = (inbound, outbound);
                             tokio::select! {
                                 _ = tokio::io::copy_bidirectional(&mut a, &mut b) => {}
