@@ -259,10 +259,18 @@ fn unix_ms(text: &str) -> u64 {
 }
 
 fn tm_export(nats: &str, port: u16) -> Child {
+    tm_export_as(nats, None, port)
+}
+
+/// `tm-export ipfix` for deployment `flows`, with `creds` if given.
+fn tm_export_as(nats: &str, creds: Option<&Path>, port: u16) -> Child {
     let exe = std::env::current_exe().unwrap();
     let bin = exe.parent().unwrap().parent().unwrap().join("tm-export");
-    Command::new(bin)
-        .args(["--nats", nats, "ipfix", "--collector"])
+    let mut cmd = Command::new(bin);
+    if let Some(creds) = creds {
+        cmd.arg("--nats-creds").arg(creds);
+    }
+    cmd.args(["--nats", nats, "ipfix", "--collector"])
         .arg(format!("127.0.0.1:{port}"))
         .args(["--deployment", "flows", "--template-refresh-s", "1"])
         .stdout(Stdio::piped())
@@ -424,15 +432,26 @@ async fn caught_up(js: &async_nats::jetstream::Context, within: Duration) {
 
 /// A collector that is not there yet (its port answers "unreachable"): the
 /// exporter keeps the windows, sends them again each second, and once
-/// nfcapd listens on that port every flow arrives, once.
+/// nfcapd listens on that port every flow arrives, once. Identities are
+/// enforced: the windows come from a monitor's identity, the exporter runs
+/// with a subscriber's.
 #[tokio::test]
 async fn windows_wait_for_a_refusing_collector_and_then_arrive_once() {
-    let nats = harness::NatsServer::start().await.unwrap();
+    let ids = tempfile::tempdir().unwrap();
+    common::auth_init(
+        ids.path(),
+        &["--monitor", "10.9.0.1", "--subscriber", "exporter"],
+    );
+    let m1 = monitor_id("10.9.0.1");
+    let nats = harness::NatsServer::start_with_auth(
+        &ids.path().join("auth.conf"),
+        &ids.path().join(format!("monitor-{m1}.nk")),
+    )
+    .await
+    .unwrap();
+    nats.setup_as(&ids.path().join("admin-admin.nk")).await;
     let client = nats.client().await;
     let js = async_nats::jetstream::new(client.clone());
-    bus_schema::nats::ensure_stores(&js, 1, bus_schema::Role::Admin)
-        .await
-        .unwrap();
     let mut want = BTreeMap::new();
     for w in 1..=3u64 {
         let records: Vec<serde_json::Value> = (0..10u64)
@@ -451,7 +470,7 @@ async fn windows_wait_for_a_refusing_collector_and_then_arrive_once() {
             })
             .collect();
         let window = bus_schema::ResultWindow {
-            monitor: "m1".into(),
+            monitor: m1.clone(),
             deployment: "flows".into(),
             analyzer: "flow-records".into(),
             sha256: "0".repeat(64),
@@ -465,7 +484,7 @@ async fn windows_wait_for_a_refusing_collector_and_then_arrive_once() {
             results: params(serde_json::json!({"records": records})),
         };
         js.publish(
-            bus_schema::subject::results("m1", "flows"),
+            bus_schema::subject::results(&m1, "flows"),
             bus_schema::encode(&window).unwrap().into(),
         )
         .await
@@ -475,9 +494,19 @@ async fn windows_wait_for_a_refusing_collector_and_then_arrive_once() {
     }
 
     let port = free_udp_port();
-    let exporter = tm_export(&nats.url(), port);
+    let subscriber = ids.path().join("subscriber-exporter.nk");
+    let exporter = tm_export_as(&nats.url(), Some(&subscriber), port);
+    // The test reads the exporter's consumer as the subscriber too.
+    let reader = async_nats::jetstream::new(
+        bus_schema::nats::with_credentials(async_nats::ConnectOptions::new(), &subscriber)
+            .await
+            .unwrap()
+            .connect(nats.url())
+            .await
+            .unwrap(),
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let stream = js.get_stream(store::RESULTS_STREAM).await.unwrap();
+    let stream = reader.get_stream(store::RESULTS_STREAM).await.unwrap();
     let mut consumer: async_nats::jetstream::consumer::PullConsumer =
         stream.get_consumer("tm-export-ipfix").await.unwrap();
     let info = consumer.info().await.unwrap();
@@ -488,7 +517,7 @@ async fn windows_wait_for_a_refusing_collector_and_then_arrive_once() {
 
     let dir = tempfile::tempdir().unwrap();
     let mut collector = nfcapd_on(dir.path(), port);
-    caught_up(&js, Duration::from_secs(15)).await;
+    caught_up(&reader, Duration::from_secs(15)).await;
     let summary = stop_export(exporter);
     terminate(&mut collector);
     assert!(summary["refused"].as_u64().unwrap() >= 2, "{summary}");
