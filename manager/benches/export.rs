@@ -17,10 +17,11 @@
 
 use std::net::Ipv4Addr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bus_schema::{DeploymentStats, ResultWindow, Value, subject};
+use harness::collector::Nfcapd;
 use pcapgen::{Frame, linktype};
 use serde_json::{Value as Json, json};
 
@@ -99,45 +100,10 @@ fn window(seq: u64, from: usize, to: usize) -> ResultWindow {
     }
 }
 
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// `nfcapd` on a free loopback port with an 8 MiB socket buffer.
-fn nfcapd(dir: &Path) -> (Child, u16) {
-    let port = free_udp_port();
-    let child = Command::new("nfcapd")
-        .args(["-b", "127.0.0.1", "-p", &port.to_string(), "-t", "3600"])
-        .args(["-B", "8388608", "-w"])
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("nfcapd (xtask/setup.sh installs nfdump)");
-    std::thread::sleep(Duration::from_millis(300));
-    (child, port)
-}
-
-/// Stops nfcapd and counts the flow records in `dir`.
-fn received(mut collector: Child, dir: &Path) -> u64 {
+/// Stops nfcapd and counts the flow records it got.
+fn received(collector: Nfcapd) -> u64 {
     std::thread::sleep(Duration::from_millis(500));
-    let _ = Command::new("kill")
-        .args(["-TERM", &collector.id().to_string()])
-        .status();
-    let _ = collector.wait();
-    let out = Command::new("nfdump")
-        .args(["-q", "-o", "fmt:%pr", "-R"])
-        .arg(dir)
-        .output()
-        .expect("nfdump");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .count() as u64
+    collector.records().len() as u64
 }
 
 /// CPU seconds (user + system) of the waited-for children so far.
@@ -190,7 +156,8 @@ async fn main() {
 
     let ours = work.path().join("ours");
     std::fs::create_dir(&ours).unwrap();
-    let (collector, port) = nfcapd(&ours);
+    let collector = Nfcapd::start(&ours);
+    let port = collector.port;
     let cpu = children_cpu();
     let t = Instant::now();
     let out = Command::new(env!("CARGO_BIN_EXE_tm-export"))
@@ -208,14 +175,15 @@ async fn main() {
         tool: "tm-export ipfix",
         what: "results stream → IPFIX/UDP",
         records: summary["records"].as_u64().unwrap(),
-        received: received(collector, &ours),
+        received: received(collector),
         wall,
         cpu_s,
     };
 
     let theirs = work.path().join("theirs");
     std::fs::create_dir(&theirs).unwrap();
-    let (collector, port) = nfcapd(&theirs);
+    let collector = Nfcapd::start(&theirs);
+    let port = collector.port;
     let cpu = children_cpu();
     let t = Instant::now();
     let status = Command::new("softflowd")
@@ -233,7 +201,7 @@ async fn main() {
     let wall = t.elapsed();
     let cpu_s = children_cpu() - cpu;
     assert!(status.success());
-    let soft_received = received(collector, &theirs);
+    let soft_received = received(collector);
     let soft = Row {
         tool: "softflowd -r",
         what: "capture → flows → IPFIX/UDP",

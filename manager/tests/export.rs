@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use bus_schema::store::{self, BlobKind};
 use common::{monitor_id, params, put_blob};
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+use harness::collector::{Nfcapd, terminate};
 use manager::control::{Control, DeploySpec, Targets};
 use pcapgen::scenarios::Session;
 use pcapgen::{Frame, Timeline, linktype};
@@ -135,67 +136,11 @@ fn ground_truth(frames: &[Frame]) -> BTreeMap<Key, Truth> {
     flows
 }
 
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// `nfcapd` listening on a free loopback port, writing into `dir`.
-fn nfcapd(dir: &Path) -> (Child, u16) {
-    let port = free_udp_port();
-    (nfcapd_on(dir, port), port)
-}
-
-/// `nfcapd` listening on loopback `port`, writing into `dir`.
-fn nfcapd_on(dir: &Path, port: u16) -> Child {
-    let child = Command::new("nfcapd")
-        .args([
-            "-b",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-t",
-            "3600",
-            "-w",
-        ])
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("nfcapd (Debian's nfdump package; xtask/setup.sh installs it)");
-    std::thread::sleep(Duration::from_millis(300));
-    child
-}
-
-/// Stops `child` with SIGTERM and waits for it.
-fn terminate(child: &mut Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let _ = child.wait();
-}
-
-/// Every flow `nfdump` reads from `dir`, by key: packets, bytes, first and
-/// last (Unix ms), ingress interface; and how many records it read.
-fn nfdump(dir: &Path) -> (BTreeMap<Key, (Truth, u64)>, usize) {
-    let out = Command::new("nfdump")
-        .env("TZ", "UTC")
-        .args(["-o", "json", "-R"])
-        .arg(dir)
-        .output()
-        .expect("nfdump");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let records: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("nfdump json: {e}: {}", String::from_utf8_lossy(&out.stdout)));
+/// The flows nfdump read (`Nfcapd::records`), by key: packets, bytes,
+/// first and last (Unix ms), ingress interface; and how many records.
+fn nfdump(records: &[serde_json::Value]) -> (BTreeMap<Key, (Truth, u64)>, usize) {
     let mut flows = BTreeMap::new();
-    for r in &records {
+    for r in records {
         let addr = |v4: &str, v6: &str| -> IpAddr {
             r[v4]
                 .as_str()
@@ -318,7 +263,8 @@ async fn nfdump_reads_every_flow_once_with_the_captures_figures_across_an_export
     let control = Control::connect(client.clone(), "mgr", 1).await.unwrap();
 
     let ours = tempfile::tempdir().unwrap();
-    let (mut collector, port) = nfcapd(ours.path());
+    let collector = Nfcapd::start(ours.path());
+    let port = collector.port;
     let first = tm_export(&nats.url(), port);
     let deployed = control
         .deploy(&DeploySpec {
@@ -347,12 +293,11 @@ async fn nfdump_reads_every_flow_once_with_the_captures_figures_across_an_export
     control.unload("flows", false).await.unwrap();
     caught_up(&js, Duration::from_secs(20)).await;
     let after = stop_export(second);
-    terminate(&mut collector);
 
     let sent = before["records"].as_u64().unwrap() + after["records"].as_u64().unwrap();
     assert_eq!(sent, truth.len() as u64, "{before} {after}");
     assert_eq!(after["gaps"], 0, "{after}");
-    let (got, records) = nfdump(ours.path());
+    let (got, records) = nfdump(&collector.records());
     assert_eq!(records, truth.len(), "each flow exactly once");
     for (key, want) in &truth {
         let (have, link) = got
@@ -368,7 +313,8 @@ async fn nfdump_reads_every_flow_once_with_the_captures_figures_across_an_export
     // its own, with the connection's first and last packet as both
     // records' times; here each direction has its own.
     let theirs = tempfile::tempdir().unwrap();
-    let (mut collector, port) = nfcapd(theirs.path());
+    let collector = Nfcapd::start(theirs.path());
+    let port = collector.port;
     let pcap = tempfile::NamedTempFile::new().unwrap();
     pcapgen::write_pcap(pcap.path(), linktype::ETHERNET, &frames).unwrap();
     let status = Command::new("softflowd")
@@ -384,8 +330,7 @@ async fn nfdump_reads_every_flow_once_with_the_captures_figures_across_an_export
         .expect("softflowd");
     assert!(status.success());
     std::thread::sleep(Duration::from_millis(300));
-    terminate(&mut collector);
-    let (soft, records) = nfdump(theirs.path());
+    let (soft, records) = nfdump(&collector.records());
     assert_eq!(records, truth.len());
     for (key, want) in &truth {
         let (have, _) = soft
@@ -493,7 +438,7 @@ async fn windows_wait_for_a_refusing_collector_and_then_arrive_once() {
         .unwrap();
     }
 
-    let port = free_udp_port();
+    let port = harness::collector::free_udp_port();
     let subscriber = ids.path().join("subscriber-exporter.nk");
     let exporter = tm_export_as(&nats.url(), Some(&subscriber), port);
     // The test reads the exporter's consumer as the subscriber too.
@@ -516,13 +461,12 @@ async fn windows_wait_for_a_refusing_collector_and_then_arrive_once() {
     );
 
     let dir = tempfile::tempdir().unwrap();
-    let mut collector = nfcapd_on(dir.path(), port);
+    let collector = Nfcapd::start_on(dir.path(), port);
     caught_up(&reader, Duration::from_secs(15)).await;
     let summary = stop_export(exporter);
-    terminate(&mut collector);
     assert!(summary["refused"].as_u64().unwrap() >= 2, "{summary}");
     assert_eq!(summary["records"], 30, "{summary}");
-    let (got, records) = nfdump(dir.path());
+    let (got, records) = nfdump(&collector.records());
     assert_eq!(records, 30, "each flow once");
     for (key, truth) in &want {
         assert_eq!(got.get(key).map(|g| g.0), Some(*truth), "{key:?}");

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream;
 
 pub mod browser;
+pub mod collector;
 pub mod compose;
 pub mod lab;
 pub mod metrics;
