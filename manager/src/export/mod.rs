@@ -330,19 +330,37 @@ pub async fn run(
             .max_messages(64)
             .expires(Duration::from_millis(500))
             .messages();
-        let mut batch = tokio::select! {
-            b = batch => b.context("fetching windows")?,
+        let fetched = tokio::select! {
+            b = batch => b,
             () = &mut stop => return Ok(ex.counters),
+        };
+        // The bus away (a reconnect, a leader election): wait and ask again;
+        // the consumer is where it was.
+        let mut batch = match fetched {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot fetch windows; trying again in a second");
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    () = &mut stop => return Ok(ex.counters),
+                }
+            }
         };
         let mut got = 0;
         while let Some(msg) = batch.next().await {
-            let msg = msg.map_err(|e| anyhow::anyhow!("fetching windows: {e}"))?;
+            let msg = match msg {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(error = %e, "fetching windows");
+                    break;
+                }
+            };
             got += 1;
             let head: Head = match bus_schema::decode(&msg.payload) {
                 Ok(h) => h,
                 Err(e) => {
                     tracing::warn!(subject = %msg.subject, error = %e, "undecodable window skipped");
-                    ack(&msg).await?;
+                    ack(&msg).await;
                     ex.counters.skipped_windows += 1;
                     continue;
                 }
@@ -369,7 +387,7 @@ pub async fn run(
                     {
                         tracing::warn!("{why}");
                     }
-                    ack(&msg).await?;
+                    ack(&msg).await;
                     ex.counters.skipped_windows += 1;
                     continue;
                 }
@@ -399,7 +417,7 @@ pub async fn run(
                     }
                 }
             }
-            ack(&msg).await?;
+            ack(&msg).await;
             ex.counters.windows += 1;
         }
         let pending = consumer.cached_info().num_pending;
@@ -418,9 +436,11 @@ pub async fn run(
 }
 
 /// Acknowledges `msg` and waits for the server to have it, so a stop right
-/// after does not see the window again.
-async fn ack(msg: &jetstream::Message) -> Result<()> {
-    msg.double_ack()
-        .await
-        .map_err(|e| anyhow::anyhow!("acknowledging {}: {e}", msg.subject))
+/// after does not see the window again. If that fails (the bus away), the
+/// server sends the window again after the consumer's ack wait, and this
+/// process skips the records it already sent.
+async fn ack(msg: &jetstream::Message) {
+    if let Err(e) = msg.double_ack().await {
+        tracing::warn!(subject = %msg.subject, error = %e, "acknowledgement not confirmed");
+    }
 }
