@@ -181,16 +181,19 @@ impl Domain {
         let mut out = Vec::new();
         let mut rest = flows;
         let now = Instant::now();
-        while !rest.is_empty() || self.templates_due(now, refresh) {
+        // At most once a call, however short `refresh` is.
+        let mut templates_due = self.templates_due(now, refresh);
+        while !rest.is_empty() || templates_due {
             let mut msg = Vec::with_capacity(max_len);
             msg.extend_from_slice(&VERSION.to_be_bytes());
             msg.extend_from_slice(&[0, 0]);
             msg.extend_from_slice(&export_s.to_be_bytes());
             msg.extend_from_slice(&self.seq.to_be_bytes());
             msg.extend_from_slice(&self.id.to_be_bytes());
-            if self.templates_due(now, refresh) {
+            if templates_due {
                 msg.extend_from_slice(&templates);
                 self.templates_at = Some(now);
+                templates_due = false;
             }
             let mut records = 0u32;
             let mut set_at: Option<(usize, u16)> = None;
