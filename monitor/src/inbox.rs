@@ -60,6 +60,10 @@ pub struct DepCounters {
     /// Set when the deployment thread has ended (a lossless tap waiting
     /// for room stops waiting).
     pub gone: std::sync::atomic::AtomicBool,
+    /// Taps of the deployment holding a partial batch (raised by a tap's
+    /// first packet into an empty batch, lowered once the batch is queued):
+    /// at 0 a command need not flush the links first.
+    pub partial_taps: std::sync::atomic::AtomicU32,
 }
 
 impl DepCounters {

@@ -162,6 +162,9 @@ impl Tap {
         buf.extend_from_slice(data);
         buf.resize(at + len, 0);
         self.batch.count += 1;
+        if self.batch.count == 1 {
+            self.counters.partial_taps.fetch_add(1, Ordering::AcqRel);
+        }
         self.batch.wire_bytes += u64::from(h.wire_len);
         if self.batch.count >= self.batch_packets {
             self.flush();
@@ -179,6 +182,15 @@ impl Tap {
         if self.batch.count == 0 || self.dead {
             return;
         }
+        self.hand_over();
+        // Only now that the batch is queued (or dropped and counted): a
+        // command that sees no partial batch finds every packet offered
+        // before it ahead of it in the queue. (A tap that died with one
+        // keeps it raised: its deployment's links are always flushed.)
+        self.counters.partial_taps.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    fn hand_over(&mut self) {
         let mut batch = std::mem::take(&mut self.batch);
         if batch.buf.len() <= SMALL_BATCH {
             // Only its bytes go; the tap keeps the buffer.
@@ -305,5 +317,32 @@ pub(crate) mod tests {
             assert_eq!((h.src_port, h.dst_port, h.tcp_flags), (1234, 80, 0x02));
         }
         assert!(record_len(0) == RECORD_HEADER_LEN);
+    }
+
+    /// A partial batch is counted from its first packet until it is in the
+    /// queue: at 0 every packet offered is queued, so a command may skip
+    /// the flush.
+    #[test]
+    fn a_partial_batch_is_counted_until_it_is_queued() {
+        let (mut tap, rx) = open_tap(3, usize::MAX);
+        let partial = |t: &Tap| t.counters.partial_taps.load(Ordering::Acquire);
+        let (h, data) = frame();
+        assert_eq!(partial(&tap), 0);
+        tap.offer(&h, &data);
+        tap.offer(&h, &data);
+        assert_eq!(partial(&tap), 1);
+        assert!(rx.is_empty());
+        // The third fills the batch: queued, nothing partial.
+        tap.offer(&h, &data);
+        assert_eq!(partial(&tap), 0);
+        assert_eq!(rx.len(), 1);
+        tap.offer(&h, &data);
+        assert_eq!(partial(&tap), 1);
+        tap.flush();
+        assert_eq!(partial(&tap), 0);
+        assert_eq!(rx.len(), 2);
+        // Flushing nothing changes nothing.
+        tap.flush();
+        assert_eq!(partial(&tap), 0);
     }
 }

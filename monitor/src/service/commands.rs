@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use async_nats::service::ServiceExt;
@@ -249,7 +250,7 @@ impl Monitor {
         let req: CollectRequest = decode_required(payload)?;
         let (shared, tx) = self.find(&req.deployment)?;
         if shared.state().0 == DeploymentState::Running {
-            self.flush_links(&shared.info.links).await;
+            self.flush_links(&shared).await;
             if let Some(answer) = Self::ask(&tx, DepMsg::Collect).await {
                 return answer;
             }
@@ -280,7 +281,7 @@ impl Monitor {
         let params = bus_schema::encode(&req.params)
             .map_err(|e| ErrorBody::new(ErrorCode::BadParams, e.to_string()))?;
         self.params_fit(&params)?;
-        self.flush_links(&shared.info.links).await;
+        self.flush_links(&shared).await;
         match Self::ask(&tx, |r| DepMsg::Configure(req.params.clone(), params, r)).await {
             Some(answer) => answer.map(|config_revision| ConfigureReply {
                 deployment: req.deployment,
@@ -326,7 +327,7 @@ impl Monitor {
             .upgrade_instance(&shared, &req.analyzer, req.params)
             .await?;
         let analyzer = to.blob.clone();
-        self.flush_links(&shared.info.links).await;
+        self.flush_links(&shared).await;
         match Self::ask(&tx, |r| DepMsg::Upgrade(Box::new(to), r)).await {
             Some(Ok(held)) => {
                 shared.event(
@@ -396,7 +397,7 @@ impl Monitor {
         let (shared, tx) = self.find(id)?;
         let mut window = None;
         if shared.state().0 == DeploymentState::Running {
-            self.flush_links(&shared.info.links).await;
+            self.flush_links(&shared).await;
             window = Self::ask(&tx, DepMsg::Unload).await;
         }
         let window = match window {
@@ -491,10 +492,16 @@ impl Monitor {
             .map(|r| r.owner)
     }
 
-    /// Hands partial batches of the deployment's links to it.
-    pub(super) async fn flush_links(self: &Arc<Self>, links: &[u32]) {
+    /// Hands partial batches of the deployment's links to it, so that what
+    /// is asked next of it sees every packet captured so far. Nothing to do
+    /// (no thread woken) when none of its taps holds a partial batch: every
+    /// packet offered to them is then in its queue already.
+    pub(super) async fn flush_links(self: &Arc<Self>, shared: &Shared) {
+        if shared.counters.partial_taps.load(Ordering::Acquire) == 0 {
+            return;
+        }
         let monitor = self.clone();
-        let links = links.to_vec();
+        let links = shared.info.links.clone();
         let _ = tokio::task::spawn_blocking(move || {
             for l in links {
                 if let Some(link) = monitor.links.get(&l) {
@@ -512,13 +519,19 @@ impl Monitor {
     ) -> Option<T> {
         let (reply, rx) = oneshot::channel();
         let msg = make(reply);
-        // The queue may be full of batches: wait for room off the runtime.
-        let tx = tx.clone();
-        let sent = tokio::task::spawn_blocking(move || {
-            tx.send_timeout(msg, DEPLOYMENT_REPLY_TIMEOUT).is_ok()
-        })
-        .await
-        .unwrap_or(false);
+        let sent = match tx.try_send(msg) {
+            Ok(()) => true,
+            // The queue is full of batches: wait for room off the runtime.
+            Err(crossbeam_channel::TrySendError::Full(msg)) => {
+                let tx = tx.clone();
+                tokio::task::spawn_blocking(move || {
+                    tx.send_timeout(msg, DEPLOYMENT_REPLY_TIMEOUT).is_ok()
+                })
+                .await
+                .unwrap_or(false)
+            }
+            Err(crossbeam_channel::TrySendError::Disconnected(_)) => false,
+        };
         if !sent {
             return None;
         }
