@@ -222,22 +222,25 @@ impl FlowRecords {
             reason: why,
         });
     }
+}
 
+impl Params {
     /// Why `f` has ended at `now`, if it has.
     fn ended(&self, f: &Flow, now: u64) -> Option<u8> {
-        let p = &self.params;
         let idle = now.saturating_sub(f.end_ns);
-        if f.tcp_flags & (tcp::FIN | tcp::RST) != 0 && idle >= p.closed_timeout_s * NS {
+        if f.tcp_flags & (tcp::FIN | tcp::RST) != 0 && idle >= self.closed_timeout_s * NS {
             Some(reason::END_DETECTED)
-        } else if idle >= p.idle_timeout_s * NS {
+        } else if idle >= self.idle_timeout_s * NS {
             Some(reason::IDLE)
-        } else if now.saturating_sub(f.start_ns) >= p.active_timeout_s * NS {
+        } else if now.saturating_sub(f.start_ns) >= self.active_timeout_s * NS {
             Some(reason::ACTIVE)
         } else {
             None
         }
     }
+}
 
+impl FlowRecords {
     /// Ends every flow that has ended by the clock, in a fixed order (by
     /// start, then key) so that records are numbered the same every run.
     fn scan(&mut self) {
@@ -245,7 +248,9 @@ impl FlowRecords {
         let mut done: Vec<(u32, FlowKey, Flow, u8)> = self
             .flows
             .iter()
-            .filter_map(|(&(link, key), f)| self.ended(f, now).map(|why| (link, key, *f, why)))
+            .filter_map(|(&(link, key), f)| {
+                self.params.ended(f, now).map(|why| (link, key, *f, why))
+            })
             .collect();
         done.sort_unstable_by_key(|d| (d.2.start_ns, d.0, d.1));
         for (link, key, f, why) in done {
@@ -357,20 +362,20 @@ impl Analyzer for FlowRecords {
         };
         let octets = ip_octets(p);
         let slot = (h.link, key);
-        if let Some(f) = self.flows.get(&slot).copied() {
+        if let Some(f) = self.flows.get_mut(&slot) {
             // A flow whose time is up ends before this packet starts the next.
-            match self.ended(&f, h.ts_ns) {
-                Some(why) => {
-                    self.flows.remove(&slot);
-                    self.end(h.link, key, f, why);
-                }
+            match self.params.ended(f, h.ts_ns) {
                 None => {
-                    let f = self.flows.get_mut(&slot).expect("present");
                     f.packets += 1;
                     f.octets += octets;
                     f.end_ns = f.end_ns.max(h.ts_ns);
                     f.tcp_flags |= h.tcp_flags;
                     return;
+                }
+                Some(why) => {
+                    let f = *f;
+                    self.flows.remove(&slot);
+                    self.end(h.link, key, f, why);
                 }
             }
         }
