@@ -23,16 +23,7 @@ use bus_schema::{
 use harness::browser::Browser;
 use serde_json::{Value as Json, json};
 
-fn arg(name: &str, default: usize) -> usize {
-    std::env::args()
-        .find_map(|a| {
-            a.strip_prefix(&format!("--{name}=")).map(|v| {
-                v.parse()
-                    .unwrap_or_else(|_| panic!("--{name}={v}: not a number"))
-            })
-        })
-        .unwrap_or(default)
-}
+use harness::bench_arg as arg;
 
 fn router(i: usize) -> String {
     format!("10.{}.{}.1", 1 + i / 250, i % 250)

@@ -25,16 +25,7 @@ use harness::collector::Nfcapd;
 use pcapgen::{Frame, linktype};
 use serde_json::{Value as Json, json};
 
-fn arg(name: &str, default: usize) -> usize {
-    std::env::args()
-        .find_map(|a| {
-            a.strip_prefix(&format!("--{name}=")).map(|v| {
-                v.parse()
-                    .unwrap_or_else(|_| panic!("--{name}={v}: not a number"))
-            })
-        })
-        .unwrap_or(default)
-}
+use harness::bench_arg as arg;
 
 const START_NS: u64 = 1_767_225_600 * 1_000_000_000;
 
@@ -183,24 +174,11 @@ async fn main() {
     let theirs = work.path().join("theirs");
     std::fs::create_dir(&theirs).unwrap();
     let collector = Nfcapd::start(&theirs);
-    let port = collector.port;
     let cpu = children_cpu();
     let t = Instant::now();
-    let status = Command::new("softflowd")
-        .arg("-r")
-        .arg(&pcap)
-        .args(["-v", "10", "-A", "milli", "-d", "-c", "none"])
-        .args(["-m", &(flows * 2).to_string()])
-        .args(["-n", &format!("127.0.0.1:{port}")])
-        .arg("-p")
-        .arg(work.path().join("softflowd.pid"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
+    collector.softflowd(&pcap, flows * 2, false);
     let wall = t.elapsed();
     let cpu_s = children_cpu() - cpu;
-    assert!(status.success());
     let soft_received = received(collector);
     let soft = Row {
         tool: "softflowd -r",

@@ -314,21 +314,9 @@ async fn nfdump_reads_every_flow_once_with_the_captures_figures_across_an_export
     // records' times; here each direction has its own.
     let theirs = tempfile::tempdir().unwrap();
     let collector = Nfcapd::start(theirs.path());
-    let port = collector.port;
     let pcap = tempfile::NamedTempFile::new().unwrap();
     pcapgen::write_pcap(pcap.path(), linktype::ETHERNET, &frames).unwrap();
-    let status = Command::new("softflowd")
-        .arg("-r")
-        .arg(pcap.path())
-        .args(["-v", "10", "-A", "milli", "-d", "-c", "none", "-6"])
-        .args(["-n", &format!("127.0.0.1:{port}")])
-        .arg("-p")
-        .arg(theirs.path().join("softflowd.pid"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("softflowd");
-    assert!(status.success());
+    collector.softflowd(pcap.path(), 8192, true);
     std::thread::sleep(Duration::from_millis(300));
     let (soft, records) = nfdump(&collector.records());
     assert_eq!(records, truth.len());

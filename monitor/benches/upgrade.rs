@@ -36,16 +36,7 @@ use wasm_host::Sandbox;
 
 const START_NS: u64 = 1_764_000_000_000_000_000;
 
-fn arg(name: &str, default: usize) -> usize {
-    std::env::args()
-        .find_map(|a| {
-            a.strip_prefix(&format!("--{name}=")).map(|v| {
-                v.parse()
-                    .unwrap_or_else(|_| panic!("--{name}={v}: not a number"))
-            })
-        })
-        .unwrap_or(default)
-}
+use harness::bench_arg as arg;
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;

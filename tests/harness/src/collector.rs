@@ -54,6 +54,33 @@ impl Nfcapd {
         }
     }
 
+    /// Runs `softflowd -r pcap` exporting IPFIX (milliseconds, a table of
+    /// `max_flows`, IPv6 flows too with `ipv6`) to this collector, until it
+    /// has read the file and exported every flow.
+    ///
+    /// # Panics
+    /// If softflowd cannot be run or fails.
+    pub fn softflowd(&self, pcap: &Path, max_flows: usize, ipv6: bool) {
+        let status = Command::new("softflowd")
+            .arg("-r")
+            .arg(pcap)
+            .args(["-v", "10", "-A", "milli", "-d", "-c", "none"])
+            .args(ipv6.then_some("-6"))
+            .args(["-m", &max_flows.to_string()])
+            .args(["-n", &format!("127.0.0.1:{}", self.port)])
+            .arg("-p")
+            .arg(self.dir.join("softflowd.pid"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("softflowd (xtask/setup.sh installs it)");
+        assert!(
+            status.success(),
+            "softflowd -r {}: {status}",
+            pcap.display()
+        );
+    }
+
     /// Stops it with SIGTERM (it then writes out what it holds) and waits.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

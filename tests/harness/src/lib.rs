@@ -713,3 +713,19 @@ pub async fn put_module(
         .expect("put into tm_blobs");
     sha256
 }
+
+/// A benchmark's `--NAME=N` flag from the command line, `default` if absent.
+///
+/// # Panics
+/// If the value is not a number (the message names the flag).
+#[must_use]
+pub fn bench_arg(name: &str, default: usize) -> usize {
+    std::env::args()
+        .find_map(|a| {
+            a.strip_prefix(&format!("--{name}=")).map(|v| {
+                v.parse()
+                    .unwrap_or_else(|_| panic!("--{name}={v}: not a number"))
+            })
+        })
+        .unwrap_or(default)
+}
