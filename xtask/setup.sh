@@ -22,13 +22,15 @@ CHECK_ONLY=0
 # softflowd and pmacct are what the analyzer benchmark compares against;
 # nfdump's nfcapd is the IPFIX collector the export test and benchmark
 # send to (softflowd exports there too).
+# tcpreplay sends captures through a veth for the fan-out test and the
+# live-rate benchmark (tests/harness/src/wire.rs).
 # docker.io, docker-compose and debootstrap run the compose lab
 # (tests/harness/src/compose.rs): its images are made here, no registry.
 # chromium and chromium-driver run the console's browser tests
 # (tests/harness/src/browser.rs).
 APT_PACKAGES=(libpcap-dev tcpdump tshark iperf3 iproute2 iputils-ping ethtool dnsmasq-base bind9-dnsutils curl hping3
               python3-pip python3-yaml clang-14 lld-14 softflowd pmacct nfdump docker.io docker-compose debootstrap
-              chromium chromium-driver)
+              chromium chromium-driver tcpreplay)
 # Python packages: examples/subscriber.py and examples/client.py (tests run
 # both) and a Prometheus text-format parser the metrics tests check the
 # endpoints with.

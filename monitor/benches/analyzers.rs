@@ -46,7 +46,7 @@ use monitor::config::{LinkConfig, Replay};
 use monitor::filter::CompiledFilter;
 use monitor::guest::{Analyzer, InstanceConfig};
 use monitor::inbox::DepMsg;
-use monitor::link::{LinkCtl, LinkHandle};
+use monitor::link::LinkHandle;
 use monitor::tap::{Tap, guest_batch_bytes};
 use wasm_host::{Sandbox, SandboxConfig};
 
@@ -170,7 +170,8 @@ fn batches(path: &Path, snap_len: usize) -> Vec<(u32, Vec<u8>)> {
         snap_len,
     )
     .with_queue_budget(most);
-    link.ctl.send(LinkCtl::Attach(Box::new(tap))).unwrap();
+    let mut tap = Some(tap);
+    link.attach(|| tap.take().expect("one capture thread"));
     let state = link.shared.wait_stopped(Duration::from_secs(600));
     assert_eq!(state, LinkState::Finished, "{:?}", link.shared.status());
     let mut out = Vec::new();

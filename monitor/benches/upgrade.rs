@@ -29,7 +29,7 @@ use monitor::deployment::{self, DeploymentInfo, Shared, Timers};
 use monitor::filter::CompiledFilter;
 use monitor::guest::{Analyzer, InstanceConfig};
 use monitor::inbox::{DepMsg, Upgrade};
-use monitor::link::{LinkCtl, LinkHandle};
+use monitor::link::LinkHandle;
 use monitor::source::MemorySource;
 use monitor::tap::{Tap, guest_batch_bytes};
 use wasm_host::Sandbox;
@@ -128,7 +128,8 @@ fn main() {
         256,
         snap_len,
     );
-    link.ctl.send(LinkCtl::Attach(Box::new(tap))).unwrap();
+    let mut tap = Some(tap);
+    link.attach(|| tap.take().expect("one capture thread"));
     assert_eq!(
         link.shared.wait_stopped(Duration::from_secs(300)),
         LinkState::Finished

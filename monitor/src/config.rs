@@ -33,7 +33,9 @@
 //! replay = "instant"           # instant | recorded-pace | loop | lossless (pcap only)
 //! replay_waits_for = 1         # deployments attached before the replay starts
 //! snaplen = 65535
-//! buffer_mb = 16               # kernel buffer (interface only)
+//! buffer_mb = 16               # kernel buffer (interface only; per capture thread)
+//! capture_threads = 1          # interface only: >1 fans the capture out by flow
+//!                              # hash (PACKET_FANOUT) over that many threads
 //! from_router = "133.129.11.1"
 //! to_router = "133.128.10.1"
 //! ```
@@ -131,6 +133,12 @@ pub struct LinkConfig {
     /// Kernel capture buffer, MiB (interfaces only).
     #[serde(default = "default_buffer_mb")]
     pub buffer_mb: u32,
+    /// Capture threads (interfaces only): more than one spreads the
+    /// packets over that many captures by flow hash (`PACKET_FANOUT`), each
+    /// with its own ring of `buffer_mb` and its own thread parsing and
+    /// batching, all feeding the same deployments.
+    #[serde(default = "default_capture_threads")]
+    pub capture_threads: u32,
     /// Router the traffic comes from.
     pub from_router: String,
     /// Router the traffic goes to.
@@ -147,6 +155,10 @@ fn default_snaplen() -> u32 {
 
 fn default_buffer_mb() -> u32 {
     16
+}
+
+fn default_capture_threads() -> u32 {
+    1
 }
 
 /// Where a link's packets come from.
@@ -171,6 +183,7 @@ impl LinkConfig {
             replay_waits_for: default_replay_waits_for(),
             snaplen: default_snaplen(),
             buffer_mb: default_buffer_mb(),
+            capture_threads: default_capture_threads(),
             from_router: from.into(),
             to_router: to.into(),
         }
@@ -495,6 +508,12 @@ impl Config {
                     if !p.is_file() {
                         bail!("{at}.pcap = {:?}: no such file", p.display().to_string());
                     }
+                    if link.capture_threads != 1 {
+                        bail!(
+                            "{at}.capture_threads = {}: only an interface's capture fans out (a pcap link is read by one thread)",
+                            link.capture_threads
+                        );
+                    }
                     if !(1..=64).contains(&link.replay_waits_for) {
                         bail!(
                             "{at}.replay_waits_for = {}: must be 1 to 64",
@@ -508,6 +527,12 @@ impl Config {
             }
             if !(1..=2048).contains(&link.buffer_mb) {
                 bail!("{at}.buffer_mb = {}: must be 1 to 2048", link.buffer_mb);
+            }
+            if !(1..=64).contains(&link.capture_threads) {
+                bail!(
+                    "{at}.capture_threads = {}: must be 1 to 64",
+                    link.capture_threads
+                );
             }
             for (field, value) in [
                 ("from_router", &link.from_router),
@@ -584,6 +609,17 @@ mod tests {
             (
                 GOOD.replace("interface = \"lo\"", ""),
                 "link[0]: needs interface",
+            ),
+            (
+                GOOD.replace("id = 0", "id = 0\ncapture_threads = 0"),
+                "link[0].capture_threads = 0: must be 1 to 64",
+            ),
+            (
+                GOOD.replace(
+                    "interface = \"lo\"",
+                    "pcap = \"Cargo.toml\"\ncapture_threads = 2",
+                ),
+                "link[0].capture_threads = 2: only an interface's capture fans out",
             ),
             (format!("id = \"a.b\"\n{GOOD}"), "id = \"a.b\""),
             (

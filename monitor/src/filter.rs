@@ -130,14 +130,22 @@ impl CompiledFilter {
     }
 }
 
-/// A compiled BPF program for one link's link type.
-pub struct Bpf(pcap::BpfProgram);
+/// A compiled BPF program for one link's link type, shared by the taps
+/// of a deployment on the link's capture threads.
+#[derive(Clone)]
+pub struct Bpf(std::sync::Arc<Program>);
+
+struct Program(pcap::BpfProgram);
+
+// SAFETY: the program is only read once compiled (pcap_offline_filter
+// takes it by const pointer and keeps its scratch memory on the stack).
+unsafe impl Sync for Program {}
 
 impl Bpf {
     /// Whether the captured bytes pass the program.
     #[must_use]
     pub fn matches(&self, data: &[u8]) -> bool {
-        self.0.filter(data)
+        self.0.0.filter(data)
     }
 }
 
@@ -152,7 +160,7 @@ pub fn compile_bpf(expr: &str, dlt: i32) -> Result<Bpf, FilterError> {
         ))
     })?;
     dead.compile(expr, true)
-        .map(Bpf)
+        .map(|p| Bpf(std::sync::Arc::new(Program(p))))
         .map_err(|e| FilterError(format!("filter.bpf = {expr:?}: {e}")))
 }
 

@@ -5,6 +5,13 @@
 //! The thread never blocks on a deployment (a lossless replay waits for
 //! room instead): a batch that does not fit the deployment's queue is
 //! dropped and counted as that deployment's drops.
+//!
+//! A live link with `capture_threads` > 1 runs that many such threads,
+//! each reading its own capture of the interface (the kernel spreads the
+//! packets over them by flow hash) and offering to its own taps, one per
+//! deployment, all feeding the deployment's one queue: a flow's packets
+//! reach the analyzer in capture order, the flows of different threads
+//! interleaved batch by batch.
 
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -16,11 +23,15 @@ use tm_abi::flag;
 
 use crate::config::LinkConfig;
 use crate::parse::{LinkType, parse};
-use crate::source::{self, Next, Opened, PacketSource};
+use crate::source::{self, LiveSource, Next, Opened, PacketSource};
 use crate::tap::Tap;
 
 /// Partial batches older than this are flushed to their deployments.
 const FLUSH_EVERY: Duration = Duration::from_millis(20);
+
+/// How long a live link waits, when every deployment on it is behind,
+/// before it looks again.
+const BEHIND_WAIT: Duration = Duration::from_micros(200);
 
 impl std::fmt::Debug for LinkShared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -37,8 +48,8 @@ pub struct LinkShared {
     packets: AtomicU64,
     bytes: AtomicU64,
     parse_errors: AtomicU64,
-    kernel_drops: AtomicU64,
-    interface_drops: AtomicU64,
+    /// Per capture thread: packets, kernel drops, interface drops.
+    threads: Box<[ThreadCounts]>,
     /// pcap datalink type once the source is open, -1 before.
     dlt: AtomicI32,
     state: Mutex<(LinkState, Option<String>)>,
@@ -48,7 +59,42 @@ pub struct LinkShared {
     state_watch: tokio::sync::watch::Sender<LinkState>,
 }
 
+/// One capture thread's own counts (drops as its capture reports them).
+#[derive(Default)]
+struct ThreadCounts {
+    packets: AtomicU64,
+    kernel_drops: AtomicU64,
+    interface_drops: AtomicU64,
+}
+
 impl LinkShared {
+    /// Kernel and interface drops, summed over the capture threads.
+    fn drops(&self) -> (u64, u64) {
+        self.threads.iter().fold((0, 0), |(k, i), t| {
+            (
+                k + t.kernel_drops.load(Ordering::Relaxed),
+                i + t.interface_drops.load(Ordering::Relaxed),
+            )
+        })
+    }
+
+    /// Packets each capture thread read, when there are several.
+    fn thread_packets(&self) -> Vec<u64> {
+        if self.threads.len() < 2 {
+            return Vec::new();
+        }
+        self.threads
+            .iter()
+            .map(|t| t.packets.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// How many capture threads read the link.
+    #[must_use]
+    pub fn capture_threads(&self) -> usize {
+        self.threads.len()
+    }
+
     /// The link as reported on the bus.
     #[must_use]
     pub fn info(&self) -> LinkInfo {
@@ -64,14 +110,16 @@ impl LinkShared {
     #[must_use]
     pub fn status(&self) -> LinkStatus {
         let (state, last_error) = self.state.lock().expect("link state").clone();
+        let (kernel_drops, interface_drops) = self.drops();
         LinkStatus {
             link: self.info(),
             state,
             packets: self.packets.load(Ordering::Relaxed),
             bytes: self.bytes.load(Ordering::Relaxed),
             parse_errors: self.parse_errors.load(Ordering::Relaxed),
-            kernel_drops: self.kernel_drops.load(Ordering::Relaxed),
-            interface_drops: self.interface_drops.load(Ordering::Relaxed),
+            kernel_drops,
+            interface_drops,
+            thread_packets: self.thread_packets(),
             last_error,
         }
     }
@@ -79,12 +127,13 @@ impl LinkShared {
     /// The link's capture figures, as a result window carries them.
     #[must_use]
     pub fn capture(&self) -> bus_schema::LinkCapture {
+        let (kernel_drops, interface_drops) = self.drops();
         bus_schema::LinkCapture {
             link: self.config.id,
             packets: self.packets.load(Ordering::Relaxed),
             bytes: self.bytes.load(Ordering::Relaxed),
-            kernel_drops: self.kernel_drops.load(Ordering::Relaxed),
-            interface_drops: self.interface_drops.load(Ordering::Relaxed),
+            kernel_drops,
+            interface_drops,
         }
     }
 
@@ -130,12 +179,14 @@ pub enum LinkCtl {
     Stop,
 }
 
-/// A running link thread.
+/// A running link: its capture thread, or threads on a fanned-out
+/// interface.
 pub struct LinkHandle {
     /// Counters and state.
     pub shared: Arc<LinkShared>,
-    /// Controls.
-    pub ctl: Sender<LinkCtl>,
+    /// Controls, one per capture thread.
+    ctls: Vec<Sender<LinkCtl>>,
+    /// The first capture thread (it joins the others when it ends).
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -170,30 +221,35 @@ impl LinkHandle {
         label: String,
         source: Option<Box<dyn PacketSource + Send>>,
     ) -> std::io::Result<Self> {
+        let threads = match (&config.interface, &source) {
+            (Some(_), None) => config.capture_threads.max(1) as usize,
+            _ => 1,
+        };
         let shared = Arc::new(LinkShared {
             config,
             label,
             packets: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             parse_errors: AtomicU64::new(0),
-            kernel_drops: AtomicU64::new(0),
-            interface_drops: AtomicU64::new(0),
+            threads: (0..threads).map(|_| ThreadCounts::default()).collect(),
             dlt: AtomicI32::new(-1),
             state: Mutex::new((LinkState::Running, None)),
             state_changed: Condvar::new(),
             state_watch: tokio::sync::watch::Sender::new(LinkState::Running),
         });
-        let (ctl, rx) = crossbeam_channel::unbounded();
+        let (ctls, mut rxs): (Vec<_>, Vec<_>) =
+            (0..threads).map(|_| crossbeam_channel::unbounded()).unzip();
         let thread = {
             let shared = shared.clone();
             std::thread::Builder::new()
                 .name(format!("link-{}", shared.config.id))
                 .spawn(move || {
-                    let thread = LinkThread::new(shared, rx);
+                    let others = rxs.split_off(1);
+                    let thread = LinkThread::new(shared, rxs.remove(0), 0);
                     match source {
                         Some(source) => thread.run(source),
                         None => match source::open(&thread.shared.config) {
-                            Ok(Opened::Live(s)) => thread.run(s),
+                            Ok(Opened::Live(sources)) => thread.run_fanned_out(sources, others),
                             Ok(Opened::Replay(s)) => thread.run(s),
                             Err(e) => thread.failed_to_open(e),
                         },
@@ -211,23 +267,41 @@ impl LinkHandle {
         }
         Ok(LinkHandle {
             shared,
-            ctl,
+            ctls,
             thread: Some(thread),
         })
+    }
+
+    /// Attaches a deployment: `tap` makes its tap, once per capture thread
+    /// (taps of one deployment share its queue and counters).
+    pub fn attach(&self, mut tap: impl FnMut() -> Tap) {
+        for ctl in &self.ctls {
+            let _ = ctl.send(LinkCtl::Attach(Box::new(tap())));
+        }
     }
 
     /// Flushes partial batches to their deployments and waits until done
     /// (bounded: a live capture checks its controls every 50 ms).
     pub fn flush(&self) {
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        if self.ctl.send(LinkCtl::Flush(tx)).is_ok() {
-            let _ = rx.recv_timeout(Duration::from_secs(2));
+        let (tx, rx) = crossbeam_channel::bounded(self.ctls.len());
+        let sent = self
+            .ctls
+            .iter()
+            .filter(|ctl| ctl.send(LinkCtl::Flush(tx.clone())).is_ok())
+            .count();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        for _ in 0..sent {
+            if rx.recv_deadline(deadline).is_err() {
+                break;
+            }
         }
     }
 
-    /// Stops the thread and waits for it.
+    /// Stops the threads and waits for them.
     pub fn stop(&mut self) {
-        let _ = self.ctl.send(LinkCtl::Stop);
+        for ctl in &self.ctls {
+            let _ = ctl.send(LinkCtl::Stop);
+        }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -242,6 +316,8 @@ impl Drop for LinkHandle {
 
 struct LinkThread {
     shared: Arc<LinkShared>,
+    /// Which capture thread of the link this is.
+    index: usize,
     ctl: Receiver<LinkCtl>,
     taps: Vec<Tap>,
     last_flush: Instant,
@@ -257,9 +333,10 @@ struct LinkThread {
 }
 
 impl LinkThread {
-    fn new(shared: Arc<LinkShared>, ctl: Receiver<LinkCtl>) -> Self {
+    fn new(shared: Arc<LinkShared>, ctl: Receiver<LinkCtl>, index: usize) -> Self {
         LinkThread {
             shared,
+            index,
             ctl,
             taps: Vec::new(),
             last_flush: Instant::now(),
@@ -301,6 +378,9 @@ impl LinkThread {
     fn sync_counts(&mut self) {
         let (packets, bytes, errors) = std::mem::take(&mut self.unsynced);
         if packets > 0 {
+            self.shared.threads[self.index]
+                .packets
+                .fetch_add(packets, Ordering::Relaxed);
             self.shared.packets.fetch_add(packets, Ordering::Relaxed);
             self.shared.bytes.fetch_add(bytes, Ordering::Relaxed);
         }
@@ -369,6 +449,55 @@ impl LinkThread {
         self.serve_controls();
     }
 
+    /// Parses one packet, counts it and offers it to every tap.
+    #[inline(always)]
+    fn packet(
+        &mut self,
+        link_type: LinkType,
+        snaplen: usize,
+        ts_ns: u64,
+        wire_len: u32,
+        data: &[u8],
+    ) {
+        let data = &data[..data.len().min(snaplen)];
+        let h = parse(link_type, self.shared.config.id, ts_ns, wire_len, data);
+        self.unsynced.0 += 1;
+        self.unsynced.1 += u64::from(wire_len);
+        if h.flags & flag::PARSE_ERROR != 0 {
+            self.unsynced.2 += 1;
+        }
+        for tap in &mut self.taps {
+            tap.offer(&h, data);
+        }
+    }
+
+    /// Runs capture thread 0 on `sources[0]` and one more thread on each
+    /// other source, whose controls come from `others`; joins them when done.
+    fn run_fanned_out(self, mut sources: Vec<LiveSource>, others: Vec<Receiver<LinkCtl>>) {
+        let rest = sources.split_off(1);
+        let mut threads = Vec::new();
+        for (i, (source, ctl)) in rest.into_iter().zip(others).enumerate() {
+            let thread = LinkThread::new(self.shared.clone(), ctl, i + 1);
+            let spawned = std::thread::Builder::new()
+                .name(format!("link-{}.{}", self.shared.config.id, i + 1))
+                .spawn(move || thread.run(source));
+            match spawned {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    // Without this thread its share of the flows would be
+                    // lost: the link fails instead (the threads started
+                    // already end at the link's Stop).
+                    return self
+                        .failed_to_open(format!("cannot start capture thread {}: {e}", i + 1));
+                }
+            }
+        }
+        self.run(sources.remove(0));
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+
     fn run(mut self, mut source: impl PacketSource) {
         let id = self.shared.config.id;
         let snaplen = self.shared.config.snaplen as usize;
@@ -396,6 +525,8 @@ impl LinkThread {
         }
         let mut last_stats = Instant::now();
         let mut since_poll = 0u32;
+        // Read in bursts while the source offers them (a live capture).
+        let mut bursts = true;
         loop {
             since_poll += 1;
             if since_poll >= 64 {
@@ -412,10 +543,41 @@ impl LinkThread {
                 if last_stats.elapsed() >= Duration::from_secs(1) {
                     last_stats = Instant::now();
                     if let Some(d) = source.drops() {
-                        self.shared.kernel_drops.store(d.kernel, Ordering::Relaxed);
-                        self.shared
-                            .interface_drops
-                            .store(d.interface, Ordering::Relaxed);
+                        let mine = &self.shared.threads[self.index];
+                        mine.kernel_drops.store(d.kernel, Ordering::Relaxed);
+                        mine.interface_drops.store(d.interface, Ordering::Relaxed);
+                    }
+                }
+            }
+            if bursts {
+                // Every deployment behind: reading on would only drop
+                // batches. The packets wait in the kernel's ring instead
+                // (far larger than the queues; what it cannot hold it
+                // counts as kernel drops) until one has room again.
+                if !self.taps.is_empty() && self.taps.iter().all(Tap::behind) {
+                    std::thread::sleep(BEHIND_WAIT);
+                    since_poll = 64;
+                    continue;
+                }
+                let read = source.burst(64, &mut |ts_ns, wire_len, data| {
+                    self.packet(link_type, snaplen, ts_ns, wire_len, data);
+                });
+                match read {
+                    None => bursts = false,
+                    Some(Ok(0)) => {
+                        since_poll = 64;
+                        self.flush_all();
+                        continue;
+                    }
+                    Some(Ok(n)) => {
+                        since_poll += n as u32;
+                        continue;
+                    }
+                    Some(Err(e)) => {
+                        self.flush_all();
+                        tracing::error!(link = id, error = %e, "link failed");
+                        self.shared.set_state(LinkState::Failed, Some(e));
+                        return self.serve_controls();
                     }
                 }
             }
@@ -424,18 +586,7 @@ impl LinkThread {
                     ts_ns,
                     wire_len,
                     data,
-                }) => {
-                    let data = &data[..data.len().min(snaplen)];
-                    let h = parse(link_type, id, ts_ns, wire_len, data);
-                    self.unsynced.0 += 1;
-                    self.unsynced.1 += u64::from(wire_len);
-                    if h.flags & flag::PARSE_ERROR != 0 {
-                        self.unsynced.2 += 1;
-                    }
-                    for tap in &mut self.taps {
-                        tap.offer(&h, data);
-                    }
-                }
+                }) => self.packet(link_type, snaplen, ts_ns, wire_len, data),
                 Ok(Next::Idle) => {
                     since_poll = 64;
                     self.flush_all();
@@ -514,7 +665,8 @@ mod tests {
             link.shared.wait_stopped(Duration::from_millis(50)),
             LinkState::Running
         );
-        link.ctl.send(LinkCtl::Attach(tap)).unwrap();
+        let mut tap = Some(tap);
+        link.attach(|| *tap.take().expect("one capture thread"));
         assert_eq!(
             link.shared.wait_stopped(Duration::from_secs(60)),
             LinkState::Finished
@@ -556,7 +708,8 @@ mod tests {
         assert_eq!(link.shared.dlt(), Some(1));
         assert_eq!(link.shared.info().source, "memory:300 packets");
         let (tap, rx) = open_tap(32, usize::MAX);
-        link.ctl.send(LinkCtl::Attach(Box::new(tap))).unwrap();
+        let mut tap = Some(tap);
+        link.attach(|| tap.take().expect("one capture thread"));
         assert_eq!(
             link.shared.wait_stopped(Duration::from_secs(60)),
             LinkState::Finished

@@ -171,6 +171,13 @@ impl Tap {
         }
     }
 
+    /// Whether the deployment's queue has no room for another full batch
+    /// (and the deployment is still there).
+    #[must_use]
+    pub fn behind(&self) -> bool {
+        !self.dead && self.over_budget(u64::from(self.batch_packets))
+    }
+
     /// Whether a partial batch waits for a flush.
     #[must_use]
     pub fn pending(&self) -> bool {

@@ -259,9 +259,12 @@ async fn live_capture_on_a_mirrored_veth_matches_its_counters() {
 /// UDP datagrams sent from a namespace at rising rates (5k pps, 20k pps,
 /// then as fast as it goes; bounded counts) into a veth whose root end a
 /// monitor captures, through a deliberately slow analyzer behind a tiny
-/// queue. Every packet the interface received is captured or a kernel
-/// drop, every captured packet analyzed or a queue drop, and the drops show
-/// in status, in the result window and on the metrics endpoint.
+/// queue, alone (the link leaves the packets in the kernel's small ring:
+/// kernel drops, no queue drops), then beside a fast one (the link reads on:
+/// the slow one drops at its queue). Every packet the interface received
+/// is captured or a kernel drop, every captured packet analyzed or a queue
+/// drop, and the drops show in status, in the result window and on the
+/// metrics endpoint.
 #[tokio::test]
 async fn rising_rates_through_a_slow_analyzer_account_for_every_packet() {
     if let Some(why) = missing_prerequisite() {
@@ -358,7 +361,6 @@ async fn rising_rates_through_a_slow_analyzer_account_for_every_packet() {
             .parse()
             .unwrap()
     };
-    let before = rx("rx_packets");
     let sender = r#"
 import socket, time
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -375,18 +377,34 @@ for rate, count in [(5000, 5000), (20000, 20000), (0, 100000)]:
         sent += 1
 print(sent)
 "#;
-    let ns2 = ns.clone();
-    let sent: u64 = tokio::task::spawn_blocking(move || {
-        in_ns(&ns2, &["python3", "-c", sender])
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let received = rx("rx_packets") - before;
+    // Sends the rising rates; what the interface received.
+    let send = || {
+        let ns = ns.clone();
+        let before = rx("rx_packets");
+        async move {
+            let sent: u64 = tokio::task::spawn_blocking(move || {
+                in_ns(&ns, &["python3", "-c", sender])
+                    .unwrap()
+                    .trim()
+                    .parse()
+                    .unwrap()
+            })
+            .await
+            .unwrap();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let received = rx("rx_packets") - before;
+            assert!(
+                received >= sent * 9 / 10,
+                "sent {sent}, received {received}"
+            );
+            received
+        }
+    };
+
+    // The only deployment is behind: the link stops reading, the packets
+    // wait in the kernel's ring, and what it cannot hold are kernel drops;
+    // nothing is dropped at the queue.
+    let received = send().await;
     let st = monitor
         .wait_status(&client, "every received packet accounted for", |st| {
             let l = &st.links[0];
@@ -397,22 +415,68 @@ print(sent)
         .await;
     let (l, d) = (&st.links[0], &st.deployments[0].stats);
     eprintln!(
-        "sent {sent}, interface received {received} (rx_dropped {}): captured {}, kernel drops {}, \
+        "one slow deployment: interface received {received}: captured {}, kernel drops {}, \
          interface drops {}; analyzed {}, queue drops {}",
-        rx("rx_dropped"),
-        l.packets,
-        l.kernel_drops,
-        l.interface_drops,
-        d.packets_in,
-        d.dropped
+        l.packets, l.kernel_drops, l.interface_drops, d.packets_in, d.dropped
     );
     assert_eq!(l.packets + l.kernel_drops + l.interface_drops, received);
     assert_eq!(d.packets_in + d.dropped, l.packets);
-    assert!(d.dropped > 0, "the slow analyzer dropped nothing: {d:?}");
-    assert!(
-        received >= sent * 9 / 10,
-        "sent {sent}, received {received}"
+    assert_eq!(d.dropped, 0, "the ring holds what the queue cannot: {d:?}");
+    assert!(l.kernel_drops > 0, "the 2 MiB ring held everything: {l:?}");
+    let captured_before = l.packets;
+    let received_before = received;
+
+    // A fast deployment beside it: the link reads on for it, and the slow
+    // one drops whole batches at its queue.
+    let counter = put_blob(&js, "packet-count", &common::wasm("packet-count")).await;
+    request::<_, LoadReply>(
+        &client,
+        subject::monitor_load("rr", "t"),
+        &LoadRequest {
+            deployment: "fast".into(),
+            analyzer: BlobRef {
+                name: "packet-count".into(),
+                sha256: counter,
+            },
+            params: Value::Nil,
+            filter: Filter::default(),
+            links: vec![0],
+            owner: "t".into(),
+            report_every_ms: None,
+        },
+    )
+    .await
+    .into_result()
+    .unwrap();
+    let received = received_before + send().await;
+    let dep = |st: &bus_schema::MonitorStatus, name: &str| {
+        st.deployments
+            .iter()
+            .find(|d| d.deployment == name)
+            .unwrap()
+            .stats
+            .clone()
+    };
+    let st = monitor
+        .wait_status(&client, "every received packet accounted for", |st| {
+            let l = &st.links[0];
+            let (slow, fast) = (dep(st, "slow"), dep(st, "fast"));
+            l.packets + l.kernel_drops + l.interface_drops >= received
+                && slow.packets_in + slow.dropped == l.packets
+                && fast.packets_in + fast.dropped == l.packets - captured_before
+        })
+        .await;
+    let l = &st.links[0];
+    let (d, fast) = (dep(&st, "slow"), dep(&st, "fast"));
+    eprintln!(
+        "slow and fast: interface received {received}: captured {}, kernel drops {}; \
+         slow analyzed {}, queue drops {}; fast analyzed {}, queue drops {}",
+        l.packets, l.kernel_drops, d.packets_in, d.dropped, fast.packets_in, fast.dropped
     );
+    assert_eq!(l.packets + l.kernel_drops + l.interface_drops, received);
+    assert_eq!(d.packets_in + d.dropped, l.packets);
+    assert_eq!(fast.packets_in + fast.dropped, l.packets - captured_before);
+    assert!(d.dropped > 0, "the slow analyzer dropped nothing: {d:?}");
 
     // The result window and the metrics endpoint say the same.
     let window: bus_schema::ResultWindow = request(

@@ -15,7 +15,7 @@ use monitor::deployment::{self, DeploymentInfo, Shared, Timers};
 use monitor::filter::CompiledFilter;
 use monitor::guest::{Analyzer, InstanceConfig};
 use monitor::inbox::{DepMsg, Upgrade, UpgradeError};
-use monitor::link::{LinkCtl, LinkHandle};
+use monitor::link::LinkHandle;
 use monitor::source::MemorySource;
 use monitor::tap::{Tap, guest_batch_bytes};
 use wasm_host::Sandbox;
@@ -117,7 +117,8 @@ fn run(frames: &[Vec<u8>], to: Option<&str>) -> Run {
         64,
         snap_len,
     );
-    link.ctl.send(LinkCtl::Attach(Box::new(tap))).unwrap();
+    let mut tap = Some(tap);
+    link.attach(|| tap.take().expect("one capture thread"));
     let counters = shared.counters.clone();
     let upgrade = to.map(|name| {
         let deadline = Instant::now() + Duration::from_secs(30);

@@ -45,9 +45,9 @@ pub struct Results {
     pub bytes: u64,
     /// Packets the host flagged as not fully parsed.
     pub parse_errors: u64,
-    /// Timestamp of the first packet, Unix ns (0 if none).
+    /// The earliest packet's timestamp, Unix ns (0 if none).
     pub first_ts_ns: u64,
-    /// Timestamp of the last packet, Unix ns (0 if none).
+    /// The latest packet's timestamp, Unix ns (0 if none).
     pub last_ts_ns: u64,
     /// Timer ticks received.
     pub ticks: u64,
@@ -114,10 +114,12 @@ impl Analyzer for PacketCount {
         r.packets += 1;
         r.bytes += wire;
         r.parse_errors += u64::from(p.parse_error());
-        if r.first_ts_ns == 0 {
+        // Earliest and latest, not first and last seen: on a link fanned
+        // out over capture threads, flows arrive interleaved batch by batch.
+        if r.first_ts_ns == 0 || h.ts_ns < r.first_ts_ns {
             r.first_ts_ns = h.ts_ns;
         }
-        r.last_ts_ns = h.ts_ns;
+        r.last_ts_ns = r.last_ts_ns.max(h.ts_ns);
         let link = h.link as usize;
         if link >= self.links.len() {
             self.links.resize(link + 1, (0, 0));

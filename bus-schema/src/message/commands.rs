@@ -192,6 +192,10 @@ pub struct LinkStatus {
     pub kernel_drops: u64,
     /// Packets the interface dropped (pcap_stats `ps_ifdrop`).
     pub interface_drops: u64,
+    /// Packets each capture thread read, on a link fanned out over several
+    /// (`capture_threads` > 1); empty otherwise. They sum to `packets`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub thread_packets: Vec<u64>,
     /// Why the capture failed, if it did.
     #[serde(default)]
     pub last_error: Option<String>,

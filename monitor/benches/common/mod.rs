@@ -14,7 +14,7 @@ use monitor::deployment::{self, DeploymentInfo, Shared, Timers};
 use monitor::filter::CompiledFilter;
 use monitor::guest::{Analyzer, InstanceConfig};
 use monitor::inbox::DepMsg;
-use monitor::link::{LinkCtl, LinkHandle};
+use monitor::link::LinkHandle;
 use monitor::tap::{Tap, guest_batch_bytes};
 use wasm_host::Sandbox;
 
@@ -181,7 +181,8 @@ pub fn monitor_run(
         snap_len,
     );
     let started = Instant::now();
-    link.ctl.send(LinkCtl::Attach(Box::new(tap))).unwrap();
+    let mut tap = Some(tap);
+    link.attach(|| tap.take().expect("one capture thread"));
     // Block until the replay's end, then ask for the results: the link
     // thread sent every batch before it finished, so the answer comes after
     // the last one is analyzed. No polling: a harness thread waking on the

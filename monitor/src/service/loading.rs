@@ -17,7 +17,6 @@ use crate::deployment::{self, DeploymentInfo, Shared, Timers};
 use crate::filter::{Bpf, CompiledFilter, compile_bpf};
 use crate::guest::{Analyzer, InstanceConfig};
 use crate::inbox::Upgrade;
-use crate::link::LinkCtl;
 use crate::tap::{Tap, guest_batch_bytes};
 use crate::unix_ms;
 
@@ -476,9 +475,14 @@ impl Monitor {
             req, links, filter, ..
         } = checked;
         let limits = &self.config.limits;
-        // Room for a partial batch from every link besides the budget's
-        // full ones: the taps hold the queue to its budget in packets.
-        let (tx, rx) = crossbeam_channel::bounded(limits.queue_batches * 4 + links.len());
+        // Room for a partial batch from every link's capture thread besides
+        // the budget's full ones: the taps hold the queue to its budget in
+        // packets.
+        let captures: usize = links
+            .iter()
+            .map(|l| self.links[l].shared.capture_threads())
+            .sum();
+        let (tx, rx) = crossbeam_channel::bounded(limits.queue_batches * 4 + captures);
         let timers = Timers {
             tick: Duration::from_millis(limits.tick_ms),
             report: req.report_every_ms.map(Duration::from_millis),
@@ -511,17 +515,18 @@ impl Monitor {
             );
         }
         for (l, bpf) in links.iter().zip(bpfs) {
-            let tap = Tap::new(
-                req.deployment.clone(),
-                filter.clone(),
-                bpf,
-                tx.clone(),
-                shared.counters.clone(),
-                limits.batch_packets,
-                snap_len,
-            )
-            .with_queue_budget(limits.queue_batches as u64 * u64::from(limits.batch_packets));
-            let _ = self.links[l].ctl.send(LinkCtl::Attach(Box::new(tap)));
+            self.links[l].attach(|| {
+                Tap::new(
+                    req.deployment.clone(),
+                    filter.clone(),
+                    bpf.clone(),
+                    tx.clone(),
+                    shared.counters.clone(),
+                    limits.batch_packets,
+                    snap_len,
+                )
+                .with_queue_budget(limits.queue_batches as u64 * u64::from(limits.batch_packets))
+            });
         }
         tracing::info!(deployment = %req.deployment, analyzer = %req.analyzer.name, links = ?links, owner = %req.owner, "deployment loaded");
         let how = if restore.is_some() {

@@ -75,6 +75,23 @@ pub trait PacketSource {
     /// reports it and reads no more.
     fn next(&mut self) -> Result<Next<'_>, String>;
 
+    /// Hands the packets ready now, at most `max`, to `each` (capture
+    /// time in ns, length on the wire, captured bytes), for a source that
+    /// reads in bursts (a live capture's ring block, read in one call
+    /// without copying a packet out): how many, 0 if none came within the
+    /// source's short wait. `None`: the source reads one packet at a time
+    /// with [`PacketSource::next`].
+    ///
+    /// # Errors
+    /// The source failed; the link reports it and reads no more.
+    fn burst(
+        &mut self,
+        _max: usize,
+        _each: &mut dyn FnMut(u64, u32, &[u8]),
+    ) -> Option<Result<usize, String>> {
+        None
+    }
+
     /// Capture drops so far, where the source counts them.
     fn drops(&mut self) -> Option<Drops> {
         None
@@ -111,6 +128,13 @@ impl<S: PacketSource + ?Sized> PacketSource for Box<S> {
     fn next(&mut self) -> Result<Next<'_>, String> {
         (**self).next()
     }
+    fn burst(
+        &mut self,
+        max: usize,
+        each: &mut dyn FnMut(u64, u32, &[u8]),
+    ) -> Option<Result<usize, String>> {
+        (**self).burst(max, each)
+    }
     fn drops(&mut self) -> Option<Drops> {
         (**self).drops()
     }
@@ -124,8 +148,8 @@ impl<S: PacketSource + ?Sized> PacketSource for Box<S> {
 
 /// A configured link's source, opened.
 pub enum Opened {
-    /// A live interface.
-    Live(LiveSource),
+    /// A live interface: one capture per capture thread.
+    Live(Vec<LiveSource>),
     /// A capture file.
     Replay(Box<ReplaySource>),
 }
@@ -139,11 +163,10 @@ pub fn open(config: &LinkConfig) -> Result<Opened, String> {
         Source::Pcap(path, replay) => {
             Ok(Opened::Replay(Box::new(ReplaySource::open(path, replay)?)))
         }
-        Source::Interface(name) => Ok(Opened::Live(LiveSource::open(
-            &name,
-            config.snaplen,
-            config.buffer_mb,
-        )?)),
+        Source::Interface(name) => Ok(Opened::Live(match config.capture_threads {
+            0 | 1 => vec![LiveSource::open(&name, config.snaplen, config.buffer_mb)?],
+            n => LiveSource::open_fanout(&name, config.snaplen, config.buffer_mb, n as usize)?,
+        })),
     }
 }
 

@@ -23,6 +23,7 @@ pub mod lab;
 pub mod metrics;
 pub mod monitor;
 pub mod site;
+pub mod wire;
 
 /// How long a server may take to accept clients and serve JetStream.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
