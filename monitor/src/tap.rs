@@ -172,10 +172,13 @@ impl Tap {
     }
 
     /// Whether the deployment's queue has no room for another full batch
-    /// (and the deployment is still there).
+    /// and the deployment is still running (a deployment whose thread ended
+    /// is never behind: nothing would ever drain its queue).
     #[must_use]
     pub fn behind(&self) -> bool {
-        !self.dead && self.over_budget(u64::from(self.batch_packets))
+        !self.dead
+            && !self.counters.gone.load(Ordering::Acquire)
+            && self.over_budget(u64::from(self.batch_packets))
     }
 
     /// Whether a partial batch waits for a flush.
@@ -351,5 +354,38 @@ pub(crate) mod tests {
         // Flushing nothing changes nothing.
         tap.flush();
         assert_eq!(partial(&tap), 0);
+    }
+
+    /// A tap is behind once its queue cannot take another full batch,
+    /// until the deployment drains it, and never once the deployment's
+    /// thread has ended.
+    #[test]
+    fn a_tap_is_behind_while_its_queue_is_full() {
+        let (tap, rx) = open_tap(4, usize::MAX);
+        let mut tap = tap.with_queue_budget(8);
+        let (h, data) = frame();
+        assert!(!tap.behind());
+        for _ in 0..4 {
+            tap.offer(&h, &data);
+        }
+        assert!(!tap.behind(), "room for another batch of 4");
+        for _ in 0..4 {
+            tap.offer(&h, &data);
+        }
+        assert!(tap.behind(), "8 of 8 queued");
+        // The deployment takes a batch.
+        let Ok(DepMsg::Batch(b)) = rx.try_recv() else {
+            panic!("a batch was queued")
+        };
+        tap.counters
+            .queued_packets
+            .fetch_sub(u64::from(b.count), Ordering::AcqRel);
+        assert!(!tap.behind());
+        for _ in 0..4 {
+            tap.offer(&h, &data);
+        }
+        assert!(tap.behind());
+        tap.counters.gone.store(true, Ordering::Release);
+        assert!(!tap.behind(), "nothing drains a gone deployment's queue");
     }
 }

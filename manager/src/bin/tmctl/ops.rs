@@ -545,8 +545,14 @@ fn print_status(s: &MonitorStatus) {
         s.monitor, s.address, s.version, s.uptime_s
     );
     for l in &s.links {
+        let threads = if l.thread_packets.is_empty() {
+            String::new()
+        } else {
+            let each: Vec<String> = l.thread_packets.iter().map(u64::to_string).collect();
+            format!(" (capture threads: {})", each.join(" + "))
+        };
         println!(
-            "  link {} {}->{} {:?}: {} packets, {} bytes, {} kernel drops{}",
+            "  link {} {}->{} {:?}: {} packets{threads}, {} bytes, {} kernel drops, {} interface drops{}",
             l.link.id,
             l.link.from_router,
             l.link.to_router,
@@ -554,6 +560,7 @@ fn print_status(s: &MonitorStatus) {
             l.packets,
             l.bytes,
             l.kernel_drops,
+            l.interface_drops,
             because(&l.last_error)
         );
     }
