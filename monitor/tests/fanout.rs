@@ -11,10 +11,8 @@ mod common;
 use std::path::Path;
 
 use async_nats::jetstream;
-use bus_schema::{
-    BlobRef, CollectRequest, Filter, LoadReply, LoadRequest, ResultWindow, Value, subject,
-};
-use common::{MonitorProc, put_blob, request, u, wasm};
+use bus_schema::Value;
+use common::{MonitorProc, load_on, put_blob, u, wasm};
 use harness::NatsServer;
 use harness::wire::{self, CAPTURE_DEV, Wire};
 
@@ -109,25 +107,8 @@ async fn fanned_out_vs_one_thread(wire: &Wire, pcap: &Path, total: u64) {
             ("packet-count", &counter, Value::Nil),
             ("flow-stats", &flows, flow_params.clone()),
         ] {
-            request::<_, LoadReply>(
-                &client,
-                subject::monitor_load("fan", "t"),
-                &LoadRequest {
-                    deployment: format!("{name}-{link}"),
-                    analyzer: BlobRef {
-                        name: name.into(),
-                        sha256: sha.clone(),
-                    },
-                    params,
-                    filter: Filter::default(),
-                    links: vec![link],
-                    owner: "t".into(),
-                    report_every_ms: None,
-                },
-            )
-            .await
-            .into_result()
-            .unwrap();
+            let deployment = format!("{name}-{link}");
+            load_on(&client, "fan", &deployment, (name, sha), params, vec![link]).await;
         }
     }
     let quiet = monitor.status(&client).await;
@@ -193,17 +174,7 @@ async fn fanned_out_vs_one_thread(wire: &Wire, pcap: &Path, total: u64) {
 }
 
 async fn collect(client: &async_nats::Client, deployment: &str) -> Value {
-    let w: ResultWindow = request(
-        client,
-        subject::monitor_collect("fan", "t"),
-        &CollectRequest {
-            deployment: deployment.into(),
-        },
-    )
-    .await
-    .into_result()
-    .unwrap();
-    w.results
+    common::collect_from(client, "fan", deployment).await
 }
 
 /// Results without what legitimately differs between the two links: the

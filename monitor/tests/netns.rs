@@ -429,25 +429,8 @@ print(sent)
     // A fast deployment beside it: the link reads on for it, and the slow
     // one drops whole batches at its queue.
     let counter = put_blob(&js, "packet-count", &common::wasm("packet-count")).await;
-    request::<_, LoadReply>(
-        &client,
-        subject::monitor_load("rr", "t"),
-        &LoadRequest {
-            deployment: "fast".into(),
-            analyzer: BlobRef {
-                name: "packet-count".into(),
-                sha256: counter,
-            },
-            params: Value::Nil,
-            filter: Filter::default(),
-            links: vec![0],
-            owner: "t".into(),
-            report_every_ms: None,
-        },
-    )
-    .await
-    .into_result()
-    .unwrap();
+    let counter = ("packet-count", counter.as_str());
+    common::load_on(&client, "rr", "fast", counter, Value::Nil, vec![0]).await;
     let received = received_before + send().await;
     let dep = |st: &bus_schema::MonitorStatus, name: &str| {
         st.deployments

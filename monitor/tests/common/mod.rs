@@ -167,9 +167,14 @@ pub async fn run(frames: &[Frame], analyzers: &[(&str, Value)]) -> Run {
 
 /// Collects a deployment's results from monitor "a".
 pub async fn collect(r: &Run, deployment: &str) -> Value {
+    collect_from(&r.client, "a", deployment).await
+}
+
+/// Collects a deployment's results from `monitor`, as requester "t".
+pub async fn collect_from(client: &async_nats::Client, monitor: &str, deployment: &str) -> Value {
     let w: ResultWindow = request(
-        &r.client,
-        subject::monitor_collect("a", "t"),
+        client,
+        subject::monitor_collect(monitor, "t"),
         &CollectRequest {
             deployment: deployment.into(),
         },
@@ -178,6 +183,37 @@ pub async fn collect(r: &Run, deployment: &str) -> Value {
     .into_result()
     .unwrap();
     w.results
+}
+
+/// Loads the analyzer `name` (its blob's digest `sha256`) on `monitor` as
+/// deployment `deployment` on `links`, owned by "t", every packet.
+pub async fn load_on(
+    client: &async_nats::Client,
+    monitor: &str,
+    deployment: &str,
+    (name, sha256): (&str, &str),
+    params: Value,
+    links: Vec<u32>,
+) -> LoadReply {
+    request(
+        client,
+        subject::monitor_load(monitor, "t"),
+        &LoadRequest {
+            deployment: deployment.into(),
+            analyzer: BlobRef {
+                name: name.into(),
+                sha256: sha256.into(),
+            },
+            params,
+            filter: Filter::default(),
+            links,
+            owner: "t".into(),
+            report_every_ms: None,
+        },
+    )
+    .await
+    .into_result()
+    .unwrap()
 }
 
 /// Every event of `deployment` on monitor "a" in the events stream, read
