@@ -454,13 +454,14 @@ impl LinkThread {
     fn packet(
         &mut self,
         link_type: LinkType,
+        id: u32,
         snaplen: usize,
         ts_ns: u64,
         wire_len: u32,
         data: &[u8],
     ) {
         let data = &data[..data.len().min(snaplen)];
-        let h = parse(link_type, self.shared.config.id, ts_ns, wire_len, data);
+        let h = parse(link_type, id, ts_ns, wire_len, data);
         self.unsynced.0 += 1;
         self.unsynced.1 += u64::from(wire_len);
         if h.flags & flag::PARSE_ERROR != 0 {
@@ -560,7 +561,7 @@ impl LinkThread {
                     continue;
                 }
                 let read = source.burst(64, &mut |ts_ns, wire_len, data| {
-                    self.packet(link_type, snaplen, ts_ns, wire_len, data);
+                    self.packet(link_type, id, snaplen, ts_ns, wire_len, data);
                 });
                 match read {
                     None => bursts = false,
@@ -586,7 +587,7 @@ impl LinkThread {
                     ts_ns,
                     wire_len,
                     data,
-                }) => self.packet(link_type, snaplen, ts_ns, wire_len, data),
+                }) => self.packet(link_type, id, snaplen, ts_ns, wire_len, data),
                 Ok(Next::Idle) => {
                     since_poll = 64;
                     self.flush_all();

@@ -115,8 +115,13 @@ impl LiveSource {
         Ok(sources)
     }
 
-    /// Reads and discards every packet the capture holds now.
+    /// Discards every packet the capture holds (its filter rejecting all
+    /// new ones): after the block timeout the kernel has handed over the
+    /// block being filled, so none is left to read later.
     fn discard_held(&mut self) {
+        std::thread::sleep(std::time::Duration::from_millis(
+            2 * BLOCK_TIMEOUT_MS as u64,
+        ));
         while self.cap.next_packet().is_ok() {}
     }
 }

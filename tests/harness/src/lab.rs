@@ -142,9 +142,16 @@ pub fn sh(args: &[&str]) -> Result<String, String> {
 /// or `None`.
 #[must_use]
 pub fn unavailable() -> Option<String> {
-    for tool in [
+    missing(&[
         "ip", "tc", "ethtool", "ping", "iperf3", "dnsmasq", "dig", "curl", "hping3", "python3",
-    ] {
+    ])
+}
+
+/// Which of `tools` is not installed, or that network namespaces cannot be
+/// made here, or `None`.
+#[must_use]
+pub fn missing(tools: &[&str]) -> Option<String> {
+    for tool in tools {
         if sh(&["sh", "-c", &format!("command -v {tool}")]).is_err() {
             return Some(format!(
                 "{tool} is not installed (xtask/setup.sh installs it)"

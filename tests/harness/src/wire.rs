@@ -26,19 +26,7 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 /// Why a wire cannot be made here (a missing tool, no namespaces), or `None`.
 #[must_use]
 pub fn unavailable() -> Option<String> {
-    for tool in ["ip", "tcpreplay"] {
-        if sh(&["sh", "-c", &format!("command -v {tool}")]).is_err() {
-            return Some(format!(
-                "{tool} is not installed (xtask/setup.sh installs it)"
-            ));
-        }
-    }
-    let probe = format!("tmwprobe{}", std::process::id());
-    if let Err(e) = sh(&["ip", "netns", "add", &probe]) {
-        return Some(format!("network namespaces are unavailable: {e}"));
-    }
-    let _ = sh(&["ip", "netns", "del", &probe]);
-    None
+    crate::lab::missing(&["ip", "tcpreplay"])
 }
 
 /// The two namespaces and the veth between them.
