@@ -260,15 +260,26 @@ async fn load_collect_configure_unload_give_exact_figures() {
     assert_eq!(field(&fin.results, "label").as_str(), Some("second"));
     assert!(s.monitor.status(&s.client).await.deployments.is_empty());
 
-    // The final window reached the results stream, once.
+    // The final window reached the results stream, once (the outbox
+    // publishes it beside the reply, not before it: wait, bounded).
     let stream =
         s.js.get_stream(bus_schema::store::RESULTS_STREAM)
             .await
             .unwrap();
-    let msg = stream
-        .get_last_raw_message_by_subject(&subject::results("m1", "d1"))
-        .await
-        .unwrap();
+    let mut last = None;
+    for _ in 0..200 {
+        match stream
+            .get_last_raw_message_by_subject(&subject::results("m1", "d1"))
+            .await
+        {
+            Ok(msg) => {
+                last = Some(msg);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    let msg = last.expect("the final window in the results stream within 10 s");
     let published: ResultWindow = bus_schema::decode(&msg.payload).unwrap();
     assert_eq!(published, fin);
 }
