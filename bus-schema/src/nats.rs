@@ -415,6 +415,22 @@ pub struct CredentialsError {
     pub message: String,
 }
 
+/// The servers of a comma-separated URL list (`--nats`, `nats_url`),
+/// blanks around each trimmed.
+///
+/// # Errors
+/// The first URL that does not parse, named with its place in the list.
+pub fn server_addrs(urls: &str) -> Result<Vec<async_nats::ServerAddr>, String> {
+    urls.split(',')
+        .enumerate()
+        .map(|(i, u)| {
+            u.trim()
+                .parse()
+                .map_err(|e| format!("[{i}] = {:?}: {e}", u.trim()))
+        })
+        .collect()
+}
+
 /// Adds the identity in the file at `path` to `options`: either a NATS
 /// `.creds` file (user JWT and seed, for operator-mode servers) or an nkey
 /// seed file as `tmctl auth init` writes. With a seed, replies come to the

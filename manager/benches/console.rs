@@ -148,11 +148,7 @@ async fn main() {
     let links = arg("links", 300);
     let updates = arg("updates", 200);
     let nats = harness::NatsServer::start().await.unwrap();
-    let client = nats.client().await;
-    let js = async_nats::jetstream::new(client.clone());
-    bus_schema::nats::ensure_stores(&js, 1, bus_schema::Role::Admin)
-        .await
-        .unwrap();
+    let (client, js) = nats.client_with_stores().await;
     let record = topology(routers, links);
     let kv = manager::topology::open_bucket(&js, 1).await.unwrap();
     manager::topology::save(&kv, &record, None).await.unwrap();

@@ -125,11 +125,7 @@ async fn main() {
     pcapgen::write_pcap(&pcap, linktype::ETHERNET, &frames).unwrap();
 
     let nats = harness::NatsServer::start().await.unwrap();
-    let client = nats.client().await;
-    let js = async_nats::jetstream::new(client.clone());
-    bus_schema::nats::ensure_stores(&js, 1, bus_schema::Role::Admin)
-        .await
-        .unwrap();
+    let (_, js) = nats.client_with_stores().await;
     let mut seq = 0;
     for from in (0..flows).step_by(per_window) {
         seq += 1;

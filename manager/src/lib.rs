@@ -17,3 +17,19 @@ pub mod export;
 pub mod metrics;
 pub mod service;
 pub mod topology;
+
+/// Logs to stderr, as every binary of this crate does: `filter` (an
+/// `EnvFilter` directive such as `info` or `manager=debug`) if given, else
+/// `RUST_LOG`, else `info`.
+pub fn log_to_stderr(filter: Option<&str>) {
+    let filter = match filter {
+        Some(f) => tracing_subscriber::EnvFilter::new(f),
+        None => {
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into())
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

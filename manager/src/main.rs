@@ -92,10 +92,7 @@ fn split<'a>(flag: &str, text: &'a str) -> anyhow::Result<(&'a str, &'a str)> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(&args.log))
-        .with_writer(std::io::stderr)
-        .init();
+    manager::log_to_stderr(Some(&args.log));
     bus_schema::validate_token("--id", &args.id)?;
     let mut startup = Vec::new();
     for spec in &args.apps {
@@ -157,11 +154,8 @@ async fn main() -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let addrs: Vec<async_nats::ServerAddr> = args
-        .nats
-        .split(',')
-        .map(|u| u.trim().parse())
-        .collect::<Result<_, _>>()?;
+    let addrs = bus_schema::nats::server_addrs(&args.nats)
+        .map_err(|e| anyhow::anyhow!("--nats {}: {e}", args.nats))?;
     let mut options = async_nats::ConnectOptions::new()
         .name(format!("tm-manager {}", args.id))
         .retry_on_initial_connect();

@@ -399,11 +399,8 @@ impl Config {
             );
         }
         bus_schema::validate_token("id", &self.monitor_id())?;
-        for (i, url) in self.nats_url.split(',').enumerate() {
-            let url = url.trim();
-            url.parse::<async_nats::ServerAddr>()
-                .map_err(|e| anyhow::anyhow!("nats_url[{i}] = {url:?}: {e}"))?;
-        }
+        bus_schema::nats::server_addrs(&self.nats_url)
+            .map_err(|e| anyhow::anyhow!("nats_url{e}"))?;
         if let Some(c) = &self.nats_credentials
             && !c.is_file()
         {

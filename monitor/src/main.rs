@@ -89,11 +89,8 @@ async fn main() -> Result<()> {
         );
         return Ok(());
     }
-    let addrs: Vec<async_nats::ServerAddr> = config
-        .nats_url
-        .split(',')
-        .map(|u| u.trim().parse())
-        .collect::<Result<_, _>>()?;
+    let addrs = bus_schema::nats::server_addrs(&config.nats_url)
+        .map_err(|e| anyhow::anyhow!("nats_url{e}"))?;
     let mut options = async_nats::ConnectOptions::new()
         .name(format!("tm-monitor {}", config.monitor_id()))
         .retry_on_initial_connect();

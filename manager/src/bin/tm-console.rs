@@ -47,12 +47,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    manager::log_to_stderr(None);
     let args = Args::parse();
     let seed = args
         .nats_creds
@@ -73,12 +68,8 @@ async fn main() -> anyhow::Result<()> {
         read_only: seed.is_some_and(|(role, _)| matches!(role, Role::Viewer | Role::Subscriber)),
         refusals: Refusals::default(),
     };
-    let addrs: Vec<async_nats::ServerAddr> = args
-        .nats
-        .split(',')
-        .map(|u| u.trim().parse())
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("--nats {}", args.nats))?;
+    let addrs = bus_schema::nats::server_addrs(&args.nats)
+        .map_err(|e| anyhow::anyhow!("--nats {}: {e}", args.nats))?;
     if args.check_config {
         if let Some(creds) = &args.nats_creds {
             bus_schema::nats::with_credentials(async_nats::ConnectOptions::new(), creds)

@@ -75,12 +75,7 @@ enum Format {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    manager::log_to_stderr(None);
     let args = Args::parse();
     let Format::Ipfix {
         collector,
@@ -100,12 +95,8 @@ async fn main() -> anyhow::Result<()> {
         bus_schema::validate_token("--deployment", d).map_err(|e| anyhow::anyhow!("{e}"))?;
     }
     bus_schema::validate_token("--durable", &durable).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let addrs: Vec<async_nats::ServerAddr> = args
-        .nats
-        .split(',')
-        .map(|u| u.trim().parse())
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("--nats {}", args.nats))?;
+    let addrs = bus_schema::nats::server_addrs(&args.nats)
+        .map_err(|e| anyhow::anyhow!("--nats {}: {e}", args.nats))?;
     let mut options = async_nats::ConnectOptions::new()
         .name("tm-export")
         .connection_timeout(Duration::from_secs(5));

@@ -385,6 +385,20 @@ impl NatsServer {
             .unwrap();
     }
 
+    /// A client and its JetStream context, with every stream and bucket of
+    /// the contract created (as the admin would on a bus with identities).
+    ///
+    /// # Panics
+    /// If the server does not accept the connection or the stores.
+    pub async fn client_with_stores(&self) -> (async_nats::Client, jetstream::Context) {
+        let client = self.client().await;
+        let js = jetstream::new(client.clone());
+        bus_schema::nats::ensure_stores(&js, 1, bus_schema::Role::Admin)
+            .await
+            .unwrap();
+        (client, js)
+    }
+
     /// # Panics
     /// If the server does not accept the connection: tests want to stop there.
     pub async fn client(&self) -> async_nats::Client {
