@@ -182,8 +182,11 @@ impl Site {
     /// leaf in time.
     pub async fn start() -> Result<Site, HarnessError> {
         let leaf_port = free_port()?;
+        // `no_advertise`: the hub would otherwise tell the leaf its own
+        // leafnode URL, and the leaf, reconnecting after a cut, could pick
+        // it and go around the link.
         let hub = NatsServer::start_with_conf(&format!(
-            "jetstream {{ domain: {DOMAIN} }}\nleafnodes {{ listen: \"127.0.0.1:{leaf_port}\" }}\n"
+            "jetstream {{ domain: {DOMAIN} }}\nleafnodes {{ listen: \"127.0.0.1:{leaf_port}\", no_advertise: true }}\n"
         ))
         .await?;
         let link = LeafLink::start(leaf_port)?;
