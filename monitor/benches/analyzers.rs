@@ -159,7 +159,7 @@ fn batches(path: &Path, snap_len: usize) -> Vec<(u32, Vec<u8>)> {
     // Room for every batch (a record takes at least a pcap record header's
     // 16 bytes of the file): this collects them all before analysing any.
     let most = std::fs::metadata(path).unwrap().len() / 16;
-    let (tx, rx) = crossbeam_channel::unbounded();
+    let (tx, rx) = flume::unbounded();
     let tap = Tap::new(
         "bench".into(),
         Arc::new(CompiledFilter::new(&Filter::default()).unwrap()),

@@ -105,7 +105,7 @@ fn main() {
     );
     let first = instance();
     let snap_len = first.snap_len();
-    let (tx, rx) = crossbeam_channel::bounded(64);
+    let (tx, rx) = flume::bounded(64);
     let thread = {
         let shared = shared.clone();
         let timers = Timers {

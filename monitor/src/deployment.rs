@@ -11,7 +11,7 @@ use bus_schema::{
     DeploymentSnapshot, DeploymentState, DeploymentStatus, ErrorBody, ErrorCode, Event, EventKind,
     LoadRequest, ResultWindow, Value,
 };
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use flume::{Receiver, RecvTimeoutError};
 
 use crate::guest::{Analyzer, ConfigureError, RestoreError};
 use crate::inbox::{DepCounters, DepMsg, Upgrade, UpgradeError};
@@ -501,13 +501,24 @@ struct Clock {
 }
 
 impl Clock {
+    /// The first tick and snapshot come after a random ½ to 1½ periods:
+    /// deployments loaded at once (a deploy to a whole fleet, a restart)
+    /// then do not all tick and save together, period after period — a
+    /// burst of thread wake-ups and of bucket writes every few seconds.
     fn new(timers: Timers) -> Self {
+        use std::hash::{BuildHasher, Hasher};
         let now = Instant::now();
+        let spread = |period: Duration| {
+            let r = std::collections::hash_map::RandomState::new()
+                .build_hasher()
+                .finish();
+            period / 2 + period.mul_f64(r as f64 / u64::MAX as f64)
+        };
         Clock {
             timers,
-            next_tick: now + timers.tick,
+            next_tick: now + spread(timers.tick),
             next_report: timers.report.map(|r| now + r),
-            next_snapshot: now + timers.snapshot,
+            next_snapshot: now + spread(timers.snapshot),
             shed_told: (0, 0),
         }
     }

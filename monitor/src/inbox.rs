@@ -21,7 +21,7 @@ pub struct Batch {
     pub wire_bytes: u64,
     /// Where the emptied buffer goes back for reuse (its tap's spares), so
     /// the link thread does not allocate (and fault in) a buffer per batch.
-    pub home: Option<crossbeam_channel::Sender<Vec<u8>>>,
+    pub home: Option<flume::Sender<Vec<u8>>>,
 }
 
 impl Batch {

@@ -18,7 +18,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use bus_schema::{LinkInfo, LinkState, LinkStatus};
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use flume::{Receiver, RecvTimeoutError, Sender};
 use tm_abi::flag;
 
 use crate::config::LinkConfig;
@@ -237,8 +237,7 @@ impl LinkHandle {
             state_changed: Condvar::new(),
             state_watch: tokio::sync::watch::Sender::new(LinkState::Running),
         });
-        let (ctls, mut rxs): (Vec<_>, Vec<_>) =
-            (0..threads).map(|_| crossbeam_channel::unbounded()).unzip();
+        let (ctls, mut rxs): (Vec<_>, Vec<_>) = (0..threads).map(|_| flume::unbounded()).unzip();
         let thread = {
             let shared = shared.clone();
             std::thread::Builder::new()
@@ -283,7 +282,7 @@ impl LinkHandle {
     /// Flushes partial batches to their deployments and waits until done
     /// (bounded: a live capture checks its controls every 50 ms).
     pub fn flush(&self) {
-        let (tx, rx) = crossbeam_channel::bounded(self.ctls.len());
+        let (tx, rx) = flume::bounded(self.ctls.len());
         let sent = self
             .ctls
             .iter()

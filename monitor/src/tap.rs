@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use flume::{Receiver, Sender, TrySendError};
 use tm_abi::{PacketHeader, off, record_len};
 
 use crate::filter::{Bpf, CompiledFilter};
@@ -104,7 +104,7 @@ impl Tap {
             batch_packets,
             batch: Batch::default(),
             dead: false,
-            spares: crossbeam_channel::bounded(spares),
+            spares: flume::bounded(spares),
             wait_for_room: false,
             snap_len,
             open,
@@ -118,7 +118,7 @@ impl Tap {
     pub fn with_queue_budget(mut self, packets: u64) -> Self {
         self.budget = packets.max(1);
         let batches = packets.div_ceil(u64::from(self.batch_packets.max(1))) as usize;
-        self.spares = crossbeam_channel::bounded(batches + SPARE_BUFFERS);
+        self.spares = flume::bounded(batches + SPARE_BUFFERS);
         self
     }
 
@@ -278,7 +278,7 @@ pub(crate) mod tests {
     /// A tap taking every packet into batches of `batch_packets`, and the
     /// deployment queue's receiving end.
     pub(crate) fn open_tap(batch_packets: u32, snap_len: usize) -> (Tap, Receiver<DepMsg>) {
-        let (tx, rx) = crossbeam_channel::bounded(1024);
+        let (tx, rx) = flume::bounded(1024);
         let tap = Tap::new(
             "d".into(),
             Arc::new(CompiledFilter::new(&bus_schema::Filter::default()).unwrap()),

@@ -94,7 +94,7 @@ fn run(frames: &[Vec<u8>], to: Option<&str>) -> Run {
     let snap_len = analyzer.snap_len();
     // A short queue: the lossless source waits for the analyzer, so the
     // stream is still running when the upgrade is asked for.
-    let (tx, rx) = crossbeam_channel::bounded(4);
+    let (tx, rx) = flume::bounded(4);
     let thread = {
         let shared = shared.clone();
         let timers = Timers {

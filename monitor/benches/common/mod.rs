@@ -161,7 +161,7 @@ pub fn monitor_run(
     )
     .unwrap();
     let snap_len = analyzer.snap_len();
-    let (tx, rx) = crossbeam_channel::bounded(64);
+    let (tx, rx) = flume::bounded(64);
     let thread = {
         let shared = shared.clone();
         let timers = Timers {

@@ -17,7 +17,32 @@ enum Outcome {
     Later(String),
 }
 
-async fn deliver(js: &jetstream::Context, op: &Op) -> Outcome {
+/// The snapshot bucket, opened at its first use and kept: opening it asks
+/// JetStream for the bucket's stream info (an API call and an advisory
+/// each), which a put every few seconds per deployment would repeat.
+#[derive(Default)]
+struct Snapshots(Option<jetstream::kv::Store>);
+
+impl Snapshots {
+    async fn bucket(&mut self, js: &jetstream::Context) -> Result<&jetstream::kv::Store, String> {
+        if self.0.is_none() {
+            let kv = js
+                .get_key_value(store::SNAPSHOTS_BUCKET)
+                .await
+                .map_err(|e| e.to_string())?;
+            self.0 = Some(kv);
+        }
+        Ok(self.0.as_ref().expect("opened above"))
+    }
+
+    /// After a failure, the bucket is opened again (it may have been
+    /// recreated, or its domain moved).
+    fn reopen(&mut self) {
+        self.0 = None;
+    }
+}
+
+async fn deliver(js: &jetstream::Context, snapshots: &mut Snapshots, op: &Op) -> Outcome {
     match op {
         Op::Publish {
             subject,
@@ -46,26 +71,28 @@ async fn deliver(js: &jetstream::Context, op: &Op) -> Outcome {
         }
         Op::Put { key, payload } => {
             let put = async {
-                let kv = js
-                    .get_key_value(store::SNAPSHOTS_BUCKET)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let kv = snapshots.bucket(js).await?;
                 kv.put(key, bytes::Bytes::copy_from_slice(payload))
                     .await
                     .map(|_| ())
                     .map_err(|e| e.to_string())
             };
-            kv_outcome(tokio::time::timeout(ACK_TIMEOUT, put).await)
+            let outcome = kv_outcome(tokio::time::timeout(ACK_TIMEOUT, put).await);
+            if !matches!(outcome, Outcome::Delivered) {
+                snapshots.reopen();
+            }
+            outcome
         }
         Op::Purge { key } => {
             let purge = async {
-                let kv = js
-                    .get_key_value(store::SNAPSHOTS_BUCKET)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let kv = snapshots.bucket(js).await?;
                 kv.purge(key).await.map_err(|e| e.to_string())
             };
-            kv_outcome(tokio::time::timeout(ACK_TIMEOUT, purge).await)
+            let outcome = kv_outcome(tokio::time::timeout(ACK_TIMEOUT, purge).await);
+            if !matches!(outcome, Outcome::Delivered) {
+                snapshots.reopen();
+            }
+            outcome
         }
     }
 }
@@ -87,8 +114,9 @@ pub async fn settle_snapshots(outbox: &Outbox, js: &jetstream::Context) {
         .iter()
         .filter_map(|(d, q)| q.kv.as_ref().map(|i| (d.clone(), i.op.clone())))
         .collect();
+    let mut snapshots = Snapshots::default();
     for (deployment, op) in ops {
-        match deliver(js, &op).await {
+        match deliver(js, &mut snapshots, &op).await {
             Outcome::Delivered => outbox.done(&deployment, &op),
             Outcome::Never(e) | Outcome::Later(e) => outbox.retry_later(&deployment, &e),
         }
@@ -102,6 +130,7 @@ pub async fn publisher(
     outbox: Arc<Outbox>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    let mut snapshots = Snapshots::default();
     loop {
         let (next, ready_at) = outbox.next();
         let Some((deployment, op)) = next else {
@@ -118,7 +147,7 @@ pub async fn publisher(
             }
             continue;
         };
-        match deliver(&js, &op).await {
+        match deliver(&js, &mut snapshots, &op).await {
             Outcome::Delivered => {
                 outbox.published.fetch_add(1, Ordering::Relaxed);
                 outbox.done(&deployment, &op);

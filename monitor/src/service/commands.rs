@@ -514,7 +514,7 @@ impl Monitor {
 
     /// Sends a message to a deployment thread and awaits its answer.
     async fn ask<T>(
-        tx: &crossbeam_channel::Sender<DepMsg>,
+        tx: &flume::Sender<DepMsg>,
         make: impl FnOnce(oneshot::Sender<T>) -> DepMsg,
     ) -> Option<T> {
         let (reply, rx) = oneshot::channel();
@@ -522,7 +522,7 @@ impl Monitor {
         let sent = match tx.try_send(msg) {
             Ok(()) => true,
             // The queue is full of batches: wait for room off the runtime.
-            Err(crossbeam_channel::TrySendError::Full(msg)) => {
+            Err(flume::TrySendError::Full(msg)) => {
                 let tx = tx.clone();
                 tokio::task::spawn_blocking(move || {
                     tx.send_timeout(msg, DEPLOYMENT_REPLY_TIMEOUT).is_ok()
@@ -530,7 +530,7 @@ impl Monitor {
                 .await
                 .unwrap_or(false)
             }
-            Err(crossbeam_channel::TrySendError::Disconnected(_)) => false,
+            Err(flume::TrySendError::Disconnected(_)) => false,
         };
         if !sent {
             return None;

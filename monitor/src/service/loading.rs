@@ -482,7 +482,7 @@ impl Monitor {
             .iter()
             .map(|l| self.links[l].shared.capture_threads())
             .sum();
-        let (tx, rx) = crossbeam_channel::bounded(limits.queue_batches * 4 + captures);
+        let (tx, rx) = flume::bounded(limits.queue_batches * 4 + captures);
         let timers = Timers {
             tick: Duration::from_millis(limits.tick_ms),
             report: req.report_every_ms.map(Duration::from_millis),

@@ -30,7 +30,7 @@ const DEPLOYMENT_REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 /// A deployment as the service holds it: its state, its inbox, its thread.
 struct Deployment {
     shared: Arc<Shared>,
-    tx: crossbeam_channel::Sender<DepMsg>,
+    tx: flume::Sender<DepMsg>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -155,7 +155,7 @@ impl Monitor {
     pub(super) fn find(
         &self,
         deployment: &str,
-    ) -> Result<(Arc<Shared>, crossbeam_channel::Sender<DepMsg>), ErrorBody> {
+    ) -> Result<(Arc<Shared>, flume::Sender<DepMsg>), ErrorBody> {
         let deployments = self.deployments.lock().expect("deployments");
         let d = deployments.get(deployment).ok_or_else(|| {
             ErrorBody::new(

@@ -15,7 +15,10 @@
 //! `--node-kills K` each cluster node in turn is killed and restarted
 //! during collect rounds; with `--leaf-cut S` the leaf link is cut for S
 //! seconds. Both check, through a JetStream consumer, that every result
-//! window is stored once and in order. Writes
+//! window is stored once and in order. Before the collect rounds the
+//! machine's idle load (both deployments in place, nothing asked) is
+//! measured for `--idle S` seconds (default 5), and each collect phase's
+//! machine CPU per monitor answer is reported beyond it. Writes
 //! `target/bench/control_plane-<N>.md`. The fleet is `scale::Fleet`.
 
 use std::time::{Duration, Instant};
@@ -32,6 +35,7 @@ struct Args {
     rounds: usize,
     node_kills: usize,
     leaf_cut_s: u64,
+    idle_s: u64,
 }
 
 fn args() -> Args {
@@ -41,6 +45,7 @@ fn args() -> Args {
         rounds: 100,
         node_kills: 0,
         leaf_cut_s: 0,
+        idle_s: 5,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -58,6 +63,7 @@ fn args() -> Args {
             "--rounds" => a.rounds = value("a count") as usize,
             "--node-kills" => a.node_kills = value("a count") as usize,
             "--leaf-cut" => a.leaf_cut_s = value("seconds"),
+            "--idle" => a.idle_s = value("seconds").max(1),
             "--cluster" => assert_eq!(value("3"), 3, "--cluster: the run's cluster has 3 nodes"),
             // cargo bench passes --bench; ignore what is not ours.
             _ => {
@@ -181,6 +187,32 @@ impl Tally {
     }
 }
 
+/// What a phase of collect rounds cost the whole machine.
+struct CollectCost {
+    /// Cores busy on average during the phase (1.0 = one core).
+    load: f64,
+    /// Busy time beyond the idle load, per monitor answer.
+    per_answer_us: f64,
+}
+
+impl CollectCost {
+    fn since(
+        busy: Duration,
+        wall: Instant,
+        idle_load: f64,
+        answered_before: usize,
+        tally: &Tally,
+    ) -> CollectCost {
+        let wall = wall.elapsed().as_secs_f64();
+        let busy = (scale::machine_busy() - busy).as_secs_f64();
+        let answers = (tally.answered - answered_before).max(1) as f64;
+        CollectCost {
+            load: busy / wall,
+            per_answer_us: (busy - idle_load * wall).max(0.0) / answers * 1e6,
+        }
+    }
+}
+
 fn short(e: &ErrorBody) -> String {
     // The code and the message without the monitor's id, so alike errors count together.
     let msg: String = e
@@ -279,6 +311,14 @@ async fn main() {
         assert_eq!(d.placed.len(), n, "{:?}", d.failed);
     }
     let rss_deployed = scale::rss_bytes("self");
+    // The machine's load with nothing asked: paced links, ticks, liveness.
+    let (idle_busy, idle_wall) = (scale::machine_busy(), Instant::now());
+    eprintln!("idle for {} s (--idle)", args.idle_s);
+    tokio::time::sleep(Duration::from_secs(args.idle_s)).await;
+    let idle_load =
+        (scale::machine_busy() - idle_busy).as_secs_f64() / idle_wall.elapsed().as_secs_f64();
+    let (at_once_busy, at_once_wall, at_once_answered) =
+        (scale::machine_busy(), Instant::now(), 0usize);
     let mut collect_a = Vec::new();
     let mut collect_b = Vec::new();
     let mut collected = Tally::default();
@@ -301,7 +341,16 @@ async fn main() {
             into.push(took);
         }
     }
+    let at_once = CollectCost::since(
+        at_once_busy,
+        at_once_wall,
+        idle_load,
+        at_once_answered,
+        &collected,
+    );
     // One manager alone, for comparison.
+    let (alone_busy, alone_wall, alone_answered) =
+        (scale::machine_busy(), Instant::now(), collected.answered);
     let mut collect_alone = Vec::new();
     for _ in 0..args.rounds {
         bare_t.push(bare(&requester).await);
@@ -310,6 +359,13 @@ async fn main() {
         collect_alone.push(t.elapsed());
         collected.add(&r);
     }
+    let alone = CollectCost::since(
+        alone_busy,
+        alone_wall,
+        idle_load,
+        alone_answered,
+        &collected,
+    );
     let process_rss = fleet
         .process
         .as_ref()
@@ -378,6 +434,15 @@ async fn main() {
         &format!("collect round from all {n}, manager A alone"),
         &stats(collect_alone),
         "",
+    );
+    report += &format!(
+        "| machine CPU per monitor answer, both managers at once / A alone (µs; the \
+         machine's idle load, {:.0} % of a core, taken off) | {:.0} / {:.0} | | | {:.0} % / {:.0} % of a core busy |\n",
+        idle_load * 100.0,
+        at_once.per_answer_us,
+        alone.per_answer_us,
+        at_once.load * 100.0,
+        alone.load * 100.0,
     );
     report += &row(
         &format!("unload from all {n} (6 runs)"),

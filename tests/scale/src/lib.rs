@@ -374,3 +374,27 @@ pub fn rss_bytes(pid: &str) -> u64 {
         })
         .map_or(0, |kb| kb * 1024)
 }
+
+/// CPU time the whole machine has spent busy since boot (user, nice,
+/// system, irq and softirq of every core, from `/proc/stat`): the
+/// difference over a phase is what the phase cost, servers and monitors
+/// together.
+#[must_use]
+pub fn machine_busy() -> Duration {
+    let ticks: u64 = std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().next()?.to_owned();
+            let f: Vec<u64> = line
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|v| v.parse().ok())
+                .collect();
+            // user nice system idle iowait irq softirq (steal: not ours)
+            Some([0, 1, 2, 5, 6].iter().filter_map(|&i| f.get(i)).sum())
+        })
+        .unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_micros(ticks * 1_000_000 / hz)
+}
