@@ -36,11 +36,17 @@ pub struct DeploymentInfo {
     pub run: String,
 }
 
+/// MessagePack's nil.
+const NIL: u8 = 0xc0;
+
 #[derive(Debug)]
 struct Status {
     state: DeploymentState,
     last_error: Option<String>,
-    last_results: Value,
+    /// The last good results as the guest gave them (MessagePack), decoded
+    /// only if a window must fall back on them: keeping the decoded tree
+    /// would copy it at every collect.
+    last_results: Vec<u8>,
     config_revision: u64,
     published_seq: u64,
     event_seq: u64,
@@ -69,7 +75,7 @@ impl Shared {
             status: Mutex::new(Status {
                 state: DeploymentState::Running,
                 last_error: None,
-                last_results: Value::Nil,
+                last_results: vec![NIL],
                 config_revision: 0,
                 published_seq: 0,
                 event_seq: 0,
@@ -187,10 +193,11 @@ impl Shared {
         }
     }
 
-    /// A window of `results`; `publish` gives it the next stream seq.
-    fn window(&self, results: Value, publish: bool, last: bool) -> ResultWindow {
+    /// A window of `results` (`raw`: as the guest gave them, kept as the
+    /// last good results); `publish` gives it the next stream seq.
+    fn window(&self, (raw, results): (Vec<u8>, Value), publish: bool, last: bool) -> ResultWindow {
         let mut s = self.status();
-        s.last_results = results.clone();
+        s.last_results = raw;
         if publish {
             s.published_seq += 1;
         }
@@ -213,8 +220,10 @@ impl Shared {
     /// The last good results (after a failure, or when the thread is gone).
     #[must_use]
     pub fn last_window(&self, last: bool) -> ResultWindow {
-        let results = self.status().last_results.clone();
-        let window = self.window(results, last, last);
+        let raw = self.status().last_results.clone();
+        let results =
+            bus_schema::rmpv::decode::read_value(&mut raw.as_slice()).unwrap_or(Value::Nil);
+        let window = self.window((raw, results), last, last);
         if last {
             self.send(Outgoing::Result(window.clone()));
         }
@@ -311,7 +320,7 @@ pub fn run(mut analyzer: Analyzer, rx: Receiver<DepMsg>, shared: Arc<Shared>, ti
                 b.recycle();
                 outcome
             }
-            Ok(DepMsg::Collect(reply)) => match analyzer.collect() {
+            Ok(DepMsg::Collect(reply)) => match analyzer.collect_raw() {
                 Ok(results) => {
                     sync_counters(&analyzer, &counters);
                     let _ = reply.send(Ok(shared.window(results, false, false)));
@@ -367,7 +376,7 @@ pub fn run(mut analyzer: Analyzer, rx: Receiver<DepMsg>, shared: Arc<Shared>, ti
                 outcome
             }
             Ok(DepMsg::Unload(reply)) => {
-                let window = match analyzer.finish().and_then(|()| analyzer.collect()) {
+                let window = match analyzer.finish().and_then(|()| analyzer.collect_raw()) {
                     Ok(results) => {
                         sync_counters(&analyzer, &counters);
                         let w = shared.window(results, true, true);
@@ -550,7 +559,7 @@ impl Clock {
             && now >= at
         {
             self.next_report = Some(now + every);
-            let results = analyzer.collect()?;
+            let results = analyzer.collect_raw()?;
             sync_counters(analyzer, &shared.counters);
             let w = shared.window(results, true, false);
             shared.send(Outgoing::Result(w));

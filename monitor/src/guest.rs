@@ -563,6 +563,15 @@ impl Analyzer {
     /// # Errors
     /// The failure; the instance is dead afterwards.
     pub fn collect(&mut self) -> Result<bus_schema::Value, Failure> {
+        self.collect_raw().map(|(_, results)| results)
+    }
+
+    /// The results as the guest gave them (one MessagePack value), with
+    /// their decoded form.
+    ///
+    /// # Errors
+    /// As [`Analyzer::collect`].
+    pub fn collect_raw(&mut self) -> Result<(Vec<u8>, bus_schema::Value), Failure> {
         let f = self.collect.clone();
         let packed = self.call(export::COLLECT, |s| f.call(s, ()))?;
         let (ptr, len) = tm_abi::unpack(packed as u64);
@@ -577,7 +586,9 @@ impl Analyzer {
             .memory
             .read(&self.store, ptr, len, MAX_GUEST_OUTPUT)
             .map_err(|e| Self::abi(export::COLLECT, e))?;
-        one_value(&bytes).map_err(|e| Self::abi(export::COLLECT, format!("results: {e}")))
+        let results =
+            one_value(&bytes).map_err(|e| Self::abi(export::COLLECT, format!("results: {e}")))?;
+        Ok((bytes, results))
     }
 
     /// The analyzer's state for a restart (nil if it keeps none).
