@@ -18,7 +18,9 @@
 //! window is stored once and in order. Before the collect rounds the
 //! machine's idle load (both deployments in place, nothing asked) is
 //! measured for `--idle S` seconds (default 5), and each collect phase's
-//! machine CPU per monitor answer is reported beyond it. Writes
+//! machine CPU per monitor answer is reported beyond it, with the time the
+//! hypervisor gave other guests meanwhile (a shared machine's figures move
+//! with it). Writes
 //! `target/bench/control_plane-<N>.md`. The fleet is `scale::Fleet`.
 
 use std::time::{Duration, Instant};
@@ -193,22 +195,26 @@ struct CollectCost {
     load: f64,
     /// Busy time beyond the idle load, per monitor answer.
     per_answer_us: f64,
+    /// Cores' worth of time the hypervisor gave other guests.
+    stolen: f64,
 }
 
 impl CollectCost {
     fn since(
-        busy: Duration,
+        (busy, steal): (Duration, Duration),
         wall: Instant,
         idle_load: f64,
         answered_before: usize,
         tally: &Tally,
     ) -> CollectCost {
         let wall = wall.elapsed().as_secs_f64();
-        let busy = (scale::machine_busy() - busy).as_secs_f64();
+        let (busy_now, steal_now) = scale::machine_cpu();
+        let busy = (busy_now - busy).as_secs_f64();
         let answers = (tally.answered - answered_before).max(1) as f64;
         CollectCost {
             load: busy / wall,
             per_answer_us: (busy - idle_load * wall).max(0.0) / answers * 1e6,
+            stolen: (steal_now - steal).as_secs_f64() / wall,
         }
     }
 }
@@ -312,13 +318,13 @@ async fn main() {
     }
     let rss_deployed = scale::rss_bytes("self");
     // The machine's load with nothing asked: paced links, ticks, liveness.
-    let (idle_busy, idle_wall) = (scale::machine_busy(), Instant::now());
+    let (idle_busy, idle_wall) = (scale::machine_cpu().0, Instant::now());
     eprintln!("idle for {} s (--idle)", args.idle_s);
     tokio::time::sleep(Duration::from_secs(args.idle_s)).await;
     let idle_load =
-        (scale::machine_busy() - idle_busy).as_secs_f64() / idle_wall.elapsed().as_secs_f64();
+        (scale::machine_cpu().0 - idle_busy).as_secs_f64() / idle_wall.elapsed().as_secs_f64();
     let (at_once_busy, at_once_wall, at_once_answered) =
-        (scale::machine_busy(), Instant::now(), 0usize);
+        (scale::machine_cpu(), Instant::now(), 0usize);
     let mut collect_a = Vec::new();
     let mut collect_b = Vec::new();
     let mut collected = Tally::default();
@@ -350,7 +356,7 @@ async fn main() {
     );
     // One manager alone, for comparison.
     let (alone_busy, alone_wall, alone_answered) =
-        (scale::machine_busy(), Instant::now(), collected.answered);
+        (scale::machine_cpu(), Instant::now(), collected.answered);
     let mut collect_alone = Vec::new();
     for _ in 0..args.rounds {
         bare_t.push(bare(&requester).await);
@@ -437,12 +443,14 @@ async fn main() {
     );
     report += &format!(
         "| machine CPU per monitor answer, both managers at once / A alone (µs; the \
-         machine's idle load, {:.0} % of a core, taken off) | {:.0} / {:.0} | | | {:.0} % / {:.0} % of a core busy |\n",
+         machine's idle load, {:.0} % of a core, taken off) | {:.0} / {:.0} | | | {:.0} % / {:.0} % of a core busy, {:.0} % / {:.0} % stolen by the hypervisor |\n",
         idle_load * 100.0,
         at_once.per_answer_us,
         alone.per_answer_us,
         at_once.load * 100.0,
         alone.load * 100.0,
+        at_once.stolen * 100.0,
+        alone.stolen * 100.0,
     );
     report += &row(
         &format!("unload from all {n} (6 runs)"),

@@ -375,26 +375,30 @@ pub fn rss_bytes(pid: &str) -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-/// CPU time the whole machine has spent busy since boot (user, nice,
-/// system, irq and softirq of every core, from `/proc/stat`): the
-/// difference over a phase is what the phase cost, servers and monitors
-/// together.
+/// CPU time the whole machine has spent since boot, busy (user, nice,
+/// system, irq and softirq of every core) and stolen (by the hypervisor,
+/// for other guests), from `/proc/stat`: the difference over a phase is
+/// what the phase cost, servers and monitors together, and how much of the
+/// machine it did not get.
 #[must_use]
-pub fn machine_busy() -> Duration {
-    let ticks: u64 = std::fs::read_to_string("/proc/stat")
+pub fn machine_cpu() -> (Duration, Duration) {
+    let fields: Vec<u64> = std::fs::read_to_string("/proc/stat")
         .ok()
         .and_then(|s| {
             let line = s.lines().next()?.to_owned();
-            let f: Vec<u64> = line
-                .split_whitespace()
-                .skip(1)
-                .filter_map(|v| v.parse().ok())
-                .collect();
-            // user nice system idle iowait irq softirq (steal: not ours)
-            Some([0, 1, 2, 5, 6].iter().filter_map(|&i| f.get(i)).sum())
+            Some(
+                line.split_whitespace()
+                    .skip(1)
+                    .filter_map(|v| v.parse().ok())
+                    .collect(),
+            )
         })
-        .unwrap_or(0);
+        .unwrap_or_default();
+    // user nice system idle iowait irq softirq steal
+    let busy: u64 = [0, 1, 2, 5, 6].iter().filter_map(|&i| fields.get(i)).sum();
+    let steal = fields.get(7).copied().unwrap_or(0);
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Duration::from_micros(ticks * 1_000_000 / hz)
+    let time = |ticks: u64| Duration::from_micros(ticks * 1_000_000 / hz);
+    (time(busy), time(steal))
 }
