@@ -221,8 +221,7 @@ impl Shared {
     #[must_use]
     pub fn last_window(&self, last: bool) -> ResultWindow {
         let raw = self.status().last_results.clone();
-        let results =
-            bus_schema::rmpv::decode::read_value(&mut raw.as_slice()).unwrap_or(Value::Nil);
+        let results = crate::guest::one_value(&raw).unwrap_or(Value::Nil);
         let window = self.window((raw, results), last, last);
         if last {
             self.send(Outgoing::Result(window.clone()));
@@ -466,7 +465,7 @@ fn upgrade(
     let (bytes, state) = match analyzer.snapshot_raw() {
         Ok(Some(saved)) => saved,
         // No state: the new module is asked to take nil, as at a restart.
-        Ok(None) => (vec![0xc0], Value::Nil),
+        Ok(None) => (vec![NIL], Value::Nil),
         Err(f) => {
             let why = f.to_string();
             return (Err(why.clone()), Err(UpgradeError::Snapshot(why)));

@@ -17,7 +17,7 @@ pub const MAX_GUEST_OUTPUT: usize = 16 << 20;
 pub const EMITS_PER_SECOND: u32 = 100;
 /// Exactly one MessagePack value, nothing after it: the one rule for
 /// everything a guest hands over (results, state, alerts).
-fn one_value(bytes: &[u8]) -> Result<bus_schema::Value, String> {
+pub(crate) fn one_value(bytes: &[u8]) -> Result<bus_schema::Value, String> {
     let mut slice = bytes;
     let value = bus_schema::rmpv::decode::read_value(&mut slice)
         .map_err(|e| format!("not MessagePack: {e}"))?;
