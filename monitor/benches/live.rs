@@ -19,11 +19,15 @@
 //! - `softflowd -i lc0 -B 16777216 -m 1000000` (flows exported to the
 //!   capture namespace's loopback, port 9, nobody listens);
 //! - the monitor (release `tm-monitor`, with its nats-server in the capture
-//!   namespace) with packet-count, with flow-stats, and with flow-stats on
-//!   a link fanned out over two capture threads; `buffer_mb = 16`.
+//!   namespace) with packet-count, with flow-stats (both analysed on the
+//!   capture thread, the default for an interface), with flow-stats
+//!   analysed on the deployment's own thread
+//!   (`analyse_on_capture_thread = false`), and with flow-stats on a link
+//!   fanned out over two capture threads; `buffer_mb = 16`.
 //!
 //! `--tools` picks rows: tcpdump, tcpdump-immediate, softflowd,
-//! packet-count, flow-stats, flow-stats-2 (default: all).
+//! packet-count, flow-stats, flow-stats-own-thread, flow-stats-2 (default:
+//! all).
 //!
 //! Per step and tool: packets sent (tcpreplay); lost, from the tool's own
 //! accounting: kernel and interface drops, the monitor's queue drops, and
@@ -228,21 +232,35 @@ fn main() {
             rows.push(("`softflowd -i`".into(), steps));
         }
 
-        for (name, label, analyzer, threads) in [
-            ("packet-count", "monitor + packet-count", "packet-count", 1),
-            ("flow-stats", "monitor + flow-stats", "flow-stats", 1),
+        for (name, label, analyzer, threads, here) in [
+            (
+                "packet-count",
+                "monitor + packet-count",
+                "packet-count",
+                1,
+                true,
+            ),
+            ("flow-stats", "monitor + flow-stats", "flow-stats", 1, true),
+            (
+                "flow-stats-own-thread",
+                "monitor + flow-stats, analysed on its own thread",
+                "flow-stats",
+                1,
+                false,
+            ),
             (
                 "flow-stats-2",
                 "monitor + flow-stats, 2 capture threads",
                 "flow-stats",
                 2,
+                true,
             ),
         ] {
             if !wanted(name) {
                 continue;
             }
             let steps = rt.block_on(async {
-                let m = LiveMonitor::start(analyzer, threads, cgroup.as_ref()).await;
+                let m = LiveMonitor::start(analyzer, threads, here, cgroup.as_ref()).await;
                 let mut steps = Vec::new();
                 for &rate in &rates {
                     let (pps, loops) = plan(rate);
@@ -569,12 +587,14 @@ struct LiveMonitor {
 }
 
 impl LiveMonitor {
-    async fn start(analyzer: &str, threads: u32, cap: Option<&CpuCap>) -> LiveMonitor {
+    /// A monitor whose link has `threads` capture threads, analysing on
+    /// them if `here` (`analyse_on_capture_thread`).
+    async fn start(analyzer: &str, threads: u32, here: bool, cap: Option<&CpuCap>) -> LiveMonitor {
         let nats = NatsServer::start().await.unwrap();
         let client = nats.client().await;
         let js = jetstream::new(client.clone());
         let config = format!(
-            "address = \"10.9.9.1\"\n[[link]]\nid = 0\ninterface = \"{CAPTURE_DEV}\"\ncapture_threads = {threads}\nbuffer_mb = 16\nfrom_router = \"10.0.0.1\"\nto_router = \"10.0.0.2\"\n"
+            "address = \"10.9.9.1\"\n[[link]]\nid = 0\ninterface = \"{CAPTURE_DEV}\"\ncapture_threads = {threads}\nanalyse_on_capture_thread = {here}\nbuffer_mb = 16\nfrom_router = \"10.0.0.1\"\nto_router = \"10.0.0.2\"\n"
         );
         let monitor = MonitorProc::start(&nats, &client, "live", &config).await;
         let dir = std::env::var_os("TM_WASM_DIR")

@@ -13,6 +13,7 @@ use bus_schema::{
 };
 use flume::{Receiver, RecvTimeoutError};
 
+use crate::engine::{Engine, sync_counters};
 use crate::guest::{Analyzer, ConfigureError, RestoreError};
 use crate::inbox::{DepCounters, DepMsg, Upgrade, UpgradeError};
 use crate::link::LinkShared;
@@ -271,41 +272,52 @@ pub struct Timers {
     pub snapshot: Duration,
 }
 
-fn sync_counters(a: &Analyzer, c: &DepCounters) {
-    c.guest_calls.store(a.calls, Ordering::Relaxed);
-    c.guest_time_us
-        .store(a.guest_time.as_micros() as u64, Ordering::Relaxed);
-    c.memory_bytes.store(a.memory_bytes(), Ordering::Relaxed);
-}
-
-/// Marks the deployment gone when its thread ends, however it ends.
-struct Gone(Arc<DepCounters>);
+/// Marks the deployment gone, and closes its analyzer to the capture
+/// threads, when its thread ends, however it ends.
+struct Gone(Arc<DepCounters>, Arc<Engine>);
 
 impl Drop for Gone {
     fn drop(&mut self) {
+        self.1.close();
         self.0.gone.store(true, Ordering::Release);
     }
 }
 
 /// The deployment thread: runs until unloaded, failed, or its queue closes.
-pub fn run(mut analyzer: Analyzer, rx: Receiver<DepMsg>, shared: Arc<Shared>, timers: Timers) {
+pub fn run(analyzer: Analyzer, rx: Receiver<DepMsg>, shared: Arc<Shared>, timers: Timers) {
+    run_engine(&Engine::new(analyzer), rx, shared, timers);
+}
+
+/// The deployment thread on an analyzer that capture threads may also
+/// call ([`crate::engine`]).
+pub fn run_engine(engine: &Arc<Engine>, rx: Receiver<DepMsg>, shared: Arc<Shared>, timers: Timers) {
     let counters = shared.counters.clone();
-    let _gone = Gone(counters.clone());
+    let _gone = Gone(counters.clone(), engine.clone());
     let mut clock = Clock::new(timers);
-    sync_counters(&analyzer, &counters);
-    // The first snapshot records the deployment itself, so that a crash
-    // right after the load still brings it back.
-    match analyzer.snapshot() {
-        Ok(state) => shared.save(state),
-        Err(f) => return fail(&shared, &rx, f.to_string()),
+    {
+        let mut slot = engine.lock();
+        sync_counters(&slot.analyzer, &counters);
+        // The first snapshot records the deployment itself, so that a crash
+        // right after the load still brings it back.
+        match slot.analyzer.snapshot() {
+            Ok(state) => shared.save(state),
+            Err(f) => {
+                slot.close();
+                drop(slot);
+                return fail(&shared, &rx, None, f.to_string());
+            }
+        }
     }
     loop {
         let msg = rx.recv_timeout(clock.due().saturating_duration_since(Instant::now()));
+        let mut slot = engine.lock();
+        if let Some(why) = slot.take_failure() {
+            drop(slot);
+            return fail(&shared, &rx, msg.ok(), why);
+        }
+        let analyzer = &mut slot.analyzer;
         let outcome: Result<bool, String> = match msg {
             Ok(DepMsg::Batch(b)) => {
-                counters
-                    .queued_packets
-                    .fetch_sub(u64::from(b.count), Ordering::AcqRel);
                 let outcome = analyzer
                     .on_packets(&b.buf, b.count)
                     .map(|()| {
@@ -316,12 +328,17 @@ pub fn run(mut analyzer: Analyzer, rx: Receiver<DepMsg>, shared: Arc<Shared>, ti
                         true
                     })
                     .map_err(|f| f.to_string());
+                // Off the queue only now, the analyzer still held: a tap that
+                // sees its queue empty finds its batches analysed.
+                counters
+                    .queued_packets
+                    .fetch_sub(u64::from(b.count), Ordering::AcqRel);
                 b.recycle();
                 outcome
             }
             Ok(DepMsg::Collect(reply)) => match analyzer.collect_raw() {
                 Ok(results) => {
-                    sync_counters(&analyzer, &counters);
+                    sync_counters(analyzer, &counters);
                     let _ = reply.send(Ok(shared.window(results, false, false)));
                     Ok(true)
                 }
@@ -370,14 +387,14 @@ pub fn run(mut analyzer: Analyzer, rx: Receiver<DepMsg>, shared: Arc<Shared>, ti
                 }
             },
             Ok(DepMsg::Upgrade(to, reply)) => {
-                let (outcome, answer) = upgrade(&mut analyzer, *to, &shared);
+                let (outcome, answer) = upgrade(analyzer, *to, &shared);
                 let _ = reply.send(answer);
                 outcome
             }
             Ok(DepMsg::Unload(reply)) => {
                 let window = match analyzer.finish().and_then(|()| analyzer.collect_raw()) {
                     Ok(results) => {
-                        sync_counters(&analyzer, &counters);
+                        sync_counters(analyzer, &counters);
                         let w = shared.window(results, true, true);
                         shared.send(Outgoing::Result(w.clone()));
                         w
@@ -387,10 +404,12 @@ pub fn run(mut analyzer: Analyzer, rx: Receiver<DepMsg>, shared: Arc<Shared>, ti
                         shared.last_window(true)
                     }
                 };
+                slot.close();
                 let _ = reply.send(window);
                 shared.forget();
                 return;
             }
+            Ok(DepMsg::Wake) => Ok(true),
             Err(RecvTimeoutError::Timeout) => Ok(true),
             Err(RecvTimeoutError::Disconnected) => Ok(false),
         };
@@ -398,24 +417,32 @@ pub fn run(mut analyzer: Analyzer, rx: Receiver<DepMsg>, shared: Arc<Shared>, ti
         // hold them back.
         let outcome = outcome.and_then(|go_on| {
             clock
-                .fire(&mut analyzer, &shared)
+                .fire(analyzer, &shared)
                 .map(|()| go_on)
                 .map_err(|f| f.to_string())
         });
-        sync_counters(&analyzer, &counters);
+        sync_counters(analyzer, &counters);
         match outcome {
             Ok(true) => {}
             Ok(false) => return,
-            Err(why) => return fail(&shared, &rx, why),
+            Err(why) => {
+                slot.close();
+                drop(slot);
+                return fail(&shared, &rx, None, why);
+            }
         }
     }
 }
 
-/// Fails the deployment and answers at once every command already queued
-/// behind the failure (collect and unload with the last good results).
-fn fail(shared: &Shared, rx: &Receiver<DepMsg>, why: String) {
+/// Fails the deployment and answers at once `first` (the message in hand,
+/// if any) and every command already queued behind the failure (collect
+/// and unload with the last good results).
+fn fail(shared: &Shared, rx: &Receiver<DepMsg>, first: Option<DepMsg>, why: String) {
     shared.fail(why.clone());
-    while let Ok(msg) = rx.try_recv() {
+    for msg in first
+        .into_iter()
+        .chain(std::iter::from_fn(|| rx.try_recv().ok()))
+    {
         match msg {
             DepMsg::Batch(b) => {
                 shared
@@ -439,6 +466,7 @@ fn fail(shared: &Shared, rx: &Receiver<DepMsg>, why: String) {
             DepMsg::Upgrade(_, reply) => {
                 let _ = reply.send(Err(UpgradeError::Failed(why.clone())));
             }
+            DepMsg::Wake => {}
         }
     }
 }

@@ -99,6 +99,9 @@ pub enum DepMsg {
         Box<Upgrade>,
         oneshot::Sender<Result<Duration, UpgradeError>>,
     ),
+    /// Look at the analyzer now: a capture thread analysing on its own
+    /// thread met a guest failure ([`crate::engine`]).
+    Wake,
 }
 
 /// What an upgrade hands the deployment thread.

@@ -1,8 +1,8 @@
 //! `tm-monitor`: taps links and runs WebAssembly analyzers on request.
 //!
 //! The packet path, one module per stage; imports run one way (a link
-//! uses its source, the parser and its taps; a tap the filter and the
-//! inbox; a deployment the inbox, its guest and the outbox):
+//! uses its source, the parser and its taps; a tap the filter, the
+//! inbox and the engine; a deployment the inbox, its guest and the outbox):
 //! * [`source`]: where a link's packets come from (live, a capture file,
 //!   memory), behind one trait; [`source::file`] maps capture files.
 //! * [`link`]: a thread per link that parses each packet once and offers it
@@ -12,6 +12,8 @@
 //! * [`filter`]: deployment filters (CIDR, ports, protocol, BPF).
 //! * [`inbox`]: the batches and commands a deployment's queue carries, and
 //!   its counters.
+//! * [`engine`]: a deployment's analyzer behind a lock, called by its
+//!   thread or, on a link that analyses on its capture thread, by that.
 //! * [`deployment`]: the deployment thread and its shared state.
 //! * [`guest`]: one analyzer instance speaking ABI v1 under wasmtime limits.
 //!
@@ -24,6 +26,7 @@
 
 pub mod config;
 pub mod deployment;
+pub mod engine;
 pub mod filter;
 pub mod guest;
 pub mod inbox;

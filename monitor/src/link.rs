@@ -397,8 +397,21 @@ impl LinkThread {
         }
         let before = self.taps.len();
         self.taps.retain(|t| !t.dead);
-        self.taps_changed |= self.taps.len() != before;
+        if self.taps.len() != before {
+            self.taps_changed = true;
+            self.taps_settled();
+        }
         self.last_flush = Instant::now();
+    }
+
+    /// A tap analyses on this thread (where its deployment allows it) only
+    /// while it is the thread's one tap: with two, one deployment's
+    /// analysis would hold the other's packets back.
+    fn taps_settled(&mut self) {
+        let alone = self.taps.len() == 1;
+        for tap in &mut self.taps {
+            tap.analyse_here = alone;
+        }
     }
 
     /// Handles one control; false on Stop.
@@ -409,6 +422,7 @@ impl LinkThread {
                 tap.wait_for_room = self.lossless;
                 self.taps.push(*tap);
                 self.taps_changed = true;
+                self.taps_settled();
             }
             LinkCtl::Flush(ack) => {
                 self.flush_all();

@@ -14,6 +14,7 @@ use std::time::Duration;
 use flume::{Receiver, Sender, TrySendError};
 use tm_abi::{PacketHeader, off, record_len};
 
+use crate::engine::{Engine, Inline};
 use crate::filter::{Bpf, CompiledFilter};
 use crate::inbox::{Batch, DepCounters, DepMsg};
 
@@ -55,6 +56,12 @@ pub struct Tap {
     /// `batch_packets`): a small batch takes a queue slot, not a batch's
     /// worth of the budget, so many links' partial batches fit at once.
     budget: u64,
+    /// The deployment's analyzer, where the link may analyse on its
+    /// capture thread.
+    engine: Option<Arc<Engine>>,
+    /// Set by the link thread: the engine is used (this is the thread's
+    /// only tap, so no other deployment waits on this one's analysis).
+    pub(crate) analyse_here: bool,
 }
 
 /// A batch of at most this many bytes is copied out at a flush, so that
@@ -109,7 +116,18 @@ impl Tap {
             snap_len,
             open,
             budget,
+            engine: None,
+            analyse_here: false,
         }
+    }
+
+    /// Lets the link's capture thread analyse batches itself, through the
+    /// deployment's `engine`, while this is its only tap
+    /// ([`crate::engine`]).
+    #[must_use]
+    pub fn analysing_on_capture_thread(mut self, engine: Arc<Engine>) -> Self {
+        self.engine = Some(engine);
+        self
     }
 
     /// Sets the packets the deployment's queue may hold (default: the
@@ -201,6 +219,27 @@ impl Tap {
     }
 
     fn hand_over(&mut self) {
+        if self.analyse_here
+            && let Some(engine) = &self.engine
+            // None of this tap's batches waits: this one would not overtake.
+            && self.counters.queued_packets.load(Ordering::Acquire) == 0
+        {
+            let b = &mut self.batch;
+            match engine.try_analyse(&b.buf, b.count, b.wire_bytes, &self.counters) {
+                Inline::Busy => {}
+                done => {
+                    b.buf.clear();
+                    b.count = 0;
+                    b.wire_bytes = 0;
+                    if done == Inline::Failed {
+                        // The deployment thread fails the deployment.
+                        let _ = self.tx.try_send(DepMsg::Wake);
+                    }
+                    self.dead |= done != Inline::Analysed;
+                    return;
+                }
+            }
+        }
         let mut batch = std::mem::take(&mut self.batch);
         if batch.buf.len() <= SMALL_BATCH {
             // Only its bytes go; the tap keeps the buffer.

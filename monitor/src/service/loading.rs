@@ -14,6 +14,7 @@ use futures::StreamExt;
 
 use super::{Deployment, MAX_BLOB_BYTES, Monitor, err, token};
 use crate::deployment::{self, DeploymentInfo, Shared, Timers};
+use crate::engine::Engine;
 use crate::filter::{Bpf, CompiledFilter, compile_bpf};
 use crate::guest::{Analyzer, InstanceConfig};
 use crate::inbox::Upgrade;
@@ -471,6 +472,7 @@ impl Monitor {
         let shared = self.new_shared(&checked, &blob.sha256, restore.as_ref());
         let analyzer = self.instantiate(&checked, blob, &shared, restore.as_ref())?;
         let snap_len = analyzer.snap_len();
+        let engine = Engine::new(analyzer);
         let Checked {
             req, links, filter, ..
         } = checked;
@@ -489,10 +491,10 @@ impl Monitor {
             snapshot: Duration::from_millis(limits.snapshot_ms),
         };
         let thread = {
-            let shared = shared.clone();
+            let (shared, engine) = (shared.clone(), engine.clone());
             std::thread::Builder::new()
                 .name(format!("dep-{}", req.deployment))
-                .spawn(move || deployment::run(analyzer, rx, shared, timers))
+                .spawn(move || deployment::run_engine(&engine, rx, shared, timers))
                 .map_err(|e| {
                     ErrorBody::new(ErrorCode::Internal, format!("cannot start thread: {e}"))
                 })?
@@ -515,8 +517,10 @@ impl Monitor {
             );
         }
         for (l, bpf) in links.iter().zip(bpfs) {
-            self.links[l].attach(|| {
-                Tap::new(
+            let link = &self.links[l];
+            let here = link.shared.config.analyses_on_capture_thread();
+            link.attach(|| {
+                let tap = Tap::new(
                     req.deployment.clone(),
                     filter.clone(),
                     bpf.clone(),
@@ -525,7 +529,12 @@ impl Monitor {
                     limits.batch_packets,
                     snap_len,
                 )
-                .with_queue_budget(limits.queue_batches as u64 * u64::from(limits.batch_packets))
+                .with_queue_budget(limits.queue_batches as u64 * u64::from(limits.batch_packets));
+                if here {
+                    tap.analysing_on_capture_thread(engine.clone())
+                } else {
+                    tap
+                }
             });
         }
         tracing::info!(deployment = %req.deployment, analyzer = %req.analyzer.name, links = ?links, owner = %req.owner, "deployment loaded");
