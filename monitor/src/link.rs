@@ -390,6 +390,15 @@ impl LinkThread {
         }
     }
 
+    /// Flushes every tap and waits until each has handed over all it holds
+    /// (before a command, a stop, the end of the source).
+    fn settle_all(&mut self) {
+        self.flush_all();
+        for tap in &mut self.taps {
+            tap.settle();
+        }
+    }
+
     fn flush_all(&mut self) {
         self.sync_counts();
         for tap in &mut self.taps {
@@ -410,7 +419,7 @@ impl LinkThread {
     fn taps_settled(&mut self) {
         let alone = self.taps.len() == 1;
         for tap in &mut self.taps {
-            tap.analyse_here = alone;
+            tap.set_analyse_here(alone);
         }
     }
 
@@ -425,11 +434,11 @@ impl LinkThread {
                 self.taps_settled();
             }
             LinkCtl::Flush(ack) => {
-                self.flush_all();
+                self.settle_all();
                 let _ = ack.send(());
             }
             LinkCtl::Stop => {
-                self.flush_all();
+                self.settle_all();
                 return false;
             }
         }
@@ -568,7 +577,7 @@ impl LinkThread {
                 // batches. The packets wait in the kernel's ring instead
                 // (far larger than the queues; what it cannot hold it
                 // counts as kernel drops) until one has room again.
-                if !self.taps.is_empty() && self.taps.iter().all(Tap::behind) {
+                if !self.taps.is_empty() && self.taps.iter_mut().all(Tap::behind) {
                     std::thread::sleep(BEHIND_WAIT);
                     since_poll = 64;
                     continue;
@@ -588,7 +597,7 @@ impl LinkThread {
                         continue;
                     }
                     Some(Err(e)) => {
-                        self.flush_all();
+                        self.settle_all();
                         tracing::error!(link = id, error = %e, "link failed");
                         self.shared.set_state(LinkState::Failed, Some(e));
                         return self.serve_controls();
@@ -630,7 +639,7 @@ impl LinkThread {
                 }
                 Ok(Next::Again) => {}
                 Ok(Next::End) => {
-                    self.flush_all();
+                    self.settle_all();
                     tracing::info!(
                         link = id,
                         packets = self.shared.packets.load(Ordering::Relaxed),
@@ -640,7 +649,7 @@ impl LinkThread {
                     return self.serve_controls();
                 }
                 Err(e) => {
-                    self.flush_all();
+                    self.settle_all();
                     tracing::error!(link = id, error = %e, "link failed");
                     self.shared.set_state(LinkState::Failed, Some(e));
                     return self.serve_controls();

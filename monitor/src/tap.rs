@@ -7,6 +7,7 @@
 //! which waits for room): a batch over the queue's budget is dropped and
 //! counted as that deployment's drops.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -61,7 +62,19 @@ pub struct Tap {
     engine: Option<Arc<Engine>>,
     /// Set by the link thread: the engine is used (this is the thread's
     /// only tap, so no other deployment waits on this one's analysis).
-    pub(crate) analyse_here: bool,
+    analyse_here: bool,
+    /// Batches held back, oldest first, while the tap analyses on the
+    /// capture thread and the analyzer is busy or the deployment's queue
+    /// still holds earlier batches: analysed here, in order, before any
+    /// later one. Holding them here instead of queueing them keeps the
+    /// analysis on this thread once the analyzer is free again, rather than
+    /// on the deployment thread for as long as the queue is not empty.
+    backlog: VecDeque<Batch>,
+    /// Packets in the backlog (they count against the queue's budget).
+    backlog_packets: u64,
+    /// Counted in the deployment's `partial_taps`: the tap holds packets
+    /// not handed over yet (a partial batch or a backlog).
+    raised: bool,
 }
 
 /// A batch of at most this many bytes is copied out at a flush, so that
@@ -118,6 +131,9 @@ impl Tap {
             budget,
             engine: None,
             analyse_here: false,
+            backlog: VecDeque::new(),
+            backlog_packets: 0,
+            raised: false,
         }
     }
 
@@ -141,10 +157,40 @@ impl Tap {
     }
 
     /// Whether `count` more packets would pass the queue's budget (a batch
-    /// larger than the budget still goes into an empty queue).
+    /// larger than the budget still goes into an empty queue); a backlog
+    /// counts as queued.
     fn over_budget(&self, count: u64) -> bool {
-        let queued = self.counters.queued_packets.load(Ordering::Acquire);
+        let queued = self.counters.queued_packets.load(Ordering::Acquire) + self.backlog_packets;
         queued > 0 && queued + count > self.budget
+    }
+
+    /// Set by the link thread: whether this tap may analyse on the capture
+    /// thread now (it has an engine and is the thread's only tap). Turned
+    /// off, the backlog goes into the queue, in order, ahead of what follows.
+    pub(crate) fn set_analyse_here(&mut self, alone: bool) {
+        self.analyse_here = alone && self.engine.is_some();
+        if !self.analyse_here {
+            while let Some(batch) = self.backlog.pop_front() {
+                self.backlog_packets -= u64::from(batch.count);
+                self.enqueue(batch);
+            }
+            self.settle_raised();
+        }
+    }
+
+    /// Raises or lowers this tap in `partial_taps` as it holds packets or
+    /// not (a dead tap stays as it is: its deployment's links are always
+    /// flushed).
+    fn settle_raised(&mut self) {
+        let holding = self.batch.count > 0 || !self.backlog.is_empty();
+        if holding != self.raised && !self.dead {
+            self.raised = holding;
+            if holding {
+                self.counters.partial_taps.fetch_add(1, Ordering::AcqRel);
+            } else {
+                self.counters.partial_taps.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
     }
 
     /// Takes one parsed packet: filters it, cuts it to the snap length and
@@ -180,8 +226,8 @@ impl Tap {
         buf.extend_from_slice(data);
         buf.resize(at + len, 0);
         self.batch.count += 1;
-        if self.batch.count == 1 {
-            self.counters.partial_taps.fetch_add(1, Ordering::AcqRel);
+        if !self.raised {
+            self.settle_raised();
         }
         self.batch.wire_bytes += u64::from(h.wire_len);
         if self.batch.count >= self.batch_packets {
@@ -189,63 +235,182 @@ impl Tap {
         }
     }
 
-    /// Whether the deployment's queue has no room for another full batch
-    /// and the deployment is still running (a deployment whose thread ended
-    /// is never behind: nothing would ever drain its queue).
-    #[must_use]
-    pub fn behind(&self) -> bool {
+    /// Whether the deployment's queue (with this tap's backlog) has no room
+    /// for another full batch and the deployment is still running (a
+    /// deployment whose thread ended is never behind: nothing would ever
+    /// drain its queue). A tap with a backlog first tries to analyse it.
+    pub fn behind(&mut self) -> bool {
+        if !self.backlog.is_empty() {
+            self.retry_backlog();
+        }
         !self.dead
             && !self.counters.gone.load(Ordering::Acquire)
             && self.over_budget(u64::from(self.batch_packets))
     }
 
-    /// Whether a partial batch waits for a flush.
+    /// Whether a partial batch or a backlog waits for a flush.
     #[must_use]
     pub fn pending(&self) -> bool {
-        self.batch.count > 0 && !self.dead
+        (self.batch.count > 0 || !self.backlog.is_empty()) && !self.dead
     }
 
-    /// Hands the partial batch over now.
+    /// Hands the partial batch over now (a tap analysing on the capture
+    /// thread may hold it back, see [`Tap::settle`]).
     pub fn flush(&mut self) {
-        if self.batch.count == 0 || self.dead {
+        if self.dead {
             return;
         }
-        self.hand_over();
-        // Only now that the batch is queued (or dropped and counted): a
-        // command that sees no partial batch finds every packet offered
-        // before it ahead of it in the queue. (A tap that died with one
-        // keeps it raised: its deployment's links are always flushed.)
-        self.counters.partial_taps.fetch_sub(1, Ordering::AcqRel);
+        if self.batch.count > 0 {
+            self.hand_over();
+        } else if !self.backlog.is_empty() {
+            self.retry_backlog();
+        }
+        // Only now that the batch is queued, analysed or dropped (and
+        // counted): a command that sees no tap holding packets finds every
+        // packet offered before it ahead of it.
+        self.settle_raised();
+    }
+
+    /// Hands over everything the tap holds, waiting for the analyzer if it
+    /// must: before a command, every packet offered before it reaches the
+    /// analyzer first. Bounded: the deployment thread drains its queue and
+    /// frees the analyzer within its guest calls' deadlines, and a
+    /// deployment that ends closes its analyzer.
+    pub fn settle(&mut self) {
+        self.flush();
+        while !self.backlog.is_empty() && !self.dead {
+            if self.counters.gone.load(Ordering::Acquire) {
+                self.discard_backlog();
+                break;
+            }
+            std::thread::sleep(ROOM_POLL);
+            self.retry_backlog();
+        }
+        self.settle_raised();
+    }
+
+    /// Analyses the backlog here if the analyzer is free now.
+    fn retry_backlog(&mut self) {
+        if let Some(engine) = self.engine.clone() {
+            match self.drain_backlog(&engine) {
+                Inline::Analysed | Inline::Busy => {}
+                ended => self.ended(ended),
+            }
+        }
+    }
+
+    /// Analyses the backlog, oldest first, while the analyzer is free and
+    /// none of the deployment's queued batches came first; `Analysed` once
+    /// it is empty.
+    fn drain_backlog(&mut self, engine: &Engine) -> Inline {
+        if !self.backlog.is_empty() && self.counters.queued_packets.load(Ordering::Acquire) != 0 {
+            return Inline::Busy;
+        }
+        while let Some(b) = self.backlog.front() {
+            match engine.try_analyse(&b.buf, b.count, b.wire_bytes, &self.counters) {
+                Inline::Analysed => {
+                    let mut b = self.backlog.pop_front().expect("a batch");
+                    self.backlog_packets -= u64::from(b.count);
+                    b.buf.clear();
+                    let _ = self.spares.0.try_send(b.buf);
+                }
+                other => return other,
+            }
+        }
+        Inline::Analysed
+    }
+
+    /// The analyzer is closed (`Closed`) or failed here (`Failed`): nothing
+    /// more is handed over; the deployment thread is woken to fail the
+    /// deployment.
+    fn ended(&mut self, how: Inline) {
+        if how == Inline::Failed {
+            let _ = self.tx.try_send(DepMsg::Wake);
+        }
+        self.discard_backlog();
+        self.batch.buf.clear();
+        self.batch.count = 0;
+        self.batch.wire_bytes = 0;
+        self.dead = true;
+    }
+
+    fn discard_backlog(&mut self) {
+        self.backlog.clear();
+        self.backlog_packets = 0;
     }
 
     fn hand_over(&mut self) {
         if self.analyse_here
-            && let Some(engine) = &self.engine
-            // None of this tap's batches waits: this one would not overtake.
-            && self.counters.queued_packets.load(Ordering::Acquire) == 0
+            && let Some(engine) = self.engine.clone()
         {
-            let b = &mut self.batch;
-            match engine.try_analyse(&b.buf, b.count, b.wire_bytes, &self.counters) {
-                Inline::Busy => {}
-                done => {
+            // Earlier batches first, then this one.
+            let mut outcome = self.drain_backlog(&engine);
+            if outcome == Inline::Analysed
+                && self.counters.queued_packets.load(Ordering::Acquire) == 0
+            {
+                let b = &self.batch;
+                outcome = engine.try_analyse(&b.buf, b.count, b.wire_bytes, &self.counters);
+                if outcome == Inline::Analysed {
+                    let b = &mut self.batch;
                     b.buf.clear();
                     b.count = 0;
                     b.wire_bytes = 0;
-                    if done == Inline::Failed {
-                        // The deployment thread fails the deployment.
-                        let _ = self.tx.try_send(DepMsg::Wake);
-                    }
-                    self.dead |= done != Inline::Analysed;
                     return;
                 }
+            } else if outcome == Inline::Analysed {
+                outcome = Inline::Busy;
+            }
+            match outcome {
+                Inline::Busy if self.wait_for_room && self.backlog.is_empty() => {
+                    // A lossless replay waits for room in the queue instead.
+                }
+                Inline::Busy => return self.hold_back(),
+                ended => return self.ended(ended),
             }
         }
-        let mut batch = std::mem::take(&mut self.batch);
+        let batch = std::mem::take(&mut self.batch);
+        self.enqueue(batch);
+    }
+
+    /// Keeps the batch in the backlog, or drops and counts it if the
+    /// budget is spent (a lossless replay waits for room instead).
+    fn hold_back(&mut self) {
+        let count = u64::from(self.batch.count);
+        while self.wait_for_room && self.over_budget(count) {
+            if self.counters.gone.load(Ordering::Acquire) {
+                return self.ended(Inline::Closed);
+            }
+            std::thread::sleep(ROOM_POLL);
+            self.retry_backlog();
+            if self.dead {
+                return;
+            }
+        }
+        if self.over_budget(count) {
+            self.counters.dropped.fetch_add(count, Ordering::Relaxed);
+            let b = &mut self.batch;
+            b.buf.clear();
+            b.count = 0;
+            b.wire_bytes = 0;
+            return;
+        }
+        self.backlog_packets += count;
+        let batch = std::mem::take(&mut self.batch);
+        self.backlog.push_back(batch);
+    }
+
+    /// Puts a batch in the deployment's queue (or drops and counts it).
+    fn enqueue(&mut self, mut batch: Batch) {
         if batch.buf.len() <= SMALL_BATCH {
             // Only its bytes go; the tap keeps the buffer.
             let copy = batch.buf.to_vec();
-            batch.buf.clear();
-            self.batch.buf = std::mem::replace(&mut batch.buf, copy);
+            let mut own = std::mem::replace(&mut batch.buf, copy);
+            own.clear();
+            if self.batch.buf.capacity() == 0 {
+                self.batch.buf = own;
+            } else {
+                let _ = self.spares.0.try_send(own);
+            }
         } else {
             batch.home = Some(self.spares.0.clone());
         }

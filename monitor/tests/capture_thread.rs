@@ -94,6 +94,16 @@ struct Rig {
 
 impl Rig {
     fn start(module: &[u8], packets: usize, hold: bool) -> (Self, Option<OwnedHold>) {
+        Self::start_from(module, packets, hold, true)
+    }
+
+    /// As [`Rig::start`], the link lossless or not (a live link is not).
+    fn start_from(
+        module: &[u8],
+        packets: usize,
+        hold: bool,
+        lossless: bool,
+    ) -> (Self, Option<OwnedHold>) {
         let sandbox = Sandbox::new(&wasm_host::SandboxConfig::default()).unwrap();
         let engine = Engine::new(instance(&sandbox, module));
         let guard = hold.then(|| OwnedHold::new(engine.clone()));
@@ -127,6 +137,7 @@ impl Rig {
             .map(|f| f.data)
             .collect();
         let source = MemorySource::frames(1, START_NS, frames);
+        let source = if lossless { source } else { source.lossy() };
         let config = LinkConfig::replay(0, Default::default(), Replay::Lossless, "a", "b");
         let link = LinkHandle::start_with(config, Box::new(source)).unwrap();
         let tap = Tap::new(
@@ -277,6 +288,42 @@ fn batches_queued_while_the_analyzer_is_held_keep_their_order() {
     assert_eq!(window.stats.packets_in, rig.packets);
     assert_eq!(window.stats.dropped, 0);
     assert!(window.last);
+}
+
+/// On a link that drops rather than waits (a live one), batches met with
+/// the analyzer held stay with the capture thread, not in the queue, up to
+/// the queue's budget (the rest dropped and counted), and are analysed
+/// there, in order, once it is free; the link's end waits for them.
+#[test]
+fn a_live_link_holds_its_batches_back_while_the_analyzer_is_busy() {
+    let module = wat::parse_str(IN_ORDER).unwrap();
+    let (mut rig, hold) = Rig::start_from(&module, 20_000, true, false);
+    let counters = rig.shared.counters.clone();
+    let packets_in = || {
+        counters
+            .packets_in
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let dropped = || counters.dropped.load(std::sync::atomic::Ordering::Relaxed);
+    // Every packet offered: 8 batches of 64 (the budget) held back, the
+    // rest dropped; the link's end waits for the held ones.
+    wait_for("the budget spent", || dropped() == rig.packets - 8 * 64);
+    assert_eq!(
+        rig.link.shared.wait_stopped(Duration::from_millis(200)),
+        LinkState::Running
+    );
+    assert!(rig.rx.as_ref().unwrap().is_empty(), "a batch was queued");
+    assert_eq!(packets_in(), 0);
+    drop(hold);
+    rig.finished();
+    assert_eq!(packets_in(), 8 * 64);
+    assert!(rig.rx.as_ref().unwrap().is_empty(), "a batch was queued");
+    let thread = rig.run_deployment();
+    let window = rig.unload();
+    thread.join().unwrap();
+    let (state, error) = rig.shared.state();
+    assert_eq!(state, DeploymentState::Running, "{error:?}");
+    assert_eq!(window.stats.packets_in + window.stats.dropped, rig.packets);
 }
 
 /// A guest that traps on the capture thread: the instance is closed, the
