@@ -25,6 +25,13 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// Empties the batch, keeping its buffer.
+    pub fn clear(&mut self) {
+        self.buf.clear();
+        self.count = 0;
+        self.wire_bytes = 0;
+    }
+
     /// Hands the buffer back to its tap, emptied (dropped if the tap has
     /// enough spares or is gone).
     pub fn recycle(self) {

@@ -328,9 +328,7 @@ impl Tap {
             let _ = self.tx.try_send(DepMsg::Wake);
         }
         self.discard_backlog();
-        self.batch.buf.clear();
-        self.batch.count = 0;
-        self.batch.wire_bytes = 0;
+        self.batch.clear();
         self.dead = true;
     }
 
@@ -351,11 +349,7 @@ impl Tap {
                 let b = &self.batch;
                 outcome = engine.try_analyse(&b.buf, b.count, b.wire_bytes, &self.counters);
                 if outcome == Inline::Analysed {
-                    let b = &mut self.batch;
-                    b.buf.clear();
-                    b.count = 0;
-                    b.wire_bytes = 0;
-                    return;
+                    return self.batch.clear();
                 }
             } else if outcome == Inline::Analysed {
                 outcome = Inline::Busy;
@@ -388,11 +382,7 @@ impl Tap {
         }
         if self.over_budget(count) {
             self.counters.dropped.fetch_add(count, Ordering::Relaxed);
-            let b = &mut self.batch;
-            b.buf.clear();
-            b.count = 0;
-            b.wire_bytes = 0;
-            return;
+            return self.batch.clear();
         }
         self.backlog_packets += count;
         let batch = std::mem::take(&mut self.batch);
