@@ -881,6 +881,71 @@ async fn a_crashed_monitor_recovers_its_deployments_from_snapshots() {
     assert!(s.monitor.status(&s.client).await.deployments.is_empty());
 }
 
+/// A recovered deployment numbers its windows on from the last one the
+/// results stream holds, not from its snapshot: the windows published
+/// after the snapshot was saved keep their seqs, and those after the
+/// restart are stored, none dropped as a duplicate of an earlier one.
+#[tokio::test]
+async fn a_recovered_deployment_numbers_its_windows_past_the_stored_ones() {
+    // One snapshot (at the load), then windows every 100 ms.
+    let mut s = setup("[limits]\nsnapshot_ms = 600000\n", "recorded-pace").await;
+    let load = LoadRequest {
+        report_every_ms: Some(100),
+        ..load_req("d1", &s.sha, vec![0], Filter::default())
+    };
+    s.load(&load).await.into_result().unwrap();
+    let stream =
+        s.js.get_stream(bus_schema::store::RESULTS_STREAM)
+            .await
+            .unwrap();
+    let last_stored = || async {
+        stream
+            .get_last_raw_message_by_subject(&subject::results("m1", "d1"))
+            .await
+            .ok()
+            .map(|m| bus_schema::decode::<ResultWindow>(&m.payload).unwrap())
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let before = loop {
+        match last_stored().await {
+            Some(w) if w.seq >= 5 => break w,
+            _ => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "no 5 windows in 30 s"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    s.monitor.crash_and_restart(&s.client).await;
+    s.monitor
+        .wait_status(&s.client, "d1 recovered", |st| {
+            st.deployments.iter().any(|d| d.deployment == "d1")
+        })
+        .await;
+    // The recovered deployment's numbering starts past every stored window.
+    let w = collect(&s, "d1").await;
+    assert_eq!(w.run, before.run);
+    assert!(w.seq >= before.seq, "{} after {} stored", w.seq, before.seq);
+    // And the windows it publishes are stored: the stream's last moves on.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let last = last_stored().await.unwrap();
+        if last.seq > w.seq {
+            assert_eq!(last.run, before.run);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no window stored after the restart (last {}, collect said {})",
+            last.seq,
+            w.seq
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// `replay_waits_for = 2`: the replay holds until the second deployment is
 /// attached, so two analyzers loaded one after the other both see the whole
 /// file.

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bus_schema::{
-    BlobRef, DeploymentSnapshot, ErrorBody, ErrorCode, EventKind, LoadReply, LoadRequest, Value,
-    store,
+    BlobRef, DeploymentSnapshot, ErrorBody, ErrorCode, EventKind, LoadReply, LoadRequest,
+    ResultWindow, Value, store, subject,
 };
 use futures::StreamExt;
 
@@ -88,6 +88,7 @@ impl Monitor {
             if purged.contains(&id) {
                 continue;
             }
+            let snap = self.past_stored_windows(snap).await;
             match self.load_request(snap.request.clone(), Some(snap)).await {
                 Ok(_) => {
                     tracing::info!(deployment = %id, "deployment recovered from its snapshot");
@@ -100,6 +101,28 @@ impl Monitor {
             }
         }
         Ok(restored)
+    }
+
+    /// The snapshot with its window numbering moved past the last window of
+    /// the same run that the results stream holds. Windows published after
+    /// the snapshot was saved have taken the seqs that follow it; numbered
+    /// again from the snapshot, the recovered deployment's windows would
+    /// carry their message ids and be dropped by the stream as duplicates.
+    /// Without the stream (unreachable), the snapshot's numbering stands.
+    async fn past_stored_windows(&self, mut snap: DeploymentSnapshot) -> DeploymentSnapshot {
+        let subject = subject::results(&self.id, &snap.request.deployment);
+        let Ok(stream) = self.js.get_stream(store::RESULTS_STREAM).await else {
+            return snap;
+        };
+        if let Ok(msg) = stream.get_last_raw_message_by_subject(&subject).await
+            && let Ok(last) = bus_schema::decode::<ResultWindow>(&msg.payload)
+            && last.run == snap.run
+            && last.seq > snap.published_seq
+        {
+            tracing::info!(deployment = %snap.request.deployment, snapshot_seq = snap.published_seq, stored_seq = last.seq, "windows numbered on from the last one stored");
+            snap.published_seq = last.seq;
+        }
+        snap
     }
 
     /// Loads a deployment (`restore`: from its snapshot, after a crash).
