@@ -13,7 +13,7 @@ use bus_schema::{
 };
 use flume::{Receiver, RecvTimeoutError};
 
-use crate::engine::{Engine, sync_counters};
+use crate::engine::{Engine, analyse, sync_counters};
 use crate::guest::{Analyzer, ConfigureError, RestoreError};
 use crate::inbox::{DepCounters, DepMsg, Upgrade, UpgradeError};
 use crate::link::LinkShared;
@@ -318,15 +318,8 @@ pub fn run_engine(engine: &Arc<Engine>, rx: Receiver<DepMsg>, shared: Arc<Shared
         let analyzer = &mut slot.analyzer;
         let outcome: Result<bool, String> = match msg {
             Ok(DepMsg::Batch(b)) => {
-                let outcome = analyzer
-                    .on_packets(&b.buf, b.count)
-                    .map(|()| {
-                        counters
-                            .packets_in
-                            .fetch_add(u64::from(b.count), Ordering::Relaxed);
-                        counters.bytes_in.fetch_add(b.wire_bytes, Ordering::Relaxed);
-                        true
-                    })
+                let outcome = analyse(analyzer, &b, &counters)
+                    .map(|()| true)
                     .map_err(|f| f.to_string());
                 // Off the queue only now, the analyzer still held: a tap that
                 // sees its queue empty finds its batches analysed.

@@ -21,8 +21,10 @@
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
+use wasm_host::Failure;
+
 use crate::guest::Analyzer;
-use crate::inbox::DepCounters;
+use crate::inbox::{Batch, DepCounters};
 
 /// A deployment's analyzer and whether it may still be called.
 pub struct Engine {
@@ -94,16 +96,9 @@ impl Engine {
         self.lock().close();
     }
 
-    /// Analyses a batch of `count` records on the calling thread if the
-    /// analyzer is free and open, counting it as the deployment thread
-    /// would.
-    pub fn try_analyse(
-        &self,
-        records: &[u8],
-        count: u32,
-        wire_bytes: u64,
-        counters: &DepCounters,
-    ) -> Inline {
+    /// Analyses `batch` on the calling thread if the analyzer is free and
+    /// open, counting it as the deployment thread would.
+    pub fn try_analyse(&self, batch: &Batch, counters: &DepCounters) -> Inline {
         let mut slot = match self.slot.try_lock() {
             Ok(slot) => slot,
             Err(TryLockError::WouldBlock) => return Inline::Busy,
@@ -112,16 +107,10 @@ impl Engine {
         if slot.closed {
             return Inline::Closed;
         }
-        let outcome = slot.analyzer.on_packets(records, count);
+        let outcome = analyse(&mut slot.analyzer, batch, counters);
         sync_counters(&slot.analyzer, counters);
         match outcome {
-            Ok(()) => {
-                counters
-                    .packets_in
-                    .fetch_add(u64::from(count), Ordering::Relaxed);
-                counters.bytes_in.fetch_add(wire_bytes, Ordering::Relaxed);
-                Inline::Analysed
-            }
+            Ok(()) => Inline::Analysed,
             Err(f) => {
                 slot.closed = true;
                 slot.failure = Some(f.to_string());
@@ -129,6 +118,19 @@ impl Engine {
             }
         }
     }
+}
+
+/// Hands `batch` to the analyzer and counts its packets as analysed
+/// (whichever thread calls it).
+///
+/// # Errors
+/// The guest's failure; nothing is counted then.
+pub fn analyse(a: &mut Analyzer, batch: &Batch, c: &DepCounters) -> Result<(), Failure> {
+    a.on_packets(&batch.buf, batch.count)?;
+    c.packets_in
+        .fetch_add(u64::from(batch.count), Ordering::Relaxed);
+    c.bytes_in.fetch_add(batch.wire_bytes, Ordering::Relaxed);
+    Ok(())
 }
 
 /// Copies the instance's call counters into the deployment's.

@@ -307,7 +307,7 @@ impl Tap {
             return Inline::Busy;
         }
         while let Some(b) = self.backlog.front() {
-            match engine.try_analyse(&b.buf, b.count, b.wire_bytes, &self.counters) {
+            match engine.try_analyse(b, &self.counters) {
                 Inline::Analysed => {
                     let mut b = self.backlog.pop_front().expect("a batch");
                     self.backlog_packets -= u64::from(b.count);
@@ -347,7 +347,7 @@ impl Tap {
                 && self.counters.queued_packets.load(Ordering::Acquire) == 0
             {
                 let b = &self.batch;
-                outcome = engine.try_analyse(&b.buf, b.count, b.wire_bytes, &self.counters);
+                outcome = engine.try_analyse(b, &self.counters);
                 if outcome == Inline::Analysed {
                     return self.batch.clear();
                 }
