@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bus_schema::{
     DeploymentSnapshot, DeploymentState, DeploymentStatus, ErrorBody, ErrorCode, Event, EventKind,
-    LoadRequest, ResultWindow, Value,
+    LoadRequest, Packed, ResultWindow, Value,
 };
 use flume::{Receiver, RecvTimeoutError};
 
@@ -117,7 +117,7 @@ impl Shared {
     }
 
     /// Saves a snapshot with the analyzer's `state`.
-    fn save(&self, state: Value) {
+    fn save(&self, state: Packed) {
         let snap = {
             let s = self.status();
             DeploymentSnapshot {
@@ -483,16 +483,15 @@ fn upgrade(
     if wants > old {
         return (Ok(true), Err(UpgradeError::SnapLen { old, new: wants }));
     }
-    let (bytes, state) = match analyzer.snapshot_raw() {
-        Ok(Some(saved)) => saved,
-        // No state: the new module is asked to take nil, as at a restart.
-        Ok(None) => (vec![NIL], Value::Nil),
+    // No state: the new module is asked to take nil, as at a restart.
+    let state = match analyzer.snapshot() {
+        Ok(state) => state,
         Err(f) => {
             let why = f.to_string();
             return (Err(why.clone()), Err(UpgradeError::Snapshot(why)));
         }
     };
-    if let Err(e) = new.restore_raw(&bytes) {
+    if let Err(e) = new.restore(&state) {
         let refused = match e {
             RestoreError::Refused(why) => UpgradeError::RestoreRefused(why),
             RestoreError::StateVersion(why) => UpgradeError::StateVersion(why),

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use bus_schema::ErrorCode;
+use bus_schema::{ErrorCode, Packed};
 use tm_abi::{ABI_VERSION, Status, export, import};
 use wasm_host::{Failure, GuestMemory, Limits, Sandbox};
 use wasmtime::{Caller, Extern, ExternType, Linker, Module, Store, TypedFunc, ValType};
@@ -591,50 +591,39 @@ impl Analyzer {
         Ok((bytes, results))
     }
 
-    /// The analyzer's state for a restart (nil if it keeps none).
+    /// The analyzer's state for a restart, as the guest encoded it (nil
+    /// if it keeps none). The bytes are checked to be one value, not
+    /// decoded: the snapshot carries them as they are.
     ///
     /// # Errors
-    /// The failure; the instance is dead afterwards.
-    pub fn snapshot(&mut self) -> Result<bus_schema::Value, Failure> {
-        Ok(self
-            .snapshot_raw()?
-            .map_or(bus_schema::Value::Nil, |(_, state)| state))
-    }
-
-    /// The guest's state as it gave it (one MessagePack value), with its
-    /// decoded form; `None` if it keeps none.
-    ///
-    /// # Errors
-    /// The guest trapped or gave something other than one value.
-    pub fn snapshot_raw(&mut self) -> Result<Option<(Vec<u8>, bus_schema::Value)>, Failure> {
+    /// The guest trapped or gave something other than one value; the
+    /// instance is dead afterwards.
+    pub fn snapshot(&mut self) -> Result<Packed, Failure> {
         let Some(f) = self.snapshot.clone() else {
-            return Ok(None);
+            return Ok(Packed::nil());
         };
         let packed = self.call(export::SNAPSHOT, |s| f.call(s, ()))?;
         if packed == 0 {
-            return Ok(None);
+            return Ok(Packed::nil());
         }
         let (ptr, len) = tm_abi::unpack(packed as u64);
         let bytes = self
             .memory
             .read(&self.store, ptr, len, MAX_GUEST_OUTPUT)
             .map_err(|e| Self::abi(export::SNAPSHOT, e))?;
-        let state =
-            one_value(&bytes).map_err(|e| Self::abi(export::SNAPSHOT, format!("state: {e}")))?;
-        Ok(Some((bytes, state)))
+        Packed::from_bytes(bytes).map_err(|e| Self::abi(export::SNAPSHOT, format!("state: {e}")))
     }
 
     /// Gives back saved state.
     ///
     /// # Errors
     /// Refused state (instance still good) or a failure (instance dead).
-    pub fn restore(&mut self, state: &bus_schema::Value) -> Result<(), RestoreError> {
-        let bytes = bus_schema::encode(state).map_err(|e| RestoreError::Refused(e.to_string()))?;
-        self.restore_raw(&bytes)
+    pub fn restore(&mut self, state: &Packed) -> Result<(), RestoreError> {
+        self.restore_raw(state.as_bytes())
     }
 
     /// Gives back saved state as MessagePack bytes (as
-    /// [`Analyzer::snapshot_raw`] took them from a guest).
+    /// [`Analyzer::snapshot`] took them from a guest).
     ///
     /// # Errors
     /// Refused state (instance still good) or a failure (instance dead).

@@ -819,7 +819,7 @@ async fn a_crashed_monitor_recovers_its_deployments_from_snapshots() {
     let decode = |v: &[u8]| bus_schema::decode::<bus_schema::DeploymentSnapshot>(v).unwrap();
     let mid_run = |v: Option<&[u8]>| {
         v.map(decode)
-            .is_some_and(|s| s.stats.packets_in > 100 && s.state != Value::Nil)
+            .is_some_and(|s| s.stats.packets_in > 100 && !s.state.is_nil())
     };
     let saved = kv_until(&kv, &key, mid_run)
         .await
@@ -831,8 +831,9 @@ async fn a_crashed_monitor_recovers_its_deployments_from_snapshots() {
         "the replay ended before the crash"
     );
     // The SDK saves `{"tm_state_version": 1, "state": the analyzer's}`.
-    assert_eq!(field(&saved.state, "tm_state_version").as_u64(), Some(1));
-    let state = field(&saved.state, "state");
+    let saved_state = saved.state.to_value().unwrap();
+    assert_eq!(field(&saved_state, "tm_state_version").as_u64(), Some(1));
+    let state = field(&saved_state, "state");
     let saved_packets = field(state, "packets").as_u64().unwrap();
     assert_eq!(saved.config_revision, 1);
 

@@ -7,12 +7,14 @@
 
 mod commands;
 mod envelope;
+mod packed;
 mod records;
 mod shared;
 mod streams;
 
 pub use commands::*;
 pub use envelope::*;
+pub use packed::Packed;
 pub use records::*;
 pub use shared::*;
 pub use streams::*;

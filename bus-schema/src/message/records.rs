@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{BlobRef, DeploymentStats, Filter, LinkInfo, LoadRequest, Value, nil};
+use super::{BlobRef, DeploymentStats, Filter, LinkInfo, LoadRequest, Packed, Value, nil};
 
 /// A monitor's liveness record in `tm_monitors` (key: monitor id).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -148,9 +148,10 @@ pub struct DeploymentSnapshot {
     pub event_seq: u64,
     /// Counters when the snapshot was taken.
     pub stats: DeploymentStats,
-    /// The analyzer's own state from `tm_snapshot` (nil if it has none).
-    #[serde(default = "nil")]
-    pub state: Value,
+    /// The analyzer's own state from `tm_snapshot` (nil if it has none),
+    /// as the guest encoded it.
+    #[serde(default)]
+    pub state: Packed,
     /// When it was taken, Unix ms.
     pub taken_unix_ms: u64,
 }

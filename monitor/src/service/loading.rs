@@ -393,7 +393,7 @@ impl Monitor {
             shared,
         )?;
         if let Some(snap) = restore {
-            if snap.state != Value::Nil
+            if !snap.state.is_nil()
                 && let Err(e) = analyzer.restore(&snap.state)
             {
                 tracing::warn!(deployment = %req.deployment, error = ?e, "analyzer state not restored; it starts afresh");

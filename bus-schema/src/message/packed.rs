@@ -1,0 +1,268 @@
+//! [`Packed`]: one MessagePack value carried as its encoded bytes.
+
+use std::fmt;
+
+use serde::de::{self, Deserialize, Deserializer, IgnoredAny};
+use serde::ser::{self, Serialize, Serializer};
+
+use super::Value;
+
+/// One MessagePack value kept as the bytes that encode it: an analyzer's
+/// saved state goes from the guest into a snapshot, and from a snapshot
+/// back into the guest, without being built into a [`Value`] tree and
+/// encoded again.
+///
+/// On the wire it is the value itself (not a byte string): a message that
+/// holds a `Packed` field encodes exactly as if the field were a [`Value`],
+/// so records written either way read either way. Serializing walks the
+/// bytes once, straight into the serializer; deserializing (from
+/// MessagePack, JSON or anything serde reads) writes the value as
+/// MessagePack.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Packed(Vec<u8>);
+
+/// MessagePack nil.
+const NIL: u8 = 0xc0;
+
+impl Packed {
+    /// Nil.
+    #[must_use]
+    pub fn nil() -> Packed {
+        Packed(vec![NIL])
+    }
+
+    /// Takes `bytes` if they are exactly one MessagePack value, nothing
+    /// after it; the value is walked, not built.
+    ///
+    /// # Errors
+    /// What is wrong with the bytes.
+    pub fn from_bytes(bytes: Vec<u8>) -> Result<Packed, String> {
+        check_one_value(&bytes)?;
+        Ok(Packed(bytes))
+    }
+
+    /// Encodes `value`.
+    ///
+    /// # Errors
+    /// The value cannot be encoded (it holds an extension type that the
+    /// encoder refuses).
+    pub fn from_value(value: &Value) -> Result<Packed, String> {
+        let mut bytes = Vec::new();
+        rmpv::encode::write_value(&mut bytes, value).map_err(|e| e.to_string())?;
+        Ok(Packed(bytes))
+    }
+
+    /// Decodes the value into a tree.
+    ///
+    /// # Errors
+    /// Never for a `Packed` made by this module (its bytes were checked or
+    /// written as one value); the message otherwise.
+    pub fn to_value(&self) -> Result<Value, String> {
+        rmpv::decode::read_value(&mut self.0.as_slice()).map_err(|e| e.to_string())
+    }
+
+    /// The encoded value.
+    #[must_use]
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// Whether the value is nil.
+    #[must_use]
+    pub fn is_nil(&self) -> bool {
+        self.0 == [NIL]
+    }
+}
+
+impl Default for Packed {
+    fn default() -> Self {
+        Packed::nil()
+    }
+}
+
+impl fmt::Debug for Packed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.to_value() {
+            Ok(v) => write!(f, "Packed({v})"),
+            Err(_) => write!(f, "Packed({} bytes, not MessagePack)", self.0.len()),
+        }
+    }
+}
+
+/// Walks `bytes` as one value, as the transcoder will read it, and checks
+/// that nothing follows.
+fn check_one_value(bytes: &[u8]) -> Result<(), String> {
+    let mut rest = bytes;
+    let mut de = rmp_serde::Deserializer::new(&mut rest);
+    IgnoredAny::deserialize(&mut de).map_err(|e| format!("not MessagePack: {e}"))?;
+    drop(de);
+    if !rest.is_empty() {
+        return Err(format!("{} bytes follow the value", rest.len()));
+    }
+    // An extension type would be read back as something else: refused
+    // here rather than changed on the way.
+    if has_ext(bytes) {
+        return Err("holds a MessagePack extension type (not supported)".into());
+    }
+    Ok(())
+}
+
+/// Whether a value (already walked once, so well formed) holds an
+/// extension type anywhere.
+fn has_ext(bytes: &[u8]) -> bool {
+    use rmp::Marker;
+    let mut rd = bytes;
+    let mut pending: u64 = 1;
+    while pending > 0 {
+        pending -= 1;
+        let Ok(marker) = rmp::decode::read_marker(&mut rd) else {
+            return false;
+        };
+        let take = |rd: &mut &[u8], n: usize| -> Option<u64> {
+            let (head, tail) = rd.split_at_checked(n)?;
+            *rd = tail;
+            Some(head.iter().fold(0u64, |acc, b| acc << 8 | u64::from(*b)))
+        };
+        let skip = |rd: &mut &[u8], n: u64| -> Option<()> {
+            *rd = rd.get(usize::try_from(n).ok()?..)?;
+            Some(())
+        };
+        let ok = match marker {
+            Marker::FixExt1
+            | Marker::FixExt2
+            | Marker::FixExt4
+            | Marker::FixExt8
+            | Marker::FixExt16
+            | Marker::Ext8
+            | Marker::Ext16
+            | Marker::Ext32 => return true,
+            Marker::FixArray(n) => {
+                pending += u64::from(n);
+                Some(())
+            }
+            Marker::FixMap(n) => {
+                pending += 2 * u64::from(n);
+                Some(())
+            }
+            Marker::Array16 => take(&mut rd, 2).map(|n| pending += n),
+            Marker::Array32 => take(&mut rd, 4).map(|n| pending += n),
+            Marker::Map16 => take(&mut rd, 2).map(|n| pending += 2 * n),
+            Marker::Map32 => take(&mut rd, 4).map(|n| pending += 2 * n),
+            Marker::FixStr(n) => skip(&mut rd, u64::from(n)),
+            Marker::Str8 | Marker::Bin8 => take(&mut rd, 1).and_then(|n| skip(&mut rd, n)),
+            Marker::Str16 | Marker::Bin16 => take(&mut rd, 2).and_then(|n| skip(&mut rd, n)),
+            Marker::Str32 | Marker::Bin32 => take(&mut rd, 4).and_then(|n| skip(&mut rd, n)),
+            Marker::U8 | Marker::I8 => skip(&mut rd, 1),
+            Marker::U16 | Marker::I16 => skip(&mut rd, 2),
+            Marker::U32 | Marker::I32 | Marker::F32 => skip(&mut rd, 4),
+            Marker::U64 | Marker::I64 | Marker::F64 => skip(&mut rd, 8),
+            Marker::FixPos(_)
+            | Marker::FixNeg(_)
+            | Marker::Null
+            | Marker::True
+            | Marker::False
+            | Marker::Reserved => Some(()),
+        };
+        if ok.is_none() {
+            return false;
+        }
+    }
+    false
+}
+
+impl Serialize for Packed {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut rest = self.0.as_slice();
+        let mut de = rmp_serde::Deserializer::new(&mut rest);
+        serde_transcode::transcode(&mut de, serializer)
+            .map_err(|e| ser::Error::custom(format!("packed value: {e}")))
+    }
+}
+
+impl<'de> Deserialize<'de> for Packed {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let mut bytes = Vec::new();
+        let mut ser = rmp_serde::Serializer::new(&mut bytes);
+        serde_transcode::transcode(deserializer, &mut ser).map_err(de::Error::custom)?;
+        Ok(Packed(bytes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Value {
+        Value::Map(vec![
+            ("flows".into(), Value::Array(vec![1.into(), (-7).into()])),
+            ("name".into(), "a".into()),
+            ("bin".into(), Value::Binary(vec![0, 1, 2])),
+            ("f".into(), Value::F64(1.5)),
+            ("big".into(), Value::from(u64::MAX)),
+            ("nil".into(), Value::Nil),
+            ("yes".into(), true.into()),
+        ])
+    }
+
+    #[test]
+    fn a_message_with_a_packed_field_encodes_as_with_the_value() {
+        #[derive(serde::Serialize)]
+        struct Tree {
+            a: u32,
+            state: Value,
+        }
+        #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+        struct Bytes {
+            a: u32,
+            state: Packed,
+        }
+        let tree = crate::encode(&Tree {
+            a: 3,
+            state: sample(),
+        })
+        .unwrap();
+        let packed = Bytes {
+            a: 3,
+            state: Packed::from_value(&sample()).unwrap(),
+        };
+        assert_eq!(crate::encode(&packed).unwrap(), tree);
+        let back: Bytes = crate::decode(&tree).unwrap();
+        assert_eq!(back, packed);
+        assert_eq!(back.state.to_value().unwrap(), sample());
+    }
+
+    #[test]
+    fn json_goes_in_and_out_as_the_same_value() {
+        let json = r#"{"flows":[1,-7],"name":"a","f":1.5,"nil":null,"yes":true}"#;
+        let p: Packed = serde_json::from_str(json).unwrap();
+        assert_eq!(serde_json::to_string(&p).unwrap(), json);
+    }
+
+    #[test]
+    fn bytes_that_are_not_one_value_are_refused_and_named() {
+        let one = Packed::from_value(&sample()).unwrap().as_bytes().to_vec();
+        let mut two = one.clone();
+        two.push(NIL);
+        assert_eq!(
+            Packed::from_bytes(two).unwrap_err(),
+            "1 bytes follow the value"
+        );
+        let cut = one[..one.len() - 1].to_vec();
+        assert!(
+            Packed::from_bytes(cut)
+                .unwrap_err()
+                .starts_with("not MessagePack")
+        );
+        assert!(Packed::from_bytes(vec![]).is_err());
+        let ext = Value::Array(vec![Value::Ext(1, vec![9])]);
+        let mut bytes = Vec::new();
+        rmpv::encode::write_value(&mut bytes, &ext).unwrap();
+        assert!(Packed::from_bytes(bytes).unwrap_err().contains("extension"));
+        assert_eq!(
+            Packed::from_bytes(one).unwrap().to_value().unwrap(),
+            sample()
+        );
+        assert!(Packed::nil().is_nil());
+        assert!(Packed::from_bytes(vec![NIL]).unwrap().is_nil());
+    }
+}
