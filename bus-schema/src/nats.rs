@@ -285,6 +285,32 @@ pub enum BlobReadError {
     Unavailable(String),
 }
 
+/// Attempts at a read that timed out: a burst of monitors loading the same
+/// blob at once (a deploy to a whole fleet, a cluster node restarting) can
+/// time out one request of thousands, which the next attempt answers.
+const READ_ATTEMPTS: u32 = 3;
+
+/// Runs `read` until it succeeds, fails otherwise than by a timeout or a
+/// failed request (`timed_out`), or has timed out [`READ_ATTEMPTS`] times;
+/// waits 100 ms, then 200 ms, between attempts.
+async fn retry_timeouts<T, E, F, Fut>(mut read: F, timed_out: impl Fn(&E) -> bool) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut attempt = 1;
+    loop {
+        match read().await {
+            Err(e) if timed_out(&e) && attempt < READ_ATTEMPTS => {
+                tokio::time::sleep(std::time::Duration::from_millis(100 * u64::from(attempt)))
+                    .await;
+                attempt += 1;
+            }
+            done => return done,
+        }
+    }
+}
+
 /// Reads blob `name` from the object store `tm_blobs`: its info (with the
 /// metadata map) and its bytes, at most `max_bytes` of them.
 ///
@@ -292,7 +318,8 @@ pub enum BlobReadError {
 /// nothing is left behind on the server (the object store's own reader
 /// makes a consumer per read, which lingers after it; a burst of loads
 /// would exhaust the stream's consumers). The digest is the caller's to
-/// check ([`crate::store`]'s metadata, `wasm_host::trust`).
+/// check ([`crate::store`]'s metadata, `wasm_host::trust`). A request that
+/// times out is sent again, up to [`READ_ATTEMPTS`] times.
 ///
 /// # Errors
 /// Not found, too large, or a read failure.
@@ -303,11 +330,18 @@ pub async fn read_blob(
 ) -> Result<(object_store::ObjectInfo, Vec<u8>), BlobReadError> {
     let bucket = store::BLOBS_BUCKET;
     let unavailable = |e: &dyn std::fmt::Display| BlobReadError::Unavailable(e.to_string());
-    let objects = js
-        .get_object_store(bucket)
-        .await
-        .map_err(|e| BlobReadError::Unavailable(format!("object store {bucket}: {e}")))?;
-    let info = objects.info(name).await.map_err(|e| match e.kind() {
+    let objects = retry_timeouts(
+        || js.get_object_store(bucket),
+        |e| e.kind() == jetstream::context::ObjectStoreErrorKind::GetStore,
+    )
+    .await
+    .map_err(|e| BlobReadError::Unavailable(format!("object store {bucket}: {e}")))?;
+    let info = retry_timeouts(
+        || objects.info(name),
+        |e| e.kind() == object_store::InfoErrorKind::TimedOut,
+    )
+    .await
+    .map_err(|e| match e.kind() {
         object_store::InfoErrorKind::NotFound => BlobReadError::NotFound { bucket },
         _ => unavailable(&e),
     })?;
@@ -325,21 +359,29 @@ pub async fn read_blob(
             max: max_bytes,
         });
     }
-    let stream = js
-        .get_stream(crate::auth::stream_of_bucket(bucket, BucketKind::Object))
-        .await
-        .map_err(|e| unavailable(&e))?;
+    let stream_name = crate::auth::stream_of_bucket(bucket, BucketKind::Object);
+    let stream = retry_timeouts(
+        || js.get_stream(&stream_name),
+        |e| e.kind() == jetstream::context::GetStreamErrorKind::Request,
+    )
+    .await
+    .map_err(|e| unavailable(&e))?;
     let chunks = format!("$O.{bucket}.C.{}", info.nuid);
     let mut bytes = Vec::with_capacity(info.size);
     let mut next = 1;
     for _ in 0..info.chunks {
-        let msg = stream
-            .raw_message_builder()
-            .sequence(next)
-            .next_by_subject(chunks.clone())
-            .send()
-            .await
-            .map_err(|e| BlobReadError::Unavailable(format!("chunk after sequence {next}: {e}")))?;
+        let msg = retry_timeouts(
+            || {
+                stream
+                    .raw_message_builder()
+                    .sequence(next)
+                    .next_by_subject(chunks.clone())
+                    .send()
+            },
+            |e| e.kind() == stream::RawMessageErrorKind::Other,
+        )
+        .await
+        .map_err(|e| BlobReadError::Unavailable(format!("chunk after sequence {next}: {e}")))?;
         next = msg.sequence + 1;
         if bytes.len() + msg.payload.len() > max_bytes {
             return Err(BlobReadError::TooLarge {

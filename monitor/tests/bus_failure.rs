@@ -3,7 +3,8 @@
 //! nats-server is killed (SIGKILL, then restarted on the same store) or
 //! frozen (SIGSTOP, then SIGCONT). Every window reaches the results stream
 //! exactly once, in order, and the monitor keeps capturing and analysing
-//! throughout (seen on its metrics endpoint while NATS is frozen).
+//! throughout (seen on its metrics endpoint while NATS is frozen). A blob
+//! read sends requests that timed out again, a bounded number of times.
 
 mod common;
 
@@ -244,4 +245,51 @@ async fn nats_frozen_5_s_loses_no_window() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_frozen_30_s_loses_no_window() {
     frozen_nats(Duration::from_secs(30), 36).await;
+}
+
+/// A blob read whose requests time out while nats-server is frozen sends
+/// them again (a fleet loading one blob at once can time out one request
+/// of thousands): a stall shorter than its attempts costs nothing, a
+/// longer one is refused as unavailable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_read_sends_timed_out_requests_again() {
+    use bus_schema::nats::{BlobReadError, read_blob};
+    let nats = NatsServer::start().await.unwrap();
+    let client = nats.client().await;
+    let mut js = jetstream::new(client.clone());
+    let bytes = wasm("packet-count");
+    put_blob(&js, "pc", &bytes).await;
+    // Each attempt waits 250 ms: the first times out while frozen, the
+    // second (after 100 ms) is answered once the server runs again.
+    js.set_timeout(Duration::from_millis(250));
+    nats.pause();
+    let read = tokio::spawn({
+        let js = js.clone();
+        async move { read_blob(&js, "pc", 64 << 20).await }
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    nats.resume();
+    let (info, got) = read
+        .await
+        .unwrap()
+        .expect("the read went on after a 400 ms stall");
+    assert_eq!((info.size, got == bytes), (bytes.len(), true));
+
+    // Frozen through all three attempts (250 + 100 + 250 + 200 + 250 ms).
+    nats.pause();
+    let started = std::time::Instant::now();
+    let refused = read_blob(&js, "pc", 64 << 20).await;
+    let waited = started.elapsed();
+    nats.resume();
+    match refused {
+        Err(BlobReadError::Unavailable(why)) => eprintln!("refused after {waited:?}: {why}"),
+        other => panic!(
+            "a read through a long stall: {:?}",
+            other.map(|(info, _)| info.size)
+        ),
+    }
+    assert!(
+        waited >= Duration::from_millis(1000),
+        "gave up after {waited:?}, before its third attempt timed out"
+    );
 }

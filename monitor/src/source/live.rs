@@ -143,10 +143,12 @@ fn wait_readable(fd: i32) {
 ///
 /// In a TPACKET_V3 block the kernel writes each frame right after the
 /// previous one: its `tpacket3_hdr` at the end of this packet's data
-/// rounded up to 8 bytes, its packet data some 80 bytes further on. The
-/// kernel wrote those lines on the core that received the packet, so
-/// reading them is a cache miss that the prefetch overlaps with this
-/// packet's work. Only a hint: a prefetch never faults, and past a block's
+/// rounded up to 8 bytes, its packet data 86 bytes further on (header and
+/// `sockaddr_ll` aligned to 16, the 4 bytes libpcap keeps for a VLAN tag,
+/// minus the Ethernet header): three lines cover the header and the start
+/// of the packet. The kernel wrote those lines on the core that received
+/// the packet, so reading them is a cache miss that the prefetch overlaps
+/// with this packet's work. Only a hint: a prefetch never faults, and past a block's
 /// last frame it fetches a line nobody reads.
 #[inline]
 fn prefetch_next_frame(data: &[u8]) {
