@@ -614,27 +614,19 @@ impl Analyzer {
         Packed::from_bytes(bytes).map_err(|e| Self::abi(export::SNAPSHOT, format!("state: {e}")))
     }
 
-    /// Gives back saved state.
+    /// Gives back saved state, the bytes as [`Analyzer::snapshot`] took
+    /// them from a guest.
     ///
     /// # Errors
     /// Refused state (instance still good) or a failure (instance dead).
     pub fn restore(&mut self, state: &Packed) -> Result<(), RestoreError> {
-        self.restore_raw(state.as_bytes())
-    }
-
-    /// Gives back saved state as MessagePack bytes (as
-    /// [`Analyzer::snapshot`] took them from a guest).
-    ///
-    /// # Errors
-    /// Refused state (instance still good) or a failure (instance dead).
-    pub fn restore_raw(&mut self, bytes: &[u8]) -> Result<(), RestoreError> {
         if self.restore.is_none() {
             return Err(RestoreError::Refused(
                 "the analyzer does not export tm_restore".into(),
             ));
         }
         match self
-            .call_with_buffer(export::RESTORE, bytes)
+            .call_with_buffer(export::RESTORE, state.as_bytes())
             .map_err(RestoreError::Failed)?
         {
             Status::Ok => Ok(()),

@@ -148,8 +148,8 @@ fn wait_readable(fd: i32) {
 /// minus the Ethernet header): three lines cover the header and the start
 /// of the packet. The kernel wrote those lines on the core that received
 /// the packet, so reading them is a cache miss that the prefetch overlaps
-/// with this packet's work. Only a hint: a prefetch never faults, and past a block's
-/// last frame it fetches a line nobody reads.
+/// with this packet's work. Only a hint: a prefetch never faults, and past
+/// a block's last frame it fetches a line nobody reads.
 #[inline]
 fn prefetch_next_frame(data: &[u8]) {
     #[cfg(target_arch = "x86_64")]
