@@ -16,7 +16,8 @@ pub const MAX_GUEST_OUTPUT: usize = 16 << 20;
 /// Alerts a deployment may emit per second; more are counted and dropped.
 pub const EMITS_PER_SECOND: u32 = 100;
 /// Exactly one MessagePack value, nothing after it: the one rule for
-/// everything a guest hands over (results, state, alerts).
+/// everything a guest hands over (results and alerts decoded here; state
+/// checked by [`Packed::from_bytes`] and kept as bytes).
 pub(crate) fn one_value(bytes: &[u8]) -> Result<bus_schema::Value, String> {
     let mut slice = bytes;
     let value = bus_schema::rmpv::decode::read_value(&mut slice)
