@@ -319,7 +319,7 @@ where
 /// makes a consumer per read, which lingers after it; a burst of loads
 /// would exhaust the stream's consumers). The digest is the caller's to
 /// check ([`crate::store`]'s metadata, `wasm_host::trust`). A request that
-/// times out is sent again, up to [`READ_ATTEMPTS`] times.
+/// times out is sent again, three attempts in all.
 ///
 /// # Errors
 /// Not found, too large, or a read failure.

@@ -13,7 +13,7 @@ use monitor::service::Monitor;
 /// Links and limits come from the TOML file (see monitor/src/config.rs or
 /// README.md for every field); the flags below override the file.
 ///
-/// Commands it answers: tm.v1.mon.<id>.{load,unload,collect,configure,status}
+/// Commands it answers: `tm.v1.mon.<id>.{load,unload,collect,configure,status}`
 /// (also discoverable with the NATS service API as `tm-monitor`). It keeps a
 /// liveness record in the KV bucket tm_monitors and publishes results and
 /// events to the TM_RESULTS and TM_EVENTS streams. SIGTERM or Ctrl-C unloads

@@ -9,7 +9,7 @@
 //!
 //! etherparse parses everything. The one shape most traffic has (Ethernet,
 //! at most one 802.1Q tag, IPv4 or IPv6 without extension headers, not a
-//! fragment, TCP or UDP) also has a direct path ([`fast_ethernet`]) that
+//! fragment, TCP or UDP) also has a direct path (`fast_ethernet`) that
 //! gives the very same header without building etherparse's slices (which
 //! cost half the link thread in the flow benchmark's profile); anything it
 //! is not sure of goes to etherparse. A test compares both paths on every

@@ -1,7 +1,7 @@
 //! Turns a SIGBUS inside a mapped capture file into an error for its
 //! reader instead of the death of the monitor.
 //!
-//! A replay maps its capture file ([`crate::replay`]). When the file is
+//! A replay maps its capture file ([`crate::source::ReplaySource`]). When the file is
 //! truncated under the map, touching a page past its new end raises SIGBUS,
 //! whose default action ends the process — every link and deployment with
 //! it. A reader registers its mapping here ([`Guard`]); the handler, for a

@@ -1,7 +1,7 @@
 //! The monitor on the bus: the [`Monitor`] and its parts —
-//! [`commands`] (one handler per command subject of the catalogue),
-//! [`loading`] (a load in small steps, and recovery from snapshots) and
-//! [`liveness`] (status, the liveness record, link state events).
+//! `commands` (one handler per command subject of the catalogue),
+//! `loading` (a load in small steps, and recovery from snapshots) and
+//! `liveness` (status, the liveness record, link state events).
 //! Publishing is [`crate::outbox`]'s.
 
 mod commands;

@@ -1,7 +1,7 @@
 //! Packet sources: where a link's packets come from. A link thread
 //! ([`crate::link`]) reads one [`PacketSource`]: a live interface
 //! ([`LiveSource`]), a capture file replayed ([`ReplaySource`], read by
-//! [`file`]), or packets held in memory ([`MemorySource`], for tests and
+//! [`mod@file`]), or packets held in memory ([`MemorySource`], for tests and
 //! benchmarks that feed the data path without a file).
 
 use std::time::Duration;
