@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use serde::de::{self, Deserialize, Deserializer, IgnoredAny};
+use serde::de::{self, Deserialize, Deserializer};
 use serde::ser::{self, Serialize, Serializer};
 
 use super::Value;
@@ -89,45 +89,80 @@ impl fmt::Debug for Packed {
     }
 }
 
-/// Walks `bytes` as one value, as the transcoder will read it, and checks
-/// that nothing follows.
-fn check_one_value(bytes: &[u8]) -> Result<(), String> {
-    let mut rest = bytes;
-    let mut de = rmp_serde::Deserializer::new(&mut rest);
-    IgnoredAny::deserialize(&mut de).map_err(|e| format!("not MessagePack: {e}"))?;
-    drop(de);
-    if !rest.is_empty() {
-        return Err(format!("{} bytes follow the value", rest.len()));
-    }
-    // An extension type would be read back as something else: refused
-    // here rather than changed on the way.
-    if has_ext(bytes) {
-        return Err("holds a MessagePack extension type (not supported)".into());
-    }
-    Ok(())
-}
+/// Containers a value may nest (the transcoder's MessagePack reader stops
+/// at 1,024).
+const MAX_DEPTH: usize = 512;
 
-/// Whether a value (already walked once, so well formed) holds an
-/// extension type anywhere.
-fn has_ext(bytes: &[u8]) -> bool {
+/// Walks `bytes` once as one value and checks that nothing follows, and
+/// that the transcoder will write back the same value: no extension type
+/// (it would read one as an array), every string UTF-8 (it would read
+/// another as binary), at most [`MAX_DEPTH`] containers deep.
+fn check_one_value(bytes: &[u8]) -> Result<(), String> {
     use rmp::Marker;
+    let cut = || "not MessagePack: the value ends early".to_string();
     let mut rd = bytes;
-    let mut pending: u64 = 1;
-    while pending > 0 {
-        pending -= 1;
-        let Ok(marker) = rmp::decode::read_marker(&mut rd) else {
-            return false;
-        };
-        let take = |rd: &mut &[u8], n: usize| -> Option<u64> {
-            let (head, tail) = rd.split_at_checked(n)?;
-            *rd = tail;
-            Some(head.iter().fold(0u64, |acc, b| acc << 8 | u64::from(*b)))
-        };
-        let skip = |rd: &mut &[u8], n: u64| -> Option<()> {
-            *rd = rd.get(usize::try_from(n).ok()?..)?;
-            Some(())
-        };
-        let ok = match marker {
+    let take = |rd: &mut &[u8], n: usize| -> Result<u64, String> {
+        let (head, tail) = rd.split_at_checked(n).ok_or_else(cut)?;
+        *rd = tail;
+        Ok(head.iter().fold(0u64, |acc, b| acc << 8 | u64::from(*b)))
+    };
+    let skip = |rd: &mut &[u8], n: u64| -> Result<(), String> {
+        *rd = usize::try_from(n)
+            .ok()
+            .and_then(|n| rd.get(n..))
+            .ok_or_else(cut)?;
+        Ok(())
+    };
+    let text = |rd: &mut &[u8], n: u64| -> Result<(), String> {
+        let s = usize::try_from(n)
+            .ok()
+            .and_then(|n| rd.get(..n))
+            .ok_or_else(cut)?;
+        std::str::from_utf8(s).map_err(|e| format!("a string is not UTF-8: {e}"))?;
+        skip(rd, n)
+    };
+    // Values still to read in each open container, the value itself first.
+    let mut open: Vec<u64> = vec![1];
+    while let Some(left) = open.last_mut() {
+        if *left == 0 {
+            open.pop();
+            continue;
+        }
+        *left -= 1;
+        let marker = rmp::decode::read_marker(&mut rd).map_err(|_| cut())?;
+        let items = match marker {
+            Marker::FixArray(n) => u64::from(n),
+            Marker::FixMap(n) => 2 * u64::from(n),
+            Marker::Array16 => take(&mut rd, 2)?,
+            Marker::Array32 => take(&mut rd, 4)?,
+            Marker::Map16 => 2 * take(&mut rd, 2)?,
+            Marker::Map32 => 2 * take(&mut rd, 4)?,
+            Marker::FixStr(n) => text(&mut rd, u64::from(n)).map(|()| 0)?,
+            Marker::Str8 => take(&mut rd, 1)
+                .and_then(|n| text(&mut rd, n))
+                .map(|()| 0)?,
+            Marker::Str16 => take(&mut rd, 2)
+                .and_then(|n| text(&mut rd, n))
+                .map(|()| 0)?,
+            Marker::Str32 => take(&mut rd, 4)
+                .and_then(|n| text(&mut rd, n))
+                .map(|()| 0)?,
+            Marker::Bin8 => take(&mut rd, 1)
+                .and_then(|n| skip(&mut rd, n))
+                .map(|()| 0)?,
+            Marker::Bin16 => take(&mut rd, 2)
+                .and_then(|n| skip(&mut rd, n))
+                .map(|()| 0)?,
+            Marker::Bin32 => take(&mut rd, 4)
+                .and_then(|n| skip(&mut rd, n))
+                .map(|()| 0)?,
+            Marker::U8 | Marker::I8 => skip(&mut rd, 1).map(|()| 0)?,
+            Marker::U16 | Marker::I16 => skip(&mut rd, 2).map(|()| 0)?,
+            Marker::U32 | Marker::I32 | Marker::F32 => skip(&mut rd, 4).map(|()| 0)?,
+            Marker::U64 | Marker::I64 | Marker::F64 => skip(&mut rd, 8).map(|()| 0)?,
+            Marker::FixPos(_) | Marker::FixNeg(_) | Marker::Null | Marker::True | Marker::False => {
+                0
+            }
             Marker::FixExt1
             | Marker::FixExt2
             | Marker::FixExt4
@@ -135,39 +170,22 @@ fn has_ext(bytes: &[u8]) -> bool {
             | Marker::FixExt16
             | Marker::Ext8
             | Marker::Ext16
-            | Marker::Ext32 => return true,
-            Marker::FixArray(n) => {
-                pending += u64::from(n);
-                Some(())
+            | Marker::Ext32 => {
+                return Err("holds a MessagePack extension type (not supported)".into());
             }
-            Marker::FixMap(n) => {
-                pending += 2 * u64::from(n);
-                Some(())
-            }
-            Marker::Array16 => take(&mut rd, 2).map(|n| pending += n),
-            Marker::Array32 => take(&mut rd, 4).map(|n| pending += n),
-            Marker::Map16 => take(&mut rd, 2).map(|n| pending += 2 * n),
-            Marker::Map32 => take(&mut rd, 4).map(|n| pending += 2 * n),
-            Marker::FixStr(n) => skip(&mut rd, u64::from(n)),
-            Marker::Str8 | Marker::Bin8 => take(&mut rd, 1).and_then(|n| skip(&mut rd, n)),
-            Marker::Str16 | Marker::Bin16 => take(&mut rd, 2).and_then(|n| skip(&mut rd, n)),
-            Marker::Str32 | Marker::Bin32 => take(&mut rd, 4).and_then(|n| skip(&mut rd, n)),
-            Marker::U8 | Marker::I8 => skip(&mut rd, 1),
-            Marker::U16 | Marker::I16 => skip(&mut rd, 2),
-            Marker::U32 | Marker::I32 | Marker::F32 => skip(&mut rd, 4),
-            Marker::U64 | Marker::I64 | Marker::F64 => skip(&mut rd, 8),
-            Marker::FixPos(_)
-            | Marker::FixNeg(_)
-            | Marker::Null
-            | Marker::True
-            | Marker::False
-            | Marker::Reserved => Some(()),
+            Marker::Reserved => return Err("not MessagePack: reserved byte 0xc1".into()),
         };
-        if ok.is_none() {
-            return false;
+        if items > 0 {
+            if open.len() > MAX_DEPTH {
+                return Err(format!("nests more than {MAX_DEPTH} arrays and maps deep"));
+            }
+            open.push(items);
         }
     }
-    false
+    if !rd.is_empty() {
+        return Err(format!("{} bytes follow the value", rd.len()));
+    }
+    Ok(())
 }
 
 impl Serialize for Packed {
@@ -258,6 +276,25 @@ mod tests {
         let mut bytes = Vec::new();
         rmpv::encode::write_value(&mut bytes, &ext).unwrap();
         assert!(Packed::from_bytes(bytes).unwrap_err().contains("extension"));
+        // A str that is not UTF-8 would come back as binary: refused.
+        assert!(
+            Packed::from_bytes(vec![0xa2, 0xff, 0xfe])
+                .unwrap_err()
+                .contains("not UTF-8")
+        );
+        let mut deep = vec![0x91; MAX_DEPTH + 1];
+        deep.push(NIL);
+        assert!(Packed::from_bytes(deep).unwrap_err().contains("deep"));
+        let mut ok = vec![0x91; MAX_DEPTH];
+        ok.push(NIL);
+        // As deep as allowed: the transcoder writes it back unchanged.
+        let packed = Packed::from_bytes(ok.clone()).unwrap();
+        assert_eq!(crate::encode(&packed).unwrap(), ok);
+        assert!(Packed::from_bytes(vec![0xc1]).is_err());
+        // Lengths that run past the end.
+        assert!(Packed::from_bytes(vec![0xdc, 0x00]).is_err());
+        assert!(Packed::from_bytes(vec![0xc4, 0x05, 1]).is_err());
+        assert!(Packed::from_bytes(vec![0x92, 1]).is_err());
         assert_eq!(
             Packed::from_bytes(one).unwrap().to_value().unwrap(),
             sample()
