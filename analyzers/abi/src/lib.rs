@@ -17,7 +17,7 @@
 //! | `tm_configure` | `(ptr: i32, len: i32) -> i32` | new MessagePack params |
 //! | `tm_collect` | `() -> i64` | results as MessagePack: `(ptr << 32) | len`, valid until the next call |
 //! | `tm_last_error` | `() -> i64` | UTF-8 message of the last non-OK status, packed as above |
-//! | `tm_snapshot` (optional) | `() -> i64` | state to save for a restart, MessagePack, packed as above; 0 for none |
+//! | `tm_snapshot` (optional) | `() -> i64` | state to save for a restart, one MessagePack value (strings UTF-8, no extension types, at most 512 arrays and maps deep), packed as above; 0 for none |
 //! | `tm_restore` (optional) | `(ptr: i32, len: i32) -> i32` | state from `tm_snapshot`, called right after `tm_init` |
 //! | `tm_snap_len` (optional) | `() -> i32` | most captured bytes per packet the analyzer reads (as `u32`; 0: the parsed header alone); asked once, right after `tm_init`; absent: every captured byte |
 //!
