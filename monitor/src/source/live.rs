@@ -1,18 +1,14 @@
-//! A live interface: promiscuous, into a TPACKET_V3 ring (packets packed
-//! into blocks by their captured length, so a buffer of `buffer_mb` holds
-//! many small packets, and a block is handed over when full or
-//! [`BLOCK_TIMEOUT_MS`] after its first packet), read without blocking
-//! beyond a bounded wait so the link serves its controls while the
-//! interface is quiet. Ethernet and loopback interfaces get a ring of the
-//! monitor's own ([`super::ring`]), walked in place; any other link type
-//! is captured with libpcap (its TPACKET_V3 ring, read with
-//! `pcap_dispatch`). libpcap's immediate mode would use a TPACKET_V2 ring
-//! of one snap-length slot per packet instead: 16 MiB of 64 KiB slots
+//! A live interface, captured with libpcap: promiscuous, into a
+//! TPACKET_V3 ring (packets packed into blocks by their captured length,
+//! so a buffer of `buffer_mb` holds many small packets, and a block is
+//! handed over when full or [`BLOCK_TIMEOUT_MS`] after its first packet),
+//! non-blocking with a bounded wait so the link serves its controls while
+//! the interface is quiet. libpcap's immediate mode would use a TPACKET_V2
+//! ring of one snap-length slot per packet instead: 16 MiB of 64 KiB slots
 //! hold 250 packets, which a burst of small packets overruns.
 
 use std::os::fd::AsRawFd;
 
-use super::ring::Ring;
 use super::{Drops, Next, PacketSource, timeval_ns};
 
 /// How long a live capture waits for a packet before checking controls.
@@ -24,33 +20,16 @@ pub const BLOCK_TIMEOUT_MS: i32 = 10;
 
 /// A live capture on one interface.
 pub struct LiveSource {
-    capture: Capture,
+    cap: pcap::Capture<pcap::Active>,
     name: String,
-}
-
-/// How an interface is captured.
-enum Capture {
-    /// The monitor's own ring (Ethernet, loopback).
-    Ring(Box<Ring>),
-    /// libpcap (any other link type).
-    Pcap(pcap::Capture<pcap::Active>),
 }
 
 impl LiveSource {
     /// Opens `name` for capture.
     ///
     /// # Errors
-    /// A message naming the interface if it cannot be opened.
+    /// A message naming the interface if libpcap cannot open it.
     pub fn open(name: &str, snaplen: u32, buffer_mb: u32) -> Result<Self, String> {
-        let fail = |e: String| format!("cannot capture on {name}: {e}");
-        if let Some(ring) =
-            Ring::open(name, snaplen, buffer_mb, BLOCK_TIMEOUT_MS as u32).map_err(fail)?
-        {
-            return Ok(LiveSource {
-                capture: Capture::Ring(Box::new(ring)),
-                name: name.to_owned(),
-            });
-        }
         let cap = pcap::Capture::from_device(name)
             .and_then(|c| {
                 c.promisc(true)
@@ -74,7 +53,7 @@ impl LiveSource {
             );
         }
         Ok(LiveSource {
-            capture: Capture::Pcap(cap),
+            cap,
             name: name.to_owned(),
         })
     }
@@ -110,8 +89,8 @@ impl LiveSource {
                     std::io::Error::last_os_error()
                 )
             };
-            let fd = s.fd();
-            s.reject_all().map_err(|()| fail("SO_ATTACH_FILTER"))?;
+            let fd = s.cap.as_raw_fd();
+            reject_all(fd).map_err(|()| fail("SO_ATTACH_FILTER"))?;
             s.discard_held();
             let kind = libc::PACKET_FANOUT_HASH | libc::PACKET_FANOUT_FLAG_DEFRAG;
             let arg = match group {
@@ -127,7 +106,8 @@ impl LiveSource {
             }
             // Capture everything again (the link installs its deployments'
             // filter later, as on any live capture).
-            s.set_kernel_filter("")
+            s.cap
+                .filter("", true)
                 .map_err(|e| format!("cannot fan out the capture on {name}: {e}"))?;
             sources.push(s);
         }
@@ -142,24 +122,7 @@ impl LiveSource {
         std::thread::sleep(std::time::Duration::from_millis(
             2 * BLOCK_TIMEOUT_MS as u64,
         ));
-        match &mut self.capture {
-            Capture::Ring(ring) => ring.discard_ready(),
-            Capture::Pcap(cap) => while cap.next_packet().is_ok() {},
-        }
-    }
-
-    fn fd(&self) -> i32 {
-        match &self.capture {
-            Capture::Ring(ring) => ring.fd(),
-            Capture::Pcap(cap) => cap.as_raw_fd(),
-        }
-    }
-
-    fn reject_all(&mut self) -> Result<(), ()> {
-        match &mut self.capture {
-            Capture::Ring(ring) => ring.reject_all(),
-            Capture::Pcap(cap) => reject_all(cap.as_raw_fd()),
-        }
+        while self.cap.next_packet().is_ok() {}
     }
 }
 
@@ -251,10 +214,7 @@ fn getsockopt_u32(fd: i32, level: i32, name: i32) -> Result<u32, ()> {
 
 impl PacketSource for LiveSource {
     fn dlt(&self) -> i32 {
-        match &self.capture {
-            Capture::Ring(_) => pcap::Linktype::ETHERNET.0,
-            Capture::Pcap(cap) => cap.get_datalink().0,
-        }
+        self.cap.get_datalink().0
     }
 
     fn label(&self) -> String {
@@ -270,24 +230,15 @@ impl PacketSource for LiveSource {
         max: usize,
         each: &mut dyn FnMut(u64, u32, &[u8]),
     ) -> Option<Result<usize, String>> {
-        let cap = match &mut self.capture {
-            Capture::Ring(ring) => {
-                return Some(match ring.burst(max, each) {
-                    0 => ring.wait(LIVE_TIMEOUT_MS).map(|()| 0),
-                    n => Ok(n),
-                });
-            }
-            Capture::Pcap(cap) => cap,
-        };
         // pcap_dispatch hands each packet straight from the ring;
         // pcap_next_ex would copy every one out first.
-        let read = cap.dispatch(Some(max), |p| {
+        let read = self.cap.dispatch(Some(max), |p| {
             prefetch_next_frame(p.data);
             each(timeval_ns(&p.header.ts, false), p.header.len, p.data);
         });
         Some(match read {
             Ok(0) => {
-                wait_readable(cap.as_raw_fd());
+                wait_readable(self.cap.as_raw_fd());
                 Ok(0)
             }
             Ok(n) => Ok(n),
@@ -296,12 +247,8 @@ impl PacketSource for LiveSource {
     }
 
     fn next(&mut self) -> Result<Next<'_>, String> {
-        // Only read a packet at a time where `burst` is not used.
-        let Capture::Pcap(cap) = &mut self.capture else {
-            return Ok(Next::Idle);
-        };
-        let fd = cap.as_raw_fd();
-        match cap.next_packet() {
+        let fd = self.cap.as_raw_fd();
+        match self.cap.next_packet() {
             Ok(p) => Ok(Next::Packet {
                 ts_ns: timeval_ns(&p.header.ts, false),
                 wire_len: p.header.len,
@@ -316,13 +263,10 @@ impl PacketSource for LiveSource {
     }
 
     fn drops(&mut self) -> Option<Drops> {
-        match &mut self.capture {
-            Capture::Ring(ring) => Some(ring.drops()),
-            Capture::Pcap(cap) => cap.stats().ok().map(|s| Drops {
-                kernel: u64::from(s.dropped),
-                interface: u64::from(s.if_dropped),
-            }),
-        }
+        self.cap.stats().ok().map(|s| Drops {
+            kernel: u64::from(s.dropped),
+            interface: u64::from(s.if_dropped),
+        })
     }
 
     fn has_kernel_filter(&self) -> bool {
@@ -330,9 +274,6 @@ impl PacketSource for LiveSource {
     }
 
     fn set_kernel_filter(&mut self, expr: &str) -> Result<(), String> {
-        match &mut self.capture {
-            Capture::Ring(ring) => ring.set_filter(expr),
-            Capture::Pcap(cap) => cap.filter(expr, true).map_err(|e| e.to_string()),
-        }
+        self.cap.filter(expr, true).map_err(|e| e.to_string())
     }
 }

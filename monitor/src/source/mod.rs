@@ -12,7 +12,6 @@ pub mod file;
 mod live;
 mod memory;
 mod replay;
-mod ring;
 
 pub use live::LiveSource;
 pub use memory::{MemorySource, Packet};
