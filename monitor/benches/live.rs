@@ -3,7 +3,7 @@
 //!
 //!     cargo xtask guests
 //!     cargo build --release -p monitor --bin tm-monitor
-//!     cargo bench -p monitor --bench live [-- --seconds=2 --rates=100000,200000,300000,400000,600000,0
+//!     cargo bench -p monitor --bench live [-- --seconds=2 --rates=100000,200000,300000,400000,500000,600000,0
 //!                                            --sizes=small,mixed --cpu-cap=PCT --tools=LIST]
 //!
 //! Needs root, `ip netns`, tcpreplay, tcpdump and softflowd (xtask/setup.sh
@@ -115,7 +115,7 @@ fn main() {
     }
     let seconds = harness::bench_arg("seconds", 2) as u64;
     let rates: Vec<u64> = arg("rates")
-        .unwrap_or_else(|| "100000,200000,300000,400000,600000,0".into())
+        .unwrap_or_else(|| "100000,200000,300000,400000,500000,600000,0".into())
         .split(',')
         .map(|r| {
             r.parse().unwrap_or_else(|_| {
