@@ -550,7 +550,8 @@ fn encode(out: &Outgoing) -> Result<(String, Op), Refused> {
         }
         Outgoing::Snapshot(snap) => {
             let key = store::snapshot_key(&snap.monitor, &snap.request.deployment);
-            let payload = bus_schema::encode(&**snap).map_err(fail(format!("snapshot {key}")))?;
+            // The state goes in as the guest's bytes, not transcoded.
+            let payload = snap.encode().map_err(fail(format!("snapshot {key}")))?;
             (snap.request.deployment.clone(), Op::Put { key, payload })
         }
         Outgoing::Forget {
