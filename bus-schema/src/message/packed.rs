@@ -15,8 +15,9 @@ use super::Value;
 /// On the wire it is the value itself (not a byte string): a message that
 /// holds a `Packed` field encodes exactly as if the field were a [`Value`],
 /// so records written either way read either way. Serializing walks the
-/// bytes once, straight into the serializer; deserializing (from
-/// MessagePack, JSON or anything serde reads) writes the value as
+/// bytes once, straight into the serializer (a snapshot record copies
+/// them instead: [`super::DeploymentSnapshot::encode`]); deserializing
+/// (from MessagePack, JSON or anything serde reads) writes the value as
 /// MessagePack.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Packed(Vec<u8>);
