@@ -187,7 +187,9 @@ async fn main() -> anyhow::Result<()> {
             manager::control::now_ms().saturating_sub(m.heartbeat_unix_ms)
         );
     }
-    let sandbox = wasm_host::Sandbox::new(&wasm_host::SandboxConfig::default())?;
+    let sandbox = wasm_host::Sandbox::new(&wasm_host::SandboxConfig::for_call_timeout(
+        limits.call_timeout,
+    ))?;
     let apps = Apps::new(control.clone(), sandbox, archive, limits, trusted.clone()).await?;
     let _metrics = match args.metrics_listen {
         Some(addr) => {

@@ -13,7 +13,7 @@
 //!
 //! [limits]
 //! memory_mb = 64          # linear-memory cap per analyzer
-//! call_timeout_ms = 1000  # epoch deadline of every guest call
+//! call_timeout_ms = 1000  # deadline of every guest call (met to within 5 %)
 //! queue_batches = 64      # batches a deployment may have waiting
 //! batch_packets = 256     # packets per guest call
 //! tick_ms = 1000          # how often analyzers' tick runs

@@ -47,6 +47,21 @@ impl Default for SandboxConfig {
     }
 }
 
+impl SandboxConfig {
+    /// Settings for guest calls with deadlines of `call_timeout`: the epoch
+    /// advances every twentieth of it (1 to 50 ms), so a deadline falls
+    /// within 5 % short of the timeout while an idle engine wakes at most
+    /// 20 times a second at the default timeout of 1 s, not 100.
+    #[must_use]
+    pub fn for_call_timeout(call_timeout: Duration) -> Self {
+        SandboxConfig {
+            epoch_tick: (call_timeout / 20)
+                .clamp(Duration::from_millis(1), Duration::from_millis(50)),
+            ..SandboxConfig::default()
+        }
+    }
+}
+
 /// Lower-case hex SHA-256 of `bytes`.
 #[must_use]
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -542,6 +557,37 @@ mod tests {
             }
         );
         assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    /// The epoch ticks a twentieth of the call timeout (1 to 50 ms), and
+    /// a deadline is never early: a spin given 200 ms runs at least 95 %
+    /// of it.
+    #[test]
+    fn the_epoch_follows_the_call_timeout() {
+        let tick = |ms| SandboxConfig::for_call_timeout(Duration::from_millis(ms)).epoch_tick;
+        assert_eq!(tick(1000), Duration::from_millis(50));
+        assert_eq!(tick(200), Duration::from_millis(10));
+        assert_eq!(tick(5), Duration::from_millis(1));
+        assert_eq!(tick(600_000), Duration::from_millis(50));
+        let timeout = Duration::from_millis(200);
+        let sandbox = Sandbox::new(&SandboxConfig::for_call_timeout(timeout)).unwrap();
+        assert_eq!(sandbox.ticks(timeout), 20);
+        let (mut store, inst) = instance(
+            &sandbox,
+            r#"(module (func (export "spin") (loop (br 0))))"#,
+            1 << 20,
+        );
+        let f = inst.get_typed_func::<(), ()>(&mut store, "spin").unwrap();
+        store.set_epoch_deadline(sandbox.ticks(timeout));
+        let started = std::time::Instant::now();
+        let err = f.call(&mut store, ()).unwrap_err();
+        assert!(matches!(
+            Failure::classify(&store, "spin", 200, &err),
+            Failure::Timeout { .. }
+        ));
+        let took = started.elapsed();
+        assert!(took >= timeout * 19 / 20, "interrupted after {took:?}");
+        assert!(took < Duration::from_secs(5), "{took:?}");
     }
 
     #[test]

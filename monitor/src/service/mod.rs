@@ -78,7 +78,9 @@ impl Monitor {
     ) -> anyhow::Result<(Arc<Monitor>, Arc<Outbox>)> {
         let sandbox = Sandbox::new(&wasm_host::SandboxConfig {
             compiled_dir: config.compiled_dir.clone(),
-            ..wasm_host::SandboxConfig::default()
+            ..wasm_host::SandboxConfig::for_call_timeout(Duration::from_millis(
+                config.limits.call_timeout_ms,
+            ))
         })?;
         Self::start_with(config, js, sandbox).await
     }
