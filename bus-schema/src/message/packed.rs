@@ -94,6 +94,17 @@ impl fmt::Debug for Packed {
 /// at 1,024).
 const MAX_DEPTH: usize = 512;
 
+/// Bytes of the length that follows a `str`, `bin`, `array` or `map`
+/// marker of the 8, 16 or 32-bit form.
+fn length_bytes(marker: rmp::Marker) -> usize {
+    use rmp::Marker;
+    match marker {
+        Marker::Str8 | Marker::Bin8 => 1,
+        Marker::Str16 | Marker::Bin16 | Marker::Array16 | Marker::Map16 => 2,
+        _ => 4,
+    }
+}
+
 /// Walks `bytes` once as one value and checks that nothing follows, and
 /// that the transcoder will write back the same value: no extension type
 /// (it would read one as an array), every string UTF-8 (it would read
@@ -134,29 +145,22 @@ fn check_one_value(bytes: &[u8]) -> Result<(), String> {
         let items = match marker {
             Marker::FixArray(n) => u64::from(n),
             Marker::FixMap(n) => 2 * u64::from(n),
-            Marker::Array16 => take(&mut rd, 2)?,
-            Marker::Array32 => take(&mut rd, 4)?,
-            Marker::Map16 => 2 * take(&mut rd, 2)?,
-            Marker::Map32 => 2 * take(&mut rd, 4)?,
-            Marker::FixStr(n) => text(&mut rd, u64::from(n)).map(|()| 0)?,
-            Marker::Str8 => take(&mut rd, 1)
-                .and_then(|n| text(&mut rd, n))
-                .map(|()| 0)?,
-            Marker::Str16 => take(&mut rd, 2)
-                .and_then(|n| text(&mut rd, n))
-                .map(|()| 0)?,
-            Marker::Str32 => take(&mut rd, 4)
-                .and_then(|n| text(&mut rd, n))
-                .map(|()| 0)?,
-            Marker::Bin8 => take(&mut rd, 1)
-                .and_then(|n| skip(&mut rd, n))
-                .map(|()| 0)?,
-            Marker::Bin16 => take(&mut rd, 2)
-                .and_then(|n| skip(&mut rd, n))
-                .map(|()| 0)?,
-            Marker::Bin32 => take(&mut rd, 4)
-                .and_then(|n| skip(&mut rd, n))
-                .map(|()| 0)?,
+            Marker::Array16 | Marker::Array32 => take(&mut rd, length_bytes(marker))?,
+            Marker::Map16 | Marker::Map32 => 2 * take(&mut rd, length_bytes(marker))?,
+            Marker::FixStr(n) => {
+                text(&mut rd, u64::from(n))?;
+                0
+            }
+            Marker::Str8 | Marker::Str16 | Marker::Str32 => {
+                let n = take(&mut rd, length_bytes(marker))?;
+                text(&mut rd, n)?;
+                0
+            }
+            Marker::Bin8 | Marker::Bin16 | Marker::Bin32 => {
+                let n = take(&mut rd, length_bytes(marker))?;
+                skip(&mut rd, n)?;
+                0
+            }
             Marker::U8 | Marker::I8 => skip(&mut rd, 1).map(|()| 0)?,
             Marker::U16 | Marker::I16 => skip(&mut rd, 2).map(|()| 0)?,
             Marker::U32 | Marker::I32 | Marker::F32 => skip(&mut rd, 4).map(|()| 0)?,
@@ -296,6 +300,16 @@ mod tests {
         assert!(Packed::from_bytes(vec![0xdc, 0x00]).is_err());
         assert!(Packed::from_bytes(vec![0xc4, 0x05, 1]).is_err());
         assert!(Packed::from_bytes(vec![0x92, 1]).is_err());
+        // Each width of length: str8 checked for UTF-8, bin16 and map16
+        // read whole, str32 cut short.
+        assert!(
+            Packed::from_bytes(vec![0xd9, 0x02, 0xff, 0xfe])
+                .unwrap_err()
+                .contains("not UTF-8")
+        );
+        assert!(Packed::from_bytes(vec![0xc5, 0x00, 0x02, 1, 2]).is_ok());
+        assert!(Packed::from_bytes(vec![0xde, 0x00, 0x01, 0x01, 0x02]).is_ok());
+        assert!(Packed::from_bytes(vec![0xdb, 0, 0, 0, 5, b'a']).is_err());
         assert_eq!(
             Packed::from_bytes(one).unwrap().to_value().unwrap(),
             sample()

@@ -18,8 +18,9 @@ const LIVE_TIMEOUT_MS: i32 = 50;
 /// before the kernel hands the block over (libpcap's read timeout). On a
 /// link busy enough to matter blocks fill first; on a quiet one each
 /// hand-over wakes the link thread and calls the analyzer, so fewer of
-/// them cost less (20 a second, where 10 ms made 100), and results,
-/// published a second apart at the finest, are not held back by it.
+/// them cost less (20 a second, where 10 ms made 100). Periodic results
+/// are at least 100 ms apart: a packet is late for its window by at most
+/// half of the shortest.
 pub const BLOCK_TIMEOUT_MS: i32 = 50;
 
 /// A live capture on one interface.
